@@ -1,0 +1,206 @@
+"""Candidate tokens -> CLIP token ids, without text processing in the decoding loop.
+
+For every beam and iteration ZeroCap scores `prefix_text + decode(token)` with CLIP for the
+top-k LM tokens. `clip.tokenize` on thousands of strings per iteration is slow, so we
+precompute, for every LM token, its CLIP BPE pieces as a tensor, and split each candidate
+text into a part shared with the beam's prefix (whose CLIP keys/values are cached, see
+clip_scoring.py) and a short suffix.
+
+Exactness: the result equals `clip.tokenize(prefix_text + decode(token), truncate=True)`.
+CLIP's tokenizer cleans text (ftfy, html.unescape, lower-casing, whitespace folding) and
+splits it into words with a regex before BPE. For printable-ASCII text without '&' or '<'
+the cleaning is a per-character no-op, and a regex word never spans whitespace, so:
+  * a candidate starting a new word ("separable") adds its own pieces after the prefix's;
+  * a candidate that continues the prefix's last word (e.g. "dog" + "s") re-encodes only that
+    last word, through a small cache;
+  * anything else (non-ASCII, '&', '<', control characters) is tokenized in full and shares
+    the longest common token prefix with the beam's prefix.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+CONTEXT_LENGTH = 77  # CLIP's text context, SOT and EOT included
+
+# Character classes that decide whether CLIP's word regex merges two neighbours.
+LETTER, DIGIT, PUNCT, APOSTROPHE, SPACE = range(5)
+
+
+def char_class(ch: str) -> int:
+    if ch.isspace():
+        return SPACE
+    if ch.isalpha():
+        return LETTER
+    if ch.isdigit():
+        return DIGIT
+    return APOSTROPHE if ch == "'" else PUNCT
+
+
+def _separable_table() -> torch.Tensor:
+    """sep[c_last_of_prefix, c_first_of_candidate]: True when CLIP splits the two apart."""
+    sep = torch.zeros(5, 5, dtype=torch.bool)
+    sep[SPACE, :] = sep[:, SPACE] = True  # whitespace always ends a word
+    sep[DIGIT, :] = sep[:, DIGIT] = True  # digits are single-character words
+    sep[LETTER, PUNCT] = sep[LETTER, APOSTROPHE] = True  # "dog" + "." / "'s"
+    sep[PUNCT, LETTER] = True  # "." + "dog"; but "'" + "s" becomes the word "'s"
+    return sep
+
+
+def is_plain(text: str) -> bool:
+    """Text on which CLIP's cleaning is a per-character no-op (see the module docstring)."""
+    return text.isascii() and (text.isprintable() or text == "") and "&" not in text and "<" not in text
+
+
+@dataclass
+class Prefix:
+    """What the candidates of one beam share, computed once per decoding step."""
+
+    text: str
+    ids: list[int]  # CLIP ids of the text, no SOT/EOT
+    plain: bool
+    last_class: int  # class of the last character (SPACE when empty or ending in space)
+    tail: str  # the last word: characters after the last whitespace
+    head_len: int  # number of ids before the last word's
+    row: list[int]  # SOT + ids, cut to the 76 tokens a candidate row can share
+
+
+class CandidateTokenizer:
+    """CLIP token rows for `prefix + decode(lm_token)`, built from precomputed pieces."""
+
+    def __init__(self, lm_token_strings: list[str], clip_tokenizer, device="cpu"):
+        self.tok = clip_tokenizer
+        self.sot = clip_tokenizer.encoder["<|startoftext|>"]
+        self.eot = clip_tokenizer.encoder["<|endoftext|>"]
+        self.strings = lm_token_strings
+        self.device = torch.device(device)
+        self._merge_cache: dict[tuple[str, int], list[int]] = {}
+        self._full_cache: dict[tuple[str, int], tuple[int, list[int]]] = {}
+
+        pieces, plain, first = [], [], []
+        for s in lm_token_strings:
+            ok = is_plain(s)
+            plain.append(ok)
+            pieces.append(self.encode_plain(s) if ok else [])
+            first.append(char_class(s[0]) if s.strip() else SPACE)
+        width = max(1, max(map(len, pieces)))
+        table = torch.zeros(len(pieces), width, dtype=torch.long)
+        for i, p in enumerate(pieces):
+            table[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        self.piece_ids = table.to(self.device)  # (V, P)
+        self.piece_len = torch.tensor(list(map(len, pieces)), device=self.device)  # (V,)
+        self.plain = torch.tensor(plain, device=self.device)  # (V,)
+        self.first_class = torch.tensor(first, device=self.device)  # (V,)
+        self.separable = _separable_table().to(self.device)  # (5, 5)
+
+    # --- text -> ids -------------------------------------------------------------------------
+    def encode_plain(self, text: str) -> list[int]:
+        """CLIP ids of plain text; equal to the tokenizer's encode (cleaning is a no-op)."""
+        tok = self.tok
+        text = re.sub(r"\s+", " ", text).strip().lower()
+        ids = []
+        for word in tok.pat.findall(text):
+            word = "".join(tok.byte_encoder[b] for b in word.encode("utf-8"))
+            ids.extend(tok.encoder[piece] for piece in tok.bpe(word).split(" "))
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_plain(text) if is_plain(text) else self.tok.encode(text)
+
+    def tokenize_full(self, text: str) -> list[int]:
+        """Exactly `clip.tokenize(text, truncate=True)[0]` without its zero padding."""
+        ids = [self.sot] + self.tok.encode(text) + [self.eot]
+        if len(ids) > CONTEXT_LENGTH:
+            ids = ids[:CONTEXT_LENGTH]
+            ids[-1] = self.eot
+        return ids
+
+    def prefix(self, text: str) -> Prefix:
+        plain = is_plain(text)
+        ids = self.encode(text)
+        stripped = text.rstrip()
+        if not stripped or stripped != text:
+            last, tail = SPACE, ""
+        else:
+            last = char_class(text[-1])
+            tail = re.split(r"\s", text)[-1]
+        head_len = len(ids) - (len(self.encode_plain(tail)) if plain and tail else 0)
+        row = ([self.sot] + ids)[: CONTEXT_LENGTH - 1]
+        return Prefix(text, ids, plain, last, tail, head_len, row)
+
+    # --- candidate rows --------------------------------------------------------------------------
+    def rows(self, prefixes: list[Prefix], top: torch.Tensor):
+        """Suffix rows for candidates `top` (R, K) of beams `prefixes` (R).
+
+        Returns (shared, suffix, eot_index): for each candidate, the number of leading tokens it
+        shares with its prefix's row (R, K); the tokens after them (R, K, S), EOT included and
+        zero-padded; and the index of EOT in the suffix (R, K).
+        """
+        dev = self.device
+        R, K = top.shape
+        plain_pre = torch.tensor([p.plain for p in prefixes], device=dev)  # (R,)
+        last = torch.tensor([p.last_class for p in prefixes], device=dev)  # (R,)
+        full_len = torch.tensor([1 + len(p.ids) for p in prefixes], device=dev)  # (R,)
+
+        sep = self.plain[top] & plain_pre[:, None] & self.separable[last[:, None], self.first_class[top]]
+        shared = full_len[:, None].expand(R, K).clone()  # (R, K)
+        content = self.piece_ids[top]  # (R, K, P)
+        length = self.piece_len[top].clone()  # (R, K)
+
+        slow = (~sep).nonzero().tolist()  # few; one small device->host copy
+        if slow:
+            top_cpu = top.cpu()
+            extra = []
+            for r, k in slow:
+                m, ids = self._slow_row(prefixes[r], int(top_cpu[r, k]))
+                extra.append((r, k, m, ids))
+            width = max(content.shape[-1], max(len(e[3]) for e in extra))
+            if width > content.shape[-1]:
+                content = torch.nn.functional.pad(content, (0, width - content.shape[-1]))
+            rr = torch.tensor([e[0] for e in extra], device=dev)
+            kk = torch.tensor([e[1] for e in extra], device=dev)
+            shared[rr, kk] = torch.tensor([e[2] for e in extra], device=dev)
+            length[rr, kk] = torch.tensor([len(e[3]) for e in extra], device=dev)
+            block = torch.zeros(len(extra), width, dtype=torch.long)
+            for i, e in enumerate(extra):
+                block[i, : len(e[3])] = torch.tensor(e[3], dtype=torch.long)
+            content[rr, kk] = block.to(dev)
+
+        # clip.tokenize(truncate=True): keep the first 76 tokens, then EOT
+        shared = shared.clamp(max=CONTEXT_LENGTH - 1)
+        length = torch.minimum(length, CONTEXT_LENGTH - 1 - shared)  # (R, K)
+        S = int(length.max()) + 1
+        if content.shape[-1] < S:
+            content = torch.nn.functional.pad(content, (0, S - content.shape[-1]))
+        suffix = content[..., :S].clone()  # (R, K, S)
+        j = torch.arange(S, device=dev)
+        suffix[j >= length[..., None]] = 0
+        suffix.scatter_(-1, length[..., None], self.eot)
+        return shared, suffix, length
+
+    def _slow_row(self, prefix: Prefix, token: int) -> tuple[int, list[int]]:
+        """(shared, content) of a candidate that is not separable from its prefix."""
+        s = self.strings[token]
+        if prefix.plain and is_plain(s):  # continues the last word: re-encode that word only
+            key = (prefix.tail, token)
+            ids = self._merge_cache.get(key)
+            if ids is None:
+                ids = self._merge_cache[key] = self.encode_plain(prefix.tail + s)
+                if len(self._merge_cache) > 200_000:
+                    self._merge_cache.clear()
+            return 1 + prefix.head_len, ids
+        key = (prefix.text, token)
+        hit = self._full_cache.get(key)
+        if hit is None:
+            full = self.tokenize_full(prefix.text + s)
+            end = full.index(self.eot)  # CLIP reads the features at argmax = the first EOT
+            row = prefix.row
+            m = 0
+            while m < min(len(row), end) and row[m] == full[m]:
+                m += 1
+            hit = self._full_cache[key] = (m, full[m:end])
+            if len(self._full_cache) > 50_000:
+                self._full_cache.clear()
+        return hit

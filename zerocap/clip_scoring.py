@@ -1,0 +1,107 @@
+"""CLIP text features of candidate texts, reusing the keys/values of each beam's prefix.
+
+CLIP's text transformer is causal and reads its features at the EOT position, so a candidate
+row `shared prefix tokens + suffix + EOT` needs only the suffix positions computed, attending
+to the prefix's cached keys/values. The prefix is encoded once per beam per decoding step;
+each iteration runs only the few suffix tokens of its top-k candidates.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class PrefixCache:
+    """Per-layer keys/values of the beams' prefix rows.  keys[l]: (R, h, P, hd)"""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys = keys
+        self.values = values
+
+
+class ClipTextScorer:
+    """Runs the text tower of an OpenAI `clip.model.CLIP` in pieces."""
+
+    def __init__(self, clip_model):
+        self.clip = clip_model
+        self.blocks = list(clip_model.transformer.resblocks)
+        self.heads = self.blocks[0].attn.num_heads
+        self.dtype = clip_model.dtype
+
+    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.clip.token_embedding(ids).type(self.dtype)
+        return x + self.clip.positional_embedding[positions].type(self.dtype)
+
+    def _qkv(self, block, x):
+        """x (..., L, d) -> q, k, v (..., h, L, hd)"""
+        qkv = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
+        q, k, v = qkv.chunk(3, dim=-1)
+        shape = x.shape[:-1] + (self.heads, -1)
+        return [t.reshape(shape).transpose(-2, -3) for t in (q, k, v)]
+
+    def _finish(self, block, x, attn):
+        """Residual adds of one block; attn (..., h, L, hd)."""
+        attn = attn.transpose(-2, -3).flatten(-2)  # (..., L, d)
+        x = x + F.linear(attn, block.attn.out_proj.weight, block.attn.out_proj.bias)
+        return x + block.mlp(block.ln_2(x))
+
+    @torch.no_grad()
+    def encode_prefix(self, rows: list[list[int]], device) -> PrefixCache:
+        """Keys/values of the prefix rows (SOT + prefix ids), zero-padded to the longest."""
+        P = max(map(len, rows))
+        ids = torch.zeros(len(rows), P, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        ids = ids.to(device)  # (R, P)
+        x = self._embed(ids, torch.arange(P, device=device))  # (R, P, d)
+        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+        keys, values = [], []
+        for block in self.blocks:
+            q, k, v = self._qkv(block, x)  # (R, h, P, hd)
+            keys.append(k)
+            values.append(v)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+            x = self._finish(block, x, attn)
+        return PrefixCache(keys, values)
+
+    @torch.no_grad()
+    def encode_candidates(
+        self, cache: PrefixCache, shared: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor
+    ) -> torch.Tensor:
+        """L2-normalised features of candidate rows  -> (R, K, D)
+
+        shared (R, K): prefix tokens each row reuses; suffix (R, K, S): its own tokens;
+        eot_index (R, K): where EOT sits in the suffix. Rows are run in buckets of similar
+        suffix length (1, 2, 4, 8, ... tokens), so one long candidate does not pad them all.
+        """
+        R, K, S = suffix.shape
+        dev = suffix.device
+        beam = torch.arange(R, device=dev).repeat_interleave(K)  # (M,)
+        shared, suffix, eot_index = shared.reshape(-1), suffix.reshape(R * K, S), eot_index.reshape(-1)
+        bucket = torch.ceil(torch.log2((eot_index + 1).float())).long()  # (M,) suffix fits 2**bucket
+        out = torch.empty(R * K, self.clip.text_projection.shape[1], dtype=self.dtype, device=dev)
+        for b in torch.unique(bucket).tolist():
+            rows = (bucket == b).nonzero()[:, 0]
+            width = min(S, 2**b)
+            out[rows] = self._encode_rows(cache, beam[rows], shared[rows], suffix[rows, :width], eot_index[rows])
+        out = out / out.norm(dim=-1, keepdim=True)
+        return out.view(R, K, -1)
+
+    def _encode_rows(self, cache: PrefixCache, beam, shared, suffix, eot_index) -> torch.Tensor:
+        """Features (M, D) of M rows; beam (M,) picks each row's prefix, suffix (M, S)."""
+        M, S = suffix.shape
+        P = cache.keys[0].shape[-2]
+        dev = suffix.device
+        j = torch.arange(S, device=dev)
+        x = self._embed(suffix, shared[:, None] + j)  # (M, S, d)
+        # suffix position i sees prefix positions < shared and suffix positions <= i
+        see_prefix = (torch.arange(P, device=dev) < shared[:, None])[:, None, None, :].expand(M, 1, S, P)
+        see_suffix = torch.ones(S, S, dtype=torch.bool, device=dev).tril().expand(M, 1, S, S)
+        mask = torch.cat([see_prefix, see_suffix], dim=-1)  # (M, 1, S, P + S)
+        for block, pk, pv in zip(self.blocks, cache.keys, cache.values):
+            q, k, v = self._qkv(block, x)  # (M, h, S, hd)
+            keys = torch.cat([pk[beam], k], dim=-2)  # (M, h, P + S, hd)
+            values = torch.cat([pv[beam], v], dim=-2)
+            x = self._finish(block, x, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+        x = x[torch.arange(M, device=dev), eot_index]  # (M, d)
+        return self.clip.ln_final(x).type(self.dtype) @ self.clip.text_projection  # (M, D)

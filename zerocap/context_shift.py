@@ -1,0 +1,72 @@
+"""Context shift: a few gradient steps on the LM's key/value cache towards the CLIP target.
+
+`past` holds the keys/values of every context token but the last, stacked in one tensor
+(layers, 2 = keys/values, rows, heads, T-1, head_dim). The shift δ has the same shape and
+starts from zero at every decoding step (the seed's --reset_context_delta).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+
+class CachedLM:
+    """A Hugging Face causal LM seen as prefill + one-token steps over a stacked KV cache."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        params = inspect.signature(lm.forward).parameters
+        # transformers >= 5.2x calls the cache argument `cache`; earlier 5.x `past_key_values`
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def _cache_out(self, out):
+        return out.cache if hasattr(out, "cache") and out.cache is not None else out.past_key_values
+
+    @torch.no_grad()
+    def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One pass over context (R, T) -> (p0 (R, V) fp32, past (L, 2, R, H, T-1, hd) or None)."""
+        out = self.lm(context, use_cache=True)
+        p0 = torch.softmax(out.logits[:, -1, :].float(), dim=-1)
+        if context.shape[1] == 1:
+            return p0, None
+        cache = self._cache_out(out)
+        past = torch.stack(
+            [torch.stack([layer.keys[..., :-1, :], layer.values[..., :-1, :]]) for layer in cache.layers]
+        )
+        return p0, past
+
+    def next_logits(self, last: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+        """Logits (R, V) fp32 of the token after `last` (R, 1) given the cache `past`."""
+        kwargs = {}
+        if past is not None:
+            kwargs[self._cache_arg] = DynamicCache(ddp_cache_data=[(kv[0], kv[1]) for kv in past])
+        out = self.lm(last, use_cache=True, **kwargs)
+        return out.logits[:, -1, :].float()
+
+
+def shift_context(
+    lm: CachedLM,
+    past: torch.Tensor,  # (L, 2, R, H, T-1, hd)
+    last: torch.Tensor,  # (R, 1)
+    p0: torch.Tensor,  # (R, V)
+    clip_loss: Callable[[torch.Tensor], torch.Tensor],  # probs (R, V) -> per-row loss (R,)
+    cfg,
+) -> torch.Tensor:
+    """Return past + δ after cfg.num_iterations normalised gradient steps."""
+    delta = torch.zeros_like(past)
+    log_p0 = p0.log()
+    for _ in range(cfg.num_iterations):
+        delta.requires_grad_(True)
+        probs = torch.softmax(lm.next_logits(last, past + delta), dim=-1)  # (R, V)
+        log_probs = probs.log()
+        fluency = cfg.ce_scale * ((probs * log_probs) - (probs * log_p0)).sum(-1)  # (R,)
+        loss = cfg.clip_scale * clip_loss(probs).sum() + fluency.sum()
+        (grad,) = torch.autograd.grad(loss, delta)
+        # one norm per layer, keys/values and row  # (L, 2, R, 1, 1, 1)
+        norm = torch.linalg.vector_norm(grad.float(), dim=(3, 4, 5), keepdim=True) + 1e-15
+        step = -cfg.stepsize * (grad / norm.to(grad.dtype) ** cfg.grad_norm_factor)
+        delta = (step + delta).detach()
+    return past + delta

@@ -1,0 +1,73 @@
+"""Loading the frozen models from disk, offline, with clear errors when weights are missing."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GET_WEIGHTS = "run `python script/download-weights` (or set ZEROCAP_WEIGHTS to a folder that has them)"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> cuda if available else cpu; otherwise check the name."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def check_lm_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        raise ValueError(f"language-model weights not found: {path} is not a directory; {GET_WEIGHTS}")
+    missing = [f for f in ("config.json",) if not os.path.isfile(os.path.join(path, f))]
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin")):
+        missing.append("model.safetensors")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
+        missing.append("vocab.json + merges.txt (or tokenizer.json)")
+    if missing:
+        raise ValueError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)}); {GET_WEIGHTS}")
+
+
+def check_clip_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise ValueError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
+
+
+def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "float32"):
+    """(lm, tokenizer, clip_model, clip_preprocess, device), loaded without touching the network.
+
+    lm_path: a Hugging Face causal-LM directory (config, weights, tokenizer files).
+    clip_path: an OpenAI CLIP checkpoint: TorchScript archive or state dict (`clip.load(path)`).
+    """
+    import clip
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if lm_dtype not in LM_DTYPES:
+        raise ValueError(f"unknown lm_dtype {lm_dtype!r}; choose one of {', '.join(LM_DTYPES)}")
+    dev = resolve_device(device)
+    check_lm_dir(lm_path)
+    check_clip_file(clip_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(lm_path, local_files_only=True)
+        lm = AutoModelForCausalLM.from_pretrained(lm_path, local_files_only=True, dtype=LM_DTYPES[lm_dtype])
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the language model from {lm_path}: {e}; {GET_WEIGHTS}") from None
+    lm.to(dev).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            clip_model, preprocess = clip.load(clip_path, device=dev, jit=False)
+        except (RuntimeError, OSError, KeyError, ValueError) as e:
+            raise ValueError(f"cannot load CLIP from {clip_path}: {e}; {GET_WEIGHTS}") from None
+    return lm, tokenizer, clip_model, preprocess, dev

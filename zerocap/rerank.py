@@ -1,0 +1,29 @@
+"""Rerank finished beams as the authors' demo did: by CLIP similarity and by LM fluency."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+@torch.no_grad()
+def clip_similarities(clip_model, clip_tokenize, texts: list[str], target: torch.Tensor) -> list[float]:
+    """Cosine similarity of each text's CLIP embedding with the normalised target (D,)."""
+    ids = clip_tokenize(texts, truncate=True).to(target.device)
+    feats = clip_model.encode_text(ids)
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    return (feats @ target.to(feats.dtype)).float().tolist()
+
+
+@torch.no_grad()
+def perplexities(lm, tokenizer, texts: list[str], prefix: str, device) -> list[float]:
+    """exp(mean next-token loss) of `prefix + text` under the LM (lower = more fluent)."""
+    out = []
+    for text in texts:
+        ids = tokenizer(prefix + text, return_tensors="pt").input_ids.to(device)
+        if ids.shape[1] < 2:
+            out.append(math.inf)
+            continue
+        loss = lm(ids, labels=ids).loss.float().item()
+        out.append(math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf)
+    return out
