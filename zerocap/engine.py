@@ -174,23 +174,25 @@ class ZeroCap:
         return self.tokenizer.encode(self.prompt_prefix + cfg.cond_text, add_special_tokens=False)
 
     def caption(self, images, config: ZeroCapConfig | None = None, progress: Progress | None = None,
-                seed: int | None = None, **overrides) -> list[CaptionResult]:
+                seed: int | None = None, names: Sequence[str] | None = None, **overrides) -> list[CaptionResult]:
         """Caption each image (paths or PIL images), decoded together; one result per image."""
         cfg = self.check((config or ZeroCapConfig()).replace(**overrides))
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("give at least one image")
         targets = torch.stack([self.targets.image_target(im) for im in images])
-        names = [str(im) if not hasattr(im, "size") else "<image>" for im in images]
+        names = list(names) if names else [str(im) if not hasattr(im, "size") else "<image>" for im in images]
         return self.decode(targets, cfg, names, progress, seed)
 
     def arithmetic(self, images: Sequence = (), weights: Sequence[float] | None = None,
                    texts: Sequence[str] = (), text_weights: Sequence[float] | None = None,
                    config: ZeroCapConfig | None = None, progress: Progress | None = None,
-                   seed: int | None = None, **overrides) -> CaptionResult:
+                   seed: int | None = None, names: Sequence[str] | None = None, **overrides) -> CaptionResult:
         """Caption the weighted sum of image (and text) embeddings, e.g. woman + king - man."""
         cfg = self.check((config or preset("arithmetic")).replace(**overrides))
-        terms = [Term(w, image=im) for im, w in zip(images, check_weights(images, weights, "image"))]
+        labels = list(names) if names else [None] * len(images)
+        terms = [Term(w, image=im, label=n)
+                 for im, w, n in zip(images, check_weights(images, weights, "image"), labels)]
         terms += [Term(w, text=t) for t, w in zip(texts, check_weights(texts, text_weights, "text"))]
         target = self.targets.combine(terms)[None]
         return self.decode(target, cfg, [" ".join(t.describe() for t in terms)], progress, seed)[0]

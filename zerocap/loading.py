@@ -44,6 +44,14 @@ def check_clip_file(path: str) -> None:
         raise ValueError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
 
 
+def quiet_transformers() -> None:
+    """No per-file progress bars or config chatter from transformers (for the CLI and the server)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "float32"):
     """(lm, tokenizer, clip_model, clip_preprocess, device), loaded without touching the network.
 

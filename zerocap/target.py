@@ -58,9 +58,10 @@ class Term:
     weight: float
     image: object = None  # path or PIL.Image
     text: str | None = None
+    label: str | None = None  # how to name the image in messages
 
     def describe(self) -> str:
-        what = f"text {self.text!r}" if self.text is not None else f"image {_name(self.image)}"
+        what = f"text {self.text!r}" if self.text is not None else f"image {self.label or _name(self.image)}"
         return f"{self.weight:+g} x {what}"
 
 

@@ -1,0 +1,213 @@
+"""The weights/ folder: layout, verified (resumable, idempotent) download, and checks at start-up.
+
+    weights/
+      gpt2-medium/         Hugging Face GPT-2 medium (openai-community/gpt2-medium)
+      clip/ViT-B-32.pt     OpenAI CLIP ViT-B/32, from the URL that carries its SHA-256
+      manifest.json        file, size and sha256 of every file, written by the download
+
+Root: $ZEROCAP_WEIGHTS, else ./weights. Offline mode ($ZEROCAP_OFFLINE=1 or $HF_HUB_OFFLINE=1)
+never downloads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from typing import Callable
+
+HF_REPO = "openai-community/gpt2-medium"
+HF_REVISION = "main"
+# (file, required): optional files are skipped when the hub does not have them
+LM_FILES = [
+    ("config.json", True),
+    ("model.safetensors", True),
+    ("vocab.json", True),
+    ("merges.txt", True),
+    ("tokenizer.json", False),
+    ("tokenizer_config.json", False),
+    ("generation_config.json", False),
+]
+# OpenAI's published URL for ViT-B/32 (clip/clip.py _MODELS); the path carries the SHA-256.
+CLIP_URL = (
+    "https://openaipublic.azureedge.net/clip/models/"
+    "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt"
+)
+LM_DIR = "gpt2-medium"
+CLIP_FILE = os.path.join("clip", "ViT-B-32.pt")
+MANIFEST = "manifest.json"
+DOWNLOAD_COMMAND = "python script/download-weights"
+CHUNK = 1 << 20
+
+
+def _clip_url() -> str:
+    """OpenAI's URL; $ZEROCAP_CLIP_URL overrides it (a mirror whose path also ends in <sha256>/<file>)."""
+    return os.environ.get("ZEROCAP_CLIP_URL") or CLIP_URL
+
+
+def root() -> str:
+    return os.environ.get("ZEROCAP_WEIGHTS") or "weights"
+
+
+def offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("ZEROCAP_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def paths(weights_root: str | None = None) -> tuple[str, str]:
+    """(LM directory, CLIP checkpoint) under the root."""
+    r = weights_root or root()
+    return os.path.join(r, LM_DIR), os.path.join(r, CLIP_FILE)
+
+
+def missing(weights_root: str | None = None) -> list[str]:
+    """Required files that are absent, relative to the root."""
+    r = weights_root or root()
+    need = [os.path.join(LM_DIR, f) for f, required in LM_FILES if required] + [CLIP_FILE]
+    return [f for f in need if not os.path.isfile(os.path.join(r, f))]
+
+
+def read_manifest(weights_root: str) -> dict:
+    p = os.path.join(weights_root, MANIFEST)
+    if not os.path.isfile(p):
+        return {}
+    with open(p) as f:
+        return {e["file"]: e for e in json.load(f).get("files", [])}
+
+
+def verify_sizes(weights_root: str) -> None:
+    """Cheap start-up check: every file the manifest lists has the listed size."""
+    for name, entry in read_manifest(weights_root).items():
+        p = os.path.join(weights_root, name)
+        if os.path.isfile(p) and os.path.getsize(p) != entry["size"]:
+            raise ValueError(
+                f"weights file {p} has {os.path.getsize(p)} bytes but the manifest says {entry['size']}:"
+                f" it is incomplete or corrupt; delete it and run `{DOWNLOAD_COMMAND}`"
+            )
+
+
+def ensure(weights_root: str | None = None, allow_download: bool | None = None,
+           log: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """(LM dir, CLIP file) under the root, downloading what is missing unless offline."""
+    r = weights_root or root()
+    gone = missing(r)
+    if gone:
+        if allow_download is None:
+            allow_download = not offline()
+        if not allow_download:
+            raise ValueError(
+                f"model weights missing: {os.path.join(r, gone[0])}"
+                + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")
+                + f"; run `{DOWNLOAD_COMMAND}` (offline mode is on, so they are not fetched automatically)"
+            )
+        try:
+            download(r, log=log)
+        except ValueError as e:
+            raise ValueError(f"model weights missing in {r} and the download failed: {e};"
+                             f" run `{DOWNLOAD_COMMAND}` when the network is reachable") from None
+    verify_sizes(r)
+    return paths(r)
+
+
+# ---- download --------------------------------------------------------------------------------
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hex64(value: str | None) -> str | None:
+    value = (value or "").strip().strip('"').removeprefix("W/").strip('"').lower()
+    return value if re.fullmatch(r"[0-9a-f]{64}", value) else None
+
+
+def fetch(url: str, dest: str, sha256: str | None = None, required: bool = True,
+          log: Callable[[str], None] | None = None) -> dict | None:
+    """Download url to dest through dest.part (resumed when present), verify, then rename.
+
+    sha256: expected digest; when None, the server's X-Linked-Etag/ETag is used if it is one.
+    Returns the manifest entry, or None for an optional file the server does not have.
+    """
+    import requests
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    part = dest + ".part"
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    done = os.path.getsize(part) if os.path.exists(part) else 0
+    headers = {"Range": f"bytes={done}-"} if done else {}
+    try:
+        r = requests.get(url, headers=headers, stream=True, timeout=60, allow_redirects=True)
+    except requests.RequestException as e:
+        raise ValueError(f"cannot download {url}: {e}") from None
+    with r:
+        if r.status_code == 404 and not required:
+            return None
+        if r.status_code == 416:  # the part is already complete
+            done, mode = done, "ab"
+        elif r.status_code not in (200, 206):
+            raise ValueError(f"cannot download {url}: HTTP {r.status_code}")
+        hops = list(r.history) + [r]
+        if sha256 is None:
+            for resp in hops:
+                sha256 = _hex64(resp.headers.get("X-Linked-Etag")) or _hex64(resp.headers.get("ETag"))
+                if sha256:
+                    break
+        size = None
+        for resp in hops:
+            if resp.headers.get("X-Linked-Size"):
+                size = int(resp.headers["X-Linked-Size"])
+                break
+        if r.status_code == 200:
+            done, mode = 0, "wb"
+            size = size or (int(r.headers["Content-Length"]) if r.headers.get("Content-Length") else None)
+        elif r.status_code == 206:
+            mode = "ab"
+            total = r.headers.get("Content-Range", "").rpartition("/")[2]
+            size = size or (int(total) if total.isdigit() else None)
+        log(f"downloading {url} -> {dest}" + (f" (resuming at {done:,} bytes)" if done else ""))
+        if r.status_code != 416:
+            with open(part, mode) as f:
+                for block in r.iter_content(CHUNK):
+                    f.write(block)
+    got_size = os.path.getsize(part)
+    if size is not None and got_size != size:
+        raise ValueError(f"download of {url} is incomplete: {got_size} of {size} bytes; run it again to resume")
+    digest = _sha256(part)
+    if sha256 is not None and digest != sha256:
+        os.remove(part)
+        raise ValueError(f"checksum mismatch for {dest}: expected sha256 {sha256}, got {digest}; the file was deleted")
+    os.replace(part, dest)
+    return {"size": got_size, "sha256": digest}
+
+
+def download(weights_root: str | None = None, hf_endpoint: str | None = None,
+             log: Callable[[str], None] | None = None) -> dict:
+    """Fetch GPT-2 medium and CLIP ViT-B/32 into the root; skip files already verified."""
+    r = weights_root or root()
+    endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    old = read_manifest(r)
+    entries = {}
+    jobs = [(os.path.join(LM_DIR, f), f"{endpoint}/{HF_REPO}/resolve/{HF_REVISION}/{f}", None, req)
+            for f, req in LM_FILES]
+    clip_url = _clip_url()
+    jobs.append((CLIP_FILE, clip_url, _hex64(clip_url.rstrip("/").split("/")[-2]), True))
+    for name, url, sha, required in jobs:
+        dest = os.path.join(r, name)
+        known = old.get(name)
+        if os.path.isfile(dest) and (
+            (known and os.path.getsize(dest) == known["size"] and (sha is None or known["sha256"] == sha))
+            or (known is None and sha is not None and _sha256(dest) == sha)
+        ):
+            entries[name] = known or {"size": os.path.getsize(dest), "sha256": sha}
+            continue
+        entry = fetch(url, dest, sha256=sha or (known or {}).get("sha256"), required=required, log=log)
+        if entry is not None:
+            entries[name] = entry
+    manifest = {"files": [{"file": k, **v} for k, v in sorted(entries.items())]}
+    with open(os.path.join(r, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    return manifest
