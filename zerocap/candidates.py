@@ -130,6 +130,13 @@ class CandidateTokenizer:
         row = ([self.sot] + ids)[: CONTEXT_LENGTH - 1]
         return Prefix(text, ids, plain, last, tail, head_len, row)
 
+    def pad(self, rows: list[list[int]]) -> torch.Tensor:
+        """Zero-padded (len(rows), longest) tensor on the device."""
+        out = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return out.to(self.device)
+
     # --- candidate rows --------------------------------------------------------------------------
     def rows(self, prefixes: list[Prefix], top: torch.Tensor):
         """Suffix rows for candidates `top` (R, K) of beams `prefixes` (R).

@@ -20,7 +20,7 @@ class PrefixCache:
 
 
 class ClipTextScorer:
-    """Runs the text tower of an OpenAI `clip.model.CLIP` in pieces."""
+    """Runs the text tower of an OpenAI `clip.model.CLIP` in pieces, or whole (`encode_full`)."""
 
     def __init__(self, clip_model):
         self.clip = clip_model
@@ -63,6 +63,26 @@ class ClipTextScorer:
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
             x = self._finish(block, x, attn)
         return PrefixCache(keys, values)
+
+    @torch.no_grad()
+    def encode_full(self, prefix_rows: torch.Tensor, shared: torch.Tensor, suffix: torch.Tensor,
+                    eot_index: torch.Tensor) -> torch.Tensor:
+        """The same features through CLIP's own `encode_text` on full 77-token rows -> (R, K, D).
+
+        Bit-for-bit what `clip.tokenize` + `encode_text` give (the fp32 path): only the text
+        processing is skipped. prefix_rows (R, P): SOT + prefix ids, zero-padded.
+        """
+        R, K, S = suffix.shape
+        dev = suffix.device
+        full = torch.zeros(R, K, 78, dtype=torch.long, device=dev)  # column 77 collects padding
+        P = prefix_rows.shape[1]
+        full[..., :P] = prefix_rows[:, None, :] * (torch.arange(P, device=dev) < shared[..., None])
+        j = torch.arange(S, device=dev)
+        pos = torch.where(j <= eot_index[..., None], shared[..., None] + j, 77)
+        full.scatter_(-1, pos, suffix)
+        feats = self.clip.encode_text(full[..., :77].reshape(R * K, 77))
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        return feats.view(R, K, -1)
 
     @torch.no_grad()
     def encode_candidates(

@@ -26,16 +26,22 @@ class CachedLM:
         return out.cache if hasattr(out, "cache") and out.cache is not None else out.past_key_values
 
     @torch.no_grad()
-    def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One pass over context (R, T) -> (p0 (R, V) fp32, past (L, 2, R, H, T-1, hd) or None)."""
+    def prefill(self, context: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Context (R, T) -> (p0 (R, V) fp32, past (L, 2, R, H, T-1, hd) or None).
+
+        One pass gives both; `exact` takes the cache from a second pass over context[:, :-1]
+        as the authors do (a different matrix shape, so the cache can differ in the last bit).
+        """
         out = self.lm(context, use_cache=True)
         p0 = torch.softmax(out.logits[:, -1, :].float(), dim=-1)
         if context.shape[1] == 1:
             return p0, None
-        cache = self._cache_out(out)
-        past = torch.stack(
-            [torch.stack([layer.keys[..., :-1, :], layer.values[..., :-1, :]]) for layer in cache.layers]
-        )
+        if exact:
+            layers = self._cache_out(self.lm(context[:, :-1], use_cache=True)).layers
+            past = torch.stack([torch.stack([layer.keys, layer.values]) for layer in layers])
+        else:
+            layers = self._cache_out(out).layers
+            past = torch.stack([torch.stack([layer.keys[..., :-1, :], layer.values[..., :-1, :]]) for layer in layers])
         return p0, past
 
     def next_logits(self, last: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
@@ -61,9 +67,10 @@ def shift_context(
     for _ in range(cfg.num_iterations):
         delta.requires_grad_(True)
         probs = torch.softmax(lm.next_logits(last, past + delta), dim=-1)  # (R, V)
-        log_probs = probs.log()
-        fluency = cfg.ce_scale * ((probs * log_probs) - (probs * log_p0)).sum(-1)  # (R,)
-        loss = cfg.clip_scale * clip_loss(probs).sum() + fluency.sum()
+        # the authors' order of terms: autograd then sums the gradients in the same order
+        loss = cfg.clip_scale * clip_loss(probs).sum()
+        fluency = cfg.ce_scale * ((probs * probs.log()) - (probs * log_p0)).sum(-1)  # (R,)
+        loss = loss + fluency.sum()
         (grad,) = torch.autograd.grad(loss, delta)
         # one norm per layer, keys/values and row  # (L, 2, R, 1, 1, 1)
         norm = torch.linalg.vector_norm(grad.float(), dim=(3, 4, 5), keepdim=True) + 1e-15

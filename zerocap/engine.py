@@ -102,6 +102,7 @@ class ZeroCap:
         bos_prefix: bool | None = None,
         forbidden_ids: Sequence[int] | None = None,
         clip_tokenizer=None,
+        exact: bool | None = None,
     ):
         import clip  # OpenAI CLIP (PyPI: clip-anytorch)
 
@@ -133,6 +134,13 @@ class ZeroCap:
         self.targets = TargetEncoder(self.clip, clip_preprocess, clip.tokenize, self.device)
         self.candidates = CandidateTokenizer(self.token_strings, clip_tokenizer, self.device)
         self.scorer = ClipTextScorer(self.clip)
+        # exact: the authors' operation order, so fp32 beams are bit-for-bit theirs (CLIP's own
+        # encode_text on full 77-token rows; the LM cache from its own pass). Otherwise the
+        # faster forms: CLIP prefix keys/values reused, one LM pass per step. Default: exact
+        # when both models run in fp32.
+        if exact is None:
+            exact = self.clip.dtype == torch.float32 and next(lm.parameters()).dtype == torch.float32
+        self.exact = exact
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -203,6 +211,9 @@ class ZeroCap:
         """Decode one caption per normalised target (N, D); N images share every LM/CLIP call."""
         if seed is not None:
             torch.manual_seed(seed)
+        if self.exact and targets.shape[0] > 1:  # batching changes matrix shapes, hence rounding
+            return [r for i in range(targets.shape[0])
+                    for r in self.decode(targets[i:i + 1], cfg, names[i:i + 1] if names else None, progress)]
         start = time.perf_counter()
         N, B = targets.shape[0], cfg.beam_size
         end_id = self.tokenizer.encode(cfg.end_token, add_special_tokens=False)[0]
@@ -247,18 +258,25 @@ class ZeroCap:
         n, b, T = rows.shape
         context = rows.reshape(n * b, T)  # (R, T)
         row_targets = targets.repeat_interleave(b, dim=0)  # (R, D)
-        p0, past = self.cached_lm.prefill(context)  # (R, V), (L, 2, R, H, T-1, hd)
+        p0, past = self.cached_lm.prefill(context, exact=self.exact)  # (R, V), (L, 2, R, H, T-1, hd)
         last = context[:, -1:]
         if past is not None and cfg.num_iterations > 0:
             prefixes = [self.candidates.prefix(t) for t in self._prefix_texts(context)]
-            prefix_cache = self.scorer.encode_prefix([p.row for p in prefixes], self.device)
+            if not self.exact:
+                prefix_cache = self.scorer.encode_prefix([p.row for p in prefixes], self.device)
+            else:
+                prefix_rows = self.candidates.pad([p.row for p in prefixes])  # (R, P)
+            target_rows = row_targets.to(self.clip.dtype)[:, None, :]  # (R, 1, D)
 
             def clip_loss(probs: torch.Tensor) -> torch.Tensor:  # (R, V) -> (R,)
                 with torch.no_grad():
                     top = probs.topk(cfg.top_k, dim=-1).indices  # (R, K)
                     shared, suffix, eot = self.candidates.rows(prefixes, top)
-                    feats = self.scorer.encode_candidates(prefix_cache, shared, suffix, eot)  # (R, K, D)
-                    sims = (feats @ row_targets.to(feats.dtype)[:, :, None])[..., 0]  # (R, K)
+                    if self.exact:
+                        feats = self.scorer.encode_full(prefix_rows, shared, suffix, eot)  # (R, K, D)
+                    else:
+                        feats = self.scorer.encode_candidates(prefix_cache, shared, suffix, eot)
+                    sims = torch.bmm(target_rows, feats.transpose(1, 2))[:, 0]  # (R, K)
                     q = torch.softmax(sims / cfg.clip_temperature, dim=-1).float()
                 return -(q * probs.gather(1, top).log()).sum(-1)
 
@@ -269,7 +287,8 @@ class ZeroCap:
         logits = apply_token_rules(logits, context, step, cfg, end_id, self.forbidden)
         probs = torch.softmax(logits, dim=-1)
         fused = (probs ** cfg.fusion_factor * p0 ** (1 - cfg.fusion_factor)).view(n, b, -1)  # (n, b, V)
-        fused = fused / fused.sum(dim=(1, 2), keepdim=True)  # one scalar per image, as the authors do
+        total = torch.stack([f.sum() for f in fused])  # one scalar per image, summed as the authors do
+        fused = fused / total[:, None, None]
         return fused.log()
 
     def _prefix_texts(self, context: torch.Tensor) -> list[str]:

@@ -10,15 +10,16 @@ import torch
 
 
 def _damp(logits: torch.Tensor, mask: torch.Tensor, factor: float) -> torch.Tensor:
-    """Where mask: positive logits / factor, the others * factor (the authors' `/=`)."""
-    divisor = torch.where(logits > 0, factor, 1.0 / factor).to(logits.dtype)
-    return torch.where(mask, logits / divisor, logits)
+    """Where mask: positive logits / factor, the others / (1 / factor) -- the authors' `/=`,
+    with the same Python-float divisor, so that results round the same way."""
+    damped = torch.where(logits > 0, logits / factor, logits / (1 / factor))
+    return torch.where(mask, damped, logits)
 
 
 def _boost(logits: torch.Tensor, mask: torch.Tensor, factor: float) -> torch.Tensor:
-    """Where mask: positive logits * factor, the others / factor (the authors' `*=`)."""
-    multiplier = torch.where(logits > 0, factor, 1.0 / factor).to(logits.dtype)
-    return torch.where(mask, logits * multiplier, logits)
+    """Where mask: positive logits * factor, the others * (1 / factor) -- the authors' `*=`."""
+    boosted = torch.where(logits > 0, logits * factor, logits * (1 / factor))
+    return torch.where(mask, boosted, logits)
 
 
 def apply_token_rules(
