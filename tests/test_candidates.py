@@ -1,0 +1,78 @@
+"""CLIP token rows built from precomputed pieces equal clip.tokenize(prefix + token, truncate=True)."""
+import random
+
+import clip
+import pytest
+import torch
+
+
+def full_rows(ct, prefixes, top):
+    shared, suffix, eot = ct.rows(prefixes, top)
+    out = []
+    for r, p in enumerate(prefixes):
+        out.append([p.row[: int(shared[r, k])] + suffix[r, k, : int(eot[r, k]) + 1].tolist()
+                    for k in range(top.shape[1])])
+    return out
+
+
+def expected(text):
+    ids = clip.tokenize(text, truncate=True)[0].tolist()
+    return ids[: ids.index(49407) + 1]  # CLIP reads its features at the first EOT
+
+
+PREFIXES = [
+    "Image of a", "Image of a dog", "Image of a dog's", "Image of a dog.", "Image of x'", " preventVS", "",
+    " ", "Image of a 3", "Image of text that says \"", "café au", "naïve", "&amp", "fish &", "a <b", "tab\there",
+    "Image of a " + "long " * 90,  # longer than CLIP's 77 tokens: truncated
+    "Image of a " + "word " * 72 + "dog",  # the last word straddles the cut
+]
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_rows_equal_clip_tokenize(engine, prefix):
+    ct = engine.candidates
+    rng = random.Random(hash(prefix) % 1000)
+    special = [50256, 13, 82, 338, 220, 198, 11, 6, 1101, 447, 4210, 764, 290]  # EOS . s 's space \n , ' ...
+    ids = special + [rng.randrange(len(ct.strings)) for _ in range(300)]
+    top = torch.tensor([ids])
+    got = full_rows(ct, [ct.prefix(prefix)], top)[0]
+    for tok, row in zip(ids, got):
+        assert row == expected(prefix + ct.strings[tok]), (prefix, ct.strings[tok])
+
+
+def test_rows_for_several_beams_at_once(engine):
+    ct = engine.candidates
+    prefixes = [ct.prefix(p) for p in ("Image of a", "Image of a dog", "x'")]
+    top = torch.randint(0, len(ct.strings), (3, 64), generator=torch.Generator().manual_seed(0))
+    for p, rows, toks in zip(prefixes, full_rows(ct, prefixes, top), top.tolist()):
+        assert rows == [expected(p.text + ct.strings[t]) for t in toks]
+
+
+def test_every_lm_token_alone_after_a_prompt(engine):
+    """All 50,257 GPT-2 tokens after a typical prefix, in chunks (covers every piece table row)."""
+    ct = engine.candidates
+    p = ct.prefix("Image of a red")
+    n = len(ct.strings)
+    for start in range(0, n, 4096):
+        ids = list(range(start, min(n, start + 4096)))
+        rows = full_rows(ct, [p], torch.tensor([ids]))[0]
+        want = clip.tokenize([p.text + ct.strings[t] for t in ids], truncate=True)
+        for row, w in zip(rows, want.tolist()):
+            assert row == w[: w.index(49407) + 1]
+
+
+def test_prefix_cached_features_match_encode_text(engine):
+    """The fast path's CLIP features equal CLIP's own encode_text up to fp32 rounding."""
+    ct, scorer = engine.candidates, engine.scorer
+    prefixes = [ct.prefix(t) for t in ("Image of a dog", "Image of a " + "long " * 80, "naïve café")]
+    top = torch.randint(0, len(ct.strings), (3, 40), generator=torch.Generator().manual_seed(1))
+    top[:, 0] = 82  # "s": continues the last word
+    shared, suffix, eot = ct.rows(prefixes, top)
+    fast = scorer.encode_candidates(scorer.encode_prefix([p.row for p in prefixes], "cpu"), shared, suffix, eot)
+    full = scorer.encode_full(ct.pad([p.row for p in prefixes]), shared, suffix, eot)
+    for r, p in enumerate(prefixes):
+        ids = clip.tokenize([p.text + ct.strings[t] for t in top[r].tolist()], truncate=True)
+        ref = engine.clip.encode_text(ids)
+        ref = ref / ref.norm(dim=-1, keepdim=True)
+        assert torch.equal(full[r], ref)  # bit for bit
+        torch.testing.assert_close(fast[r], ref, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from zerocap.config import ZeroCapConfig
+from zerocap.token_rules import apply_token_rules
+
+V, END = 10, 3
+
+
+def rules(logits, context, step, forbidden=(), **cfg):
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[list(forbidden)] = True
+    return apply_token_rules(torch.tensor(logits), torch.tensor(context), step,
+                             ZeroCapConfig(**cfg), END, mask)
+
+
+def row(**values):
+    out = [0.5] * V
+    for k, v in values.items():
+        out[int(k[1:])] = v
+    return [out]
+
+
+def test_forbidden_tokens_are_pushed_down_whatever_their_sign():
+    out = rules(row(t5=2.0, t6=-2.0), [[0, 1]], step=2, forbidden=[5, 6], forbidden_factor=20.0)
+    assert out[0, 5].item() == pytest.approx(0.1)  # positive / 20
+    assert out[0, 6].item() == pytest.approx(-40.0)  # negative * 20
+    assert out[0, 7].item() == 0.5  # untouched
+
+
+def test_end_token_boost_from_its_step_on():
+    before = rules(row(t3=2.0), [[0, 1]], step=0, end_factor=1.5, end_factor_from=1)
+    at = rules(row(t3=2.0), [[0, 1]], step=1, end_factor=1.5, end_factor_from=1)
+    neg = rules(row(t3=-2.0), [[0, 1]], step=1, end_factor=1.5, end_factor_from=1)
+    assert at[0, END].item() == pytest.approx(3.0)  # positive * 1.5
+    assert neg[0, END].item() == pytest.approx(-2.0 / 1.5)  # negative / 1.5
+    assert before[0, END].item() == pytest.approx(2.0 / 1.6)  # step 0: only the start penalty
+
+
+def test_step_zero_damps_the_end_token_after_any_boost():
+    pos = rules(row(t3=2.0), [[0, 1]], step=0, end_factor=1.5, end_factor_from=0)
+    neg = rules(row(t3=-2.0), [[0, 1]], step=0, end_factor=1.5, end_factor_from=0)
+    assert pos[0, END].item() == pytest.approx(2.0 * 1.5 / 1.6)
+    assert neg[0, END].item() == pytest.approx(-2.0 / 1.5 * 1.6)
+
+
+def test_repetition_penalty_hits_each_of_the_last_four_tokens_once():
+    logits = row(t0=2.0, t1=2.0, t2=-2.0, t4=2.0)
+    out = rules(logits, [[0, 1, 2, 2, 4]], step=2, repetition_penalty=2.0)
+    assert out[0, 0].item() == 2.0  # fifth from last: not penalised
+    assert out[0, 1].item() == pytest.approx(1.0)  # positive / 2
+    assert out[0, 2].item() == pytest.approx(-4.0)  # negative * 2, once although repeated
+    assert out[0, 4].item() == pytest.approx(1.0)
+
+
+def test_rules_apply_in_order_to_the_current_value():
+    # the end token is also a recent and a forbidden token: all three rules compound
+    out = rules(row(t3=8.0), [[3, 3]], step=1, forbidden=[END], repetition_penalty=2.0,
+                end_factor=1.5, forbidden_factor=4.0)
+    assert out[0, END].item() == pytest.approx(8.0 / 2 * 1.5 / 4)
+
+
+def test_rows_are_independent():
+    out = rules(row(t1=2.0) + row(t1=2.0), [[1, 0], [0, 0]], step=2, repetition_penalty=2.0)
+    assert out[0, 1].item() == pytest.approx(1.0) and out[1, 1].item() == 2.0
