@@ -26,6 +26,8 @@ def write_tiny_gpt2(path: str, seed: int = 0, n_layer: int = 2, n_embd: int = 64
     model.save_pretrained(path)
     tok = GPT2Tokenizer(os.path.join(FIXTURES, "vocab.json"), os.path.join(FIXTURES, "merges.txt"))
     tok.save_pretrained(path)
+    for name in ("vocab.json", "merges.txt"):  # as on the hub, beside tokenizer.json
+        shutil.copyfile(os.path.join(FIXTURES, name), os.path.join(path, name))
     return path
 
 

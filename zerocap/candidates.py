@@ -79,21 +79,30 @@ class CandidateTokenizer:
         self._merge_cache: dict[tuple[str, int], list[int]] = {}
         self._full_cache: dict[tuple[str, int], tuple[int, list[int]]] = {}
 
-        pieces, plain, first = [], [], []
-        for s in lm_token_strings:
-            ok = is_plain(s)
-            plain.append(ok)
-            pieces.append(self.encode_plain(s) if ok else [])
-            first.append(char_class(s[0]) if s.strip() else SPACE)
-        width = max(1, max(map(len, pieces)))
-        table = torch.zeros(len(pieces), width, dtype=torch.long)
-        for i, p in enumerate(pieces):
-            table[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        self.piece_ids = table.to(self.device)  # (V, P)
-        self.piece_len = torch.tensor(list(map(len, pieces)), device=self.device)  # (V,)
-        self.plain = torch.tensor(plain, device=self.device)  # (V,)
-        self.first_class = torch.tensor(first, device=self.device)  # (V,)
+        table, lengths, plain, first = self._tables(tuple(lm_token_strings))
+        self.piece_ids = table.to(self.device)  # (V, P) CLIP pieces of each LM token alone
+        self.piece_len = lengths.to(self.device)  # (V,)
+        self.plain = plain.to(self.device)  # (V,) token text is plain ASCII
+        self.first_class = first.to(self.device)  # (V,) class of its first character
         self.separable = _separable_table().to(self.device)  # (5, 5)
+
+    _TABLES: dict = {}  # per vocabulary, shared by every engine (and replica) in the process
+
+    def _tables(self, strings: tuple[str, ...]):
+        key = (strings, id(self.tok))
+        if key not in self._TABLES:
+            pieces, plain, first = [], [], []
+            for s in strings:
+                ok = is_plain(s)
+                plain.append(ok)
+                pieces.append(self.encode_plain(s) if ok else [])
+                first.append(char_class(s[0]) if s.strip() else SPACE)
+            table = torch.zeros(len(pieces), max(1, max(map(len, pieces))), dtype=torch.long)
+            for i, p in enumerate(pieces):
+                table[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+            self._TABLES[key] = (table, torch.tensor(list(map(len, pieces))), torch.tensor(plain),
+                                 torch.tensor(first))
+        return self._TABLES[key]
 
     # --- text -> ids -------------------------------------------------------------------------
     def encode_plain(self, text: str) -> list[int]:

@@ -23,9 +23,9 @@ HF_REVISION = "main"
 LM_FILES = [
     ("config.json", True),
     ("model.safetensors", True),
-    ("vocab.json", True),
-    ("merges.txt", True),
-    ("tokenizer.json", False),
+    ("tokenizer.json", False),  # the tokenizer: tokenizer.json or vocab.json + merges.txt
+    ("vocab.json", False),
+    ("merges.txt", False),
     ("tokenizer_config.json", False),
     ("generation_config.json", False),
 ]
@@ -65,7 +65,11 @@ def missing(weights_root: str | None = None) -> list[str]:
     """Required files that are absent, relative to the root."""
     r = weights_root or root()
     need = [os.path.join(LM_DIR, f) for f, required in LM_FILES if required] + [CLIP_FILE]
-    return [f for f in need if not os.path.isfile(os.path.join(r, f))]
+    gone = [f for f in need if not os.path.isfile(os.path.join(r, f))]
+    has = lambda f: os.path.isfile(os.path.join(r, LM_DIR, f))  # noqa: E731
+    if not (has("tokenizer.json") or (has("vocab.json") and has("merges.txt"))):
+        gone.append(os.path.join(LM_DIR, "tokenizer.json"))
+    return gone
 
 
 def read_manifest(weights_root: str) -> dict:

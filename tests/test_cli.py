@@ -1,0 +1,170 @@
+"""The `zerocap` command: outputs, the seed's flag spellings, and every bad input (exit 2)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from zerocap.cli import main
+
+FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def models(lm_dir, clip_file):
+    return ["--lm", lm_dir, "--clip", clip_file]
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def jsonl(out):
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_caption_json_one_object_per_image(capsys, models, images):
+    code, out, err = run(capsys, "caption", images[0], images[1], *models, *FAST, "--json")
+    assert code == 0, err
+    results = jsonl(out)
+    assert [r["target"] for r in results] == [images[0], images[1]]
+    for r in results:
+        assert len(r["beams"]) == 2
+        scores = [b["score"] for b in r["beams"]]
+        assert scores == sorted(scores, reverse=True)  # best first
+        for b in r["beams"]:
+            assert b["caption"] == "Image of a" + b["text"]
+            assert set(b) >= {"text", "caption", "score", "clip_score", "perplexity"}
+        assert r["best_mixed"] == r["beams"][0]["caption"]
+        assert r["best_clip"] in [b["caption"] for b in r["beams"]]
+        assert r["best_fluency"] in [b["caption"] for b in r["beams"]]
+        assert r["timing"]["tokens"] == 2 and r["timing"]["seconds"] > 0
+
+
+def test_text_output(capsys, models, images):
+    code, out, _ = run(capsys, "caption", images[0], *models, *FAST)
+    assert code == 0
+    assert "best mixed:   Image of a" in out and "best CLIP:" in out and "best fluency:" in out
+
+
+def test_presets_and_flags(capsys, models, images):
+    code, out, _ = run(capsys, "caption", images[0], *models, *FAST, "--preset", "ocr", "--json")
+    assert code == 0 and jsonl(out)[0]["best_mixed"].startswith("Image of text that says")
+    code, out, _ = run(capsys, "caption", images[0], *models, *FAST, "--preset", "knowledge",
+                       "--cond-text", "A photo of", "--json")
+    assert jsonl(out)[0]["cond_text"] == "A photo of"
+
+
+def test_seed_flag_spellings_give_the_same_result(capsys, models, images):
+    seed_style = ["--reset_context_delta", "--caption_img_path", images[0], "--cond_text", "Image of",
+                  "--beam_size", "2", "--target_seq_length", "2", "--end_factor", "1.04", "--fusion_factor", "0.98",
+                  "--grad_norm_factor", "0.9", "--num_iterations", "2", "--clip_loss_temperature", "0.02",
+                  "--clip_scale", "1", "--ce_scale", "0.3", "--stepsize", "0.25", "--repetition_penalty", "1.2",
+                  "--forbidden_factor", "15", "--top_k", "16", "--lm_model", "gpt-2", "--seed", "0"]
+    new_style = ["caption", images[0], "--cond-text", "Image of", "--beam-size", "2", "--max-tokens", "2",
+                 "--end-factor", "1.04", "--fusion-factor", "0.98", "--grad-norm-factor", "0.9",
+                 "--num-iterations", "2", "--clip-temperature", "0.02", "--clip-scale", "1", "--ce-scale", "0.3",
+                 "--stepsize", "0.25", "--repetition-penalty", "1.2", "--forbidden-factor", "15", "--top-k", "16"]
+    code_a, a, err = run(capsys, *seed_style, *models, "--device", "cpu", "--json")
+    assert code_a == 0, err
+    code_b, b, _ = run(capsys, *new_style, *models, "--device", "cpu", "--json")
+    strip = lambda r: {k: v for k, v in r.items() if k != "timing"}  # noqa: E731
+    assert strip(jsonl(a)[0]) == strip(jsonl(b)[0])
+
+
+def test_seed_arithmetic_spelling(capsys, models, images):
+    a = run(capsys, "--run_type", "arithmetics", "--arithmetics_imgs", *images[:3], "--arithmetics_weights",
+            "1", "1", "-1", *models, *FAST, "--json")
+    b = run(capsys, "arithmetic", *images[:3], "--weights", "1", "1", "-1", *models, *FAST, "--json")
+    assert a[0] == b[0] == 0, a[2]
+    ra, rb = jsonl(a[1])[0], jsonl(b[1])[0]
+    assert [x["text"] for x in ra["beams"]] == [x["text"] for x in rb["beams"]]
+    assert "+1 x image" in ra["target"] and "-1 x image" in ra["target"]
+
+
+def test_arithmetic_with_texts(capsys, models, images):
+    code, out, err = run(capsys, "arithmetic", images[0], "--text", "a crown", "--text-weight", "0.5",
+                         *models, *FAST, "--json")
+    assert code == 0, err
+    assert "+0.5 x text 'a crown'" in jsonl(out)[0]["target"]
+
+
+def test_default_weights_root_from_environment(capsys, monkeypatch, weights_root, images):
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", weights_root)
+    monkeypatch.setenv("ZEROCAP_OFFLINE", "1")
+    code, out, err = run(capsys, "caption", images[0], *FAST, "--json")
+    assert code == 0, err
+    assert len(jsonl(out)) == 1
+
+
+def test_two_cpu_replicas_give_the_same_results(capsys, models, images):
+    a = run(capsys, "caption", *images[:3], *models, *FAST, "--json", "--batch-size", "1",
+            "--devices", "cpu,cpu")
+    b = run(capsys, "caption", *images[:3], *models, *FAST, "--json")
+    assert a[0] == b[0] == 0
+    texts = lambda out: [[x["text"] for x in r["beams"]] for r in jsonl(out)]  # noqa: E731
+    assert texts(a[1]) == texts(b[1])
+    assert [r["target"] for r in jsonl(a[1])] == images[:3]  # input order kept
+
+
+BAD = [
+    (["caption", "missing.png"], "image file not found: missing.png"),
+    (["caption"], "give at least one IMAGE"),
+    (["caption", "{notimage}"], "not an image"),
+    (["caption", "{img}", "--beam-size", "0"], "beam_size must be between 1 and 100, got 0"),
+    (["caption", "{img}", "--end-factor", "nan"], "end_factor must be a finite number"),
+    (["caption", "{img}", "--fusion-factor", "2"], r"fusion_factor must be in [0.0, 1.0], got 2.0"),
+    (["caption", "{img}", "--beam-size", "20", "--top-k", "10"], "beam_size (20) must not exceed top_k (10)"),
+    (["caption", "{img}", "--cond-text", "a " * 80], "cond_text is too long for CLIP"),
+    (["caption", "{img}", "--batch-size", "0"], "--batch-size must be between 1 and 64"),
+    (["caption", "{img}", "--device", "tpu"], "unknown device 'tpu'"),
+    (["arithmetic", "{img}", "{img2}", "--weights", "1"], "got 2 image(s) but 1 image weight(s)"),
+    (["arithmetic", "{img}", "{img}", "--weights", "1", "-1"], "(nearly) zero"),
+    (["arithmetic"], "give the IMAGEs"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_exits_2_with_a_message(capsys, models, images, tmp_path, args, message):
+    notimage = tmp_path / "x.jpg"
+    notimage.write_text("not a picture")
+    args = [a.format(img=images[0], img2=images[1], notimage=notimage) for a in args]
+    code, out, err = run(capsys, *args, *models)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_argument_errors_exit_2(capsys, models, images):
+    with pytest.raises(SystemExit) as e:
+        main(["caption", images[0], "--beam-size", "many", *models])
+    assert e.value.code == 2
+    assert "'many' is not an integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["caption", images[0], "--preset", "poem"])
+    assert e.value.code == 2
+
+
+def test_missing_weights_say_how_to_get_them(capsys, monkeypatch, tmp_path, images):
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("ZEROCAP_OFFLINE", "1")
+    code, _, err = run(capsys, "caption", images[0])
+    assert code == 2
+    assert "model weights missing" in err and "python script/download-weights" in err
+    code, _, err = run(capsys, "caption", images[0], "--lm", str(tmp_path), "--clip", str(tmp_path / "c.pt"))
+    assert code == 2 and "language-model weights in" in err and "incomplete" in err
+
+
+def test_python_dash_m_and_console_script(images, lm_dir, clip_file):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, "-m", "zerocap", "caption", "nope.png"], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 2 and r.stderr.strip() == "zerocap: error: image file not found: nope.png"
+    r = subprocess.run([sys.executable, "-m", "zerocap", "--caption_img_path", images[0], "--lm", lm_dir,
+                        "--clip", clip_file, "--top_k", "8", "--beam_size", "2", "--target_seq_length", "1",
+                        "--json"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["beams"]) == 2
