@@ -149,31 +149,21 @@ def fetch(url: str, dest: str, sha256: str | None = None, required: bool = True,
     with r:
         if r.status_code == 404 and not required:
             return None
-        if r.status_code == 416:  # the part is already complete
-            done, mode = done, "ab"
-        elif r.status_code not in (200, 206):
+        if r.status_code not in (200, 206, 416):  # 416: the part is already complete
             raise ValueError(f"cannot download {url}: HTTP {r.status_code}")
         hops = list(r.history) + [r]
-        if sha256 is None:
-            for resp in hops:
-                sha256 = _hex64(resp.headers.get("X-Linked-Etag")) or _hex64(resp.headers.get("ETag"))
-                if sha256:
-                    break
-        size = None
-        for resp in hops:
-            if resp.headers.get("X-Linked-Size"):
-                size = int(resp.headers["X-Linked-Size"])
-                break
+        if sha256 is None:  # the hub names an LFS file's sha256 in X-Linked-Etag
+            sha256 = next((h for h in (_hex64(x.headers.get("X-Linked-Etag")) or _hex64(x.headers.get("ETag"))
+                                       for x in hops) if h), None)
+        size = next((int(x.headers["X-Linked-Size"]) for x in hops if x.headers.get("X-Linked-Size")), None)
         if r.status_code == 200:
-            done, mode = 0, "wb"
             size = size or (int(r.headers["Content-Length"]) if r.headers.get("Content-Length") else None)
         elif r.status_code == 206:
-            mode = "ab"
             total = r.headers.get("Content-Range", "").rpartition("/")[2]
             size = size or (int(total) if total.isdigit() else None)
-        log(f"downloading {url} -> {dest}" + (f" (resuming at {done:,} bytes)" if done else ""))
         if r.status_code != 416:
-            with open(part, mode) as f:
+            log(f"downloading {url} -> {dest}" + (f" (resuming at {done:,} bytes)" if r.status_code == 206 else ""))
+            with open(part, "ab" if r.status_code == 206 else "wb") as f:
                 for block in r.iter_content(CHUNK):
                     f.write(block)
     got_size = os.path.getsize(part)

@@ -1,0 +1,166 @@
+"""Verified, resumable, idempotent weight download, against a local HTTP server on loopback."""
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from zerocap import weights
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Hub:
+    """Serves /<repo>/resolve/main/<file> (LFS-style X-Linked-Etag) and /clip/<sha256>/ViT-B-32.pt."""
+
+    def __init__(self, lm_dir, clip_file):
+        self.files, self.etags, self.requests = {}, {}, []
+        for name in os.listdir(lm_dir):
+            data = open(os.path.join(lm_dir, name), "rb").read()
+            path = f"/{weights.HF_REPO}/resolve/main/{name}"
+            self.files[path] = data
+            if name == "model.safetensors":
+                self.etags[path] = hashlib.sha256(data).hexdigest()
+        clip = open(clip_file, "rb").read()
+        self.clip_sha = hashlib.sha256(clip).hexdigest()
+        self.files[f"/clip/{self.clip_sha}/ViT-B-32.pt"] = clip
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hub.requests.append(self.path)
+                data = hub.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                if self.path in hub.etags:
+                    self.send_header("X-Linked-Etag", f'"{hub.etags[self.path]}"')
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                self.wfile.write(data[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub(lm_dir, clip_file, monkeypatch):
+    h = Hub(lm_dir, clip_file)
+    monkeypatch.setenv("HF_ENDPOINT", h.url)
+    monkeypatch.setenv("ZEROCAP_CLIP_URL", f"{h.url}/clip/{h.clip_sha}/ViT-B-32.pt")
+    monkeypatch.delenv("ZEROCAP_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield h
+    h.close()
+
+
+def test_clip_url_is_openais(monkeypatch):
+    from clip.clip import _MODELS
+
+    monkeypatch.delenv("ZEROCAP_CLIP_URL", raising=False)
+    assert weights._clip_url() == _MODELS["ViT-B/32"]
+
+
+def test_download_verifies_writes_manifest_and_is_idempotent(hub, tmp_path, lm_dir):
+    root = str(tmp_path / "w")
+    manifest = weights.download(root, log=lambda m: None)
+    files = {e["file"]: e for e in manifest["files"]}
+    assert files["clip/ViT-B-32.pt"]["sha256"] == hub.clip_sha
+    data = open(os.path.join(lm_dir, "model.safetensors"), "rb").read()
+    assert files["gpt2-medium/model.safetensors"] == {"file": "gpt2-medium/model.safetensors", "size": len(data),
+                                                      "sha256": hashlib.sha256(data).hexdigest()}
+    assert json.load(open(os.path.join(root, "manifest.json")))["files"] == manifest["files"]
+    assert weights.missing(root) == []
+    n = len(hub.requests)
+    weights.download(root, log=lambda m: None)
+    assert len(hub.requests) == n  # everything verified: nothing fetched again
+
+
+def test_corrupted_file_is_rejected_by_checksum(hub, tmp_path):
+    path = f"/{weights.HF_REPO}/resolve/main/model.safetensors"
+    hub.files[path] = hub.files[path][:-10] + b"0123456789"  # same size, wrong bytes
+    root = str(tmp_path / "w")
+    with pytest.raises(ValueError, match="checksum mismatch for .*model.safetensors"):
+        weights.download(root, log=lambda m: None)
+    assert not os.path.exists(os.path.join(root, "gpt2-medium", "model.safetensors"))
+    assert not os.path.exists(os.path.join(root, "gpt2-medium", "model.safetensors.part"))
+
+
+def test_clip_checked_against_the_sha256_in_its_url(hub, tmp_path, monkeypatch):
+    wrong = "0" * 64
+    hub.files[f"/clip/{wrong}/ViT-B-32.pt"] = hub.files[f"/clip/{hub.clip_sha}/ViT-B-32.pt"]
+    monkeypatch.setenv("ZEROCAP_CLIP_URL", f"{hub.url}/clip/{wrong}/ViT-B-32.pt")
+    with pytest.raises(ValueError, match=f"checksum mismatch .*expected sha256 {wrong}"):
+        weights.download(str(tmp_path / "w"), log=lambda m: None)
+
+
+def test_interrupted_download_resumes(hub, tmp_path):
+    root = tmp_path / "w"
+    data = hub.files[f"/clip/{hub.clip_sha}/ViT-B-32.pt"]
+    part = root / "clip" / "ViT-B-32.pt.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1000])
+    weights.download(str(root), log=lambda m: None)
+    assert (root / "clip" / "ViT-B-32.pt").read_bytes() == data
+
+
+def test_ensure_offline_names_the_missing_file_and_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"model weights missing: .*gpt2-medium/config.json.*script/download-weights"):
+        weights.ensure(str(tmp_path / "none"))
+
+
+def test_ensure_downloads_when_online_and_sizes_are_checked(hub, tmp_path):
+    root = str(tmp_path / "w")
+    lm, clip = weights.ensure(root, log=lambda m: None)
+    assert os.path.isfile(clip) and os.path.isdir(lm)
+    with open(clip, "ab") as f:
+        f.write(b"extra")
+    with pytest.raises(ValueError, match="has .* bytes but the manifest says"):
+        weights.ensure(root)
+
+
+def test_failed_download_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("ZEROCAP_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(ValueError, match="the download failed: cannot download"):
+        weights.ensure(str(tmp_path / "w"))
+
+
+def test_download_script(hub, tmp_path):
+    root = tmp_path / "w"
+    r = subprocess.run([sys.executable, os.path.join(ROOT_DIR, "script", "download-weights"), "--root", str(root)],
+                       capture_output=True, text=True, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert "weights ready" in r.stdout and (root / "manifest.json").exists()
+    shutil.rmtree(root / "clip")
+    hub.files.clear()
+    r = subprocess.run([sys.executable, os.path.join(ROOT_DIR, "script", "download-weights"), "--root", str(root)],
+                       capture_output=True, text=True, env=dict(os.environ))
+    assert r.returncode == 2 and "HTTP 404" in r.stderr
