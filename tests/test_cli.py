@@ -168,3 +168,10 @@ def test_python_dash_m_and_console_script(images, lm_dir, clip_file):
                         "--json"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)["beams"]) == 2
+
+
+def test_fast_flag(capsys, models, images):
+    a = run(capsys, "caption", images[0], *models, *FAST, "--json", "--fast")
+    b = run(capsys, "caption", images[0], *models, *FAST, "--json")
+    assert a[0] == b[0] == 0
+    assert [x["text"] for x in jsonl(a[1])[0]["beams"]] == [x["text"] for x in jsonl(b[1])[0]["beams"]]

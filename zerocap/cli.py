@@ -97,6 +97,9 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
     m.add_argument("--multi_gpu", "--multi-gpu", action="store_true", help="seed spelling of --devices all")
     m.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="LM precision (default float32; CLIP runs as loaded: fp16 on GPU)")
+    m.add_argument("--fast", action="store_true",
+                   help="the fast form even in fp32 (CLIP prefix keys/values reused, one LM pass per step):"
+                        " same algorithm, different rounding; the default on GPU")
     m.add_argument("--batch-size", type=_number(int), default=8,
                    help="images decoded together, 1..64 (default 8)")
     m.add_argument("--seed", type=_number(int), default=0, help="torch seed (default 0)")
@@ -256,7 +259,7 @@ def run(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
 
-    replicas = Replicas.load(lm_path, clip_path, devices, lm_dtype=args.lm_dtype)
+    replicas = Replicas.load(lm_path, clip_path, devices, lm_dtype=args.lm_dtype, exact=False if args.fast else None)
     cfg = replicas.engines[0].check(cfg)
     progress, bar = _progress_bar(len(images))
     try:

@@ -145,11 +145,11 @@ class ZeroCap:
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
     def load(cls, lm: str = "weights/gpt2-medium", clip: str = "weights/clip/ViT-B-32.pt", device=None,
-             lm_dtype: str = "float32") -> "ZeroCap":
+             lm_dtype: str = "float32", exact: bool | None = None) -> "ZeroCap":
         """Load an HF causal-LM directory and an OpenAI CLIP checkpoint, offline."""
         from .loading import load_models
 
-        return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype))
+        return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype), exact=exact)
 
     # ---- public API ---------------------------------------------------------------------------
     def config(self, mode: str = "caption", **overrides) -> ZeroCapConfig:

@@ -19,8 +19,9 @@ class Replicas:
         self.engines = list(engines)
 
     @classmethod
-    def load(cls, lm: str, clip: str, devices: Sequence[str], lm_dtype: str = "float32") -> "Replicas":
-        return cls([ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype) for d in devices])
+    def load(cls, lm: str, clip: str, devices: Sequence[str], lm_dtype: str = "float32",
+             exact: bool | None = None) -> "Replicas":
+        return cls([ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, exact=exact) for d in devices])
 
     def caption(self, images: Sequence, config, batch_size: int = 8, seed: int | None = None,
                 progress: Progress | None = None, names: Sequence[str] | None = None) -> Iterator[CaptionResult]:
