@@ -80,7 +80,7 @@ class ClipTextScorer:
         j = torch.arange(S, device=dev)
         pos = torch.where(j <= eot_index[..., None], shared[..., None] + j, 77)
         full.scatter_(-1, pos, suffix)
-        feats = self.clip.encode_text(full[..., :77].reshape(R * K, 77))
+        feats = torch.cat([self.clip.encode_text(rows) for rows in full[..., :77]])  # one beam at a time
         feats = feats / feats.norm(dim=-1, keepdim=True)
         return feats.view(R, K, -1)
 

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""ZeroCap speed benchmark: the engine against the literal reference decoder, in one run.
+
+Random-weight models (timing does not depend on weight values), no downloads:
+  default   GPT-2 medium (24 layers x 1024, 16 heads) and CLIP ViT-B/32, on the GPU if there is one
+  --tiny    the tests' tiny models, on the CPU: a smoke run
+
+At the paper's defaults (beam 5, 5 iterations, top 512, 15 tokens) it reports s/caption and
+s/token for the engine and the reference, their ratio, peak GPU memory, captions/s for a batch of
+images, and whether the beams matched; and appends a table to bench/RESULTS.md.
+
+    python bench/benchmark.py --tiny                 # CPU smoke run (a few minutes)
+    python bench/benchmark.py                        # real sizes, on one GPU
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from zerocap import ZeroCap, ZeroCapConfig  # noqa: E402
+from zerocap.loading import quiet_transformers  # noqa: E402
+
+
+def random_images(n: int, size: int = 256) -> list[Image.Image]:
+    g = torch.Generator().manual_seed(0)
+    return [Image.fromarray(torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy())
+            for _ in range(n)]
+
+
+def real_size_models(device: torch.device):
+    """GPT-2 medium and CLIP ViT-B/32 architectures with random weights, as clip.load gives them."""
+    from clip.clip import _transform
+    from clip.model import CLIP, convert_weights
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    torch.manual_seed(0)
+    fixtures = os.path.join(ROOT, "tests", "fixtures")
+    tok = GPT2Tokenizer(os.path.join(fixtures, "vocab.json"), os.path.join(fixtures, "merges.txt"))
+    lm = GPT2LMHeadModel(GPT2Config(n_layer=24, n_embd=1024, n_head=16)).to(device)
+    clip_model = CLIP(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
+                      context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+                      transformer_layers=12)
+    if device.type == "cuda":
+        convert_weights(clip_model)  # fp16, as clip.load does on a GPU
+    return lm, tok, clip_model.to(device).eval(), _transform(224)
+
+
+def tiny_models(device: torch.device):
+    from tiny_models import write_weights
+    from zerocap.loading import load_models
+
+    root = write_weights(tempfile.mkdtemp(prefix="zerocap-bench-"))
+    lm, tok, clip_model, preprocess, _ = load_models(os.path.join(root, "gpt2-medium"),
+                                                     os.path.join(root, "clip", "ViT-B-32.pt"), device=device)
+    return lm, tok, clip_model, preprocess
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t
+
+
+def machine(device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+    return f"{cpu}, {os.cpu_count()} CPUs; GPU: {gpu}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny models on the CPU (smoke run)")
+    p.add_argument("--device", default=None, help="default: cuda if available (cpu with --tiny)")
+    p.add_argument("--tokens", type=int, default=15)
+    p.add_argument("--batch", type=int, default=16, help="images in the throughput run")
+    p.add_argument("--repeats", type=int, default=3, help="timed single-caption runs of the engine (median)")
+    p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference decoder")
+    p.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="append the table here ('' = don't)")
+    args = p.parse_args()
+
+    quiet_transformers()
+    device = torch.device(args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda"))
+    torch.set_grad_enabled(True)
+    lm, tok, clip_model, preprocess = (tiny_models if args.tiny else real_size_models)(device)
+    if args.lm_dtype == "bfloat16":
+        lm = lm.to(torch.bfloat16)
+    cfg = ZeroCapConfig(max_tokens=args.tokens)
+    images = random_images(max(args.batch, 1))
+    rows = []
+
+    def engine_for(exact):
+        return ZeroCap(lm, tok, clip_model, preprocess, device=device, exact=exact)
+
+    variants = [("engine, fast form", False)]
+    if clip_model.dtype == torch.float32 and args.lm_dtype == "float32":
+        variants.insert(0, ("engine, exact form (fp32 default)", True))
+    target = None
+    results = {}
+    for name, exact in variants:
+        zc = engine_for(exact)
+        zc.caption(images[:1], config=cfg.replace(max_tokens=2))  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(args.repeats):
+            res, seconds = timed(lambda: zc.caption(images[:1], config=cfg)[0], device)
+            times.append(seconds)
+        seconds = sorted(times)[len(times) // 2]
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        results[name] = (res, seconds, peak)
+        target = zc.targets.image_target(images[0])
+        print(f"{name}: {seconds:.3f} s/caption ({res.tokens} tokens)", flush=True)
+
+    ref_seconds = ref_texts = None
+    if not args.no_reference:
+        from reference_decoder import ReferenceDecoder
+
+        zc = engine_for(True)
+        ref = ReferenceDecoder(lm, tok, clip_model, zc.forbidden.nonzero()[:, 0].tolist(), cfg, device=device)
+        (ref_texts, _), ref_seconds = timed(lambda: ref.run(target[None], cfg.cond_text), device)
+        print(f"reference decoder: {ref_seconds:.3f} s/caption", flush=True)
+
+    for name, (res, seconds, peak) in results.items():
+        match = "—" if ref_texts is None else ("yes" if [b.text for b in res.beams] == ref_texts else "no")
+        rows.append((name, seconds, seconds / res.tokens, ref_seconds / seconds if ref_seconds else None, peak, match))
+    if ref_seconds is not None:
+        rows.append(("reference decoder (tests/)", ref_seconds, ref_seconds / res.tokens, 1.0, None, "—"))
+
+    # throughput: a batch of images decoded together, fast form
+    zc = engine_for(False)
+    batch = images[: args.batch]
+    _, batch_seconds = timed(lambda: zc.caption(batch, config=cfg), device)
+    print(f"batch of {len(batch)}: {batch_seconds:.2f} s = {len(batch) / batch_seconds:.2f} captions/s", flush=True)
+
+    size = "tiny test models" if args.tiny else "GPT-2 medium + CLIP ViT-B/32 (random weights)"
+    head = (f"\n## {datetime.date.today().isoformat()} — {size}, {device.type}, LM {args.lm_dtype}\n\n"
+            f"Machine: {machine(device)}. Git: {git_rev()}.\n"
+            f"Paper defaults: beam 5, 5 iterations, top 512, {args.tokens} tokens; median of {args.repeats} runs.\n\n"
+            "| decoder | s/caption | s/token | speed-up vs reference | peak GPU GiB | beams = reference |\n"
+            "| --- | ---: | ---: | ---: | ---: | --- |\n")
+    body = "".join(
+        f"| {n} | {s:.3f} | {t:.3f} | {'' if r is None else f'{r:.1f}x'} | {'' if m is None else f'{m:.2f}'} | {ok} |\n"
+        for n, s, t, r, m, ok in rows)
+    tail = f"\nBatch of {len(batch)} images (fast form): {batch_seconds:.2f} s, {len(batch) / batch_seconds:.2f} captions/s.\n"
+    print(head + body + tail)
+    if args.results:
+        with open(args.results, "a") as f:
+            f.write(head + body + tail)
+    return 0
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
