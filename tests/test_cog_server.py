@@ -165,7 +165,7 @@ def test_bad_input_fails_that_prediction_only(server, uris, images, inputs, mess
     out = server.predict(**{**SMALL, **inputs})
     assert out["status"] == "failed"
     assert message in out["error"]
-    assert server.health()["status"] == "READY"
+    assert server.wait(until=("READY",), timeout=20)["status"] == "READY"  # the server goes on
 
 
 def test_still_serving_after_bad_inputs(server, uris):
@@ -199,3 +199,38 @@ def test_setup_fails_with_a_clear_message_when_weights_are_missing_offline(tmp_p
         assert "script/download-weights" in h["setup"]["logs"]
     finally:
         s.stop()
+
+
+def hub_env(hub, root):
+    return {"ZEROCAP_WEIGHTS": root, "ZEROCAP_OFFLINE": "", "HF_HUB_OFFLINE": "", "HF_ENDPOINT": hub.url,
+            "ZEROCAP_CLIP_URL": f"{hub.url}/clip/{hub.clip_sha}/ViT-B-32.pt"}
+
+
+def test_setup_downloads_missing_weights_then_serves(tmp_path, lm_dir, clip_file, uris):
+    from loopback_hub import Hub
+
+    hub = Hub(lm_dir, clip_file)
+    s = Server(hub_env(hub, str(tmp_path / "w")))
+    try:
+        assert s.wait()["status"] == "READY"
+        assert (tmp_path / "w" / "manifest.json").exists()
+        assert_output(s.predict(image=uris[0], **SMALL), "caption", "Image of a", 2)
+    finally:
+        s.stop()
+        hub.close()
+
+
+def test_setup_rejects_a_corrupted_download(tmp_path, lm_dir, clip_file):
+    from loopback_hub import Hub
+
+    hub = Hub(lm_dir, clip_file)
+    key = f"/clip/{hub.clip_sha}/ViT-B-32.pt"
+    hub.files[key] = hub.files[key][:-4] + b"oops"
+    s = Server(hub_env(hub, str(tmp_path / "w")))
+    try:
+        h = s.wait()
+        assert h["status"] == "SETUP_FAILED"
+        assert "checksum mismatch" in h["setup"]["logs"] and "download failed" in h["setup"]["logs"]
+    finally:
+        s.stop()
+        hub.close()

@@ -220,7 +220,7 @@ class ZeroCap:
         prompt = torch.tensor(self.prompt_ids(cfg), device=self.device)
         context = prompt.expand(N, 1, -1)  # (N, rows per image, T): one row until step 0 picks B
         beams: Beams | None = None
-        steps = 0
+        steps = torch.full((N,), cfg.max_tokens)  # steps each image took
         for step in range(cfg.max_tokens):
             active = torch.arange(N, device=self.device) if beams is None else (~beams.done).nonzero()[:, 0]
             rows = context[active]  # (n, b, T)
@@ -243,13 +243,14 @@ class ZeroCap:
                 beams.scores[active] = sub.scores
                 beams.lengths[active] = sub.lengths
                 beams.stopped[active] = sub.stopped
-            steps = step + 1
+            done = beams.done.cpu()
+            steps[done & (steps == cfg.max_tokens)] = step + 1
             if progress is not None:
-                progress(steps, cfg.max_tokens, self._best_texts(beams))
-            if bool(beams.done.all()):
+                progress(step + 1, cfg.max_tokens, self._best_texts(beams))
+            if bool(done.all()):
                 break
         seconds = time.perf_counter() - start
-        return [self._result(beams, i, targets[i], cfg, names[i] if names else "", steps, seconds / N)
+        return [self._result(beams, i, targets[i], cfg, names[i] if names else "", int(steps[i]), seconds / N)
                 for i in range(N)]
 
     def _step_logprobs(self, rows: torch.Tensor, targets: torch.Tensor, step: int, cfg: ZeroCapConfig,
