@@ -179,10 +179,8 @@ class CandidateTokenizer:
             kk = torch.tensor([e[1] for e in extra], device=dev)
             shared[rr, kk] = torch.tensor([e[2] for e in extra], device=dev)
             length[rr, kk] = torch.tensor([len(e[3]) for e in extra], device=dev)
-            block = torch.zeros(len(extra), width, dtype=torch.long)
-            for i, e in enumerate(extra):
-                block[i, : len(e[3])] = torch.tensor(e[3], dtype=torch.long)
-            content[rr, kk] = block.to(dev)
+            block = [e[3] + [0] * (width - len(e[3])) for e in extra]
+            content[rr, kk] = torch.tensor(block, dtype=torch.long, device=dev)
 
         # clip.tokenize(truncate=True): keep the first 76 tokens, then EOT
         shared = shared.clamp(max=CONTEXT_LENGTH - 1)
@@ -212,9 +210,8 @@ class CandidateTokenizer:
         if hit is None:
             full = self.tokenize_full(prefix.text + s)
             end = full.index(self.eot)  # CLIP reads the features at argmax = the first EOT
-            row = prefix.row
-            m = 0
-            while m < min(len(row), end) and row[m] == full[m]:
+            row, m, limit = prefix.row, 0, min(len(prefix.row), end)
+            while m < limit and row[m] == full[m]:
                 m += 1
             hit = self._full_cache[key] = (m, full[m:end])
             if len(self._full_cache) > 50_000:
