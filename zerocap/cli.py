@@ -185,7 +185,7 @@ def _config(args):
     return preset(args.preset, **overrides)
 
 
-def _progress_bar(total_images: int):
+def _progress_bar():
     if not sys.stderr.isatty():
         return None, None
     from tqdm import tqdm
@@ -261,7 +261,7 @@ def run(argv: list[str] | None = None) -> int:
 
     replicas = Replicas.load(lm_path, clip_path, devices, lm_dtype=args.lm_dtype, exact=False if args.fast else None)
     cfg = replicas.engines[0].check(cfg)
-    progress, bar = _progress_bar(len(images))
+    progress, bar = _progress_bar()
     try:
         if args.command == "caption":
             for result in replicas.caption(pictures, cfg, batch_size=args.batch_size, seed=args.seed,
