@@ -68,8 +68,9 @@ def test_prefix_cached_features_match_encode_text(engine):
     top = torch.randint(0, len(ct.strings), (3, 40), generator=torch.Generator().manual_seed(1))
     top[:, 0] = 82  # "s": continues the last word
     shared, suffix, eot = ct.rows(prefixes, top)
-    fast = scorer.encode_candidates(scorer.encode_prefix([p.row for p in prefixes], "cpu"), shared, suffix, eot)
-    full = scorer.encode_full(ct.pad([p.row for p in prefixes]), shared, suffix, eot)
+    prefix_rows = ct.pad([p.row for p in prefixes])
+    fast = scorer.encode_candidates(scorer.encode_prefix(prefix_rows), shared, suffix, eot)
+    full = scorer.encode_full(prefix_rows, shared, suffix, eot)
     for r, p in enumerate(prefixes):
         ids = clip.tokenize([p.text + ct.strings[t] for t in top[r].tolist()], truncate=True)
         ref = engine.clip.encode_text(ids)

@@ -46,14 +46,10 @@ class ClipTextScorer:
         return x + block.mlp(block.ln_2(x))
 
     @torch.no_grad()
-    def encode_prefix(self, rows: list[list[int]], device) -> PrefixCache:
-        """Keys/values of the prefix rows (SOT + prefix ids), zero-padded to the longest."""
-        P = max(map(len, rows))
-        ids = torch.zeros(len(rows), P, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        ids = ids.to(device)  # (R, P)
-        x = self._embed(ids, torch.arange(P, device=device))  # (R, P, d)
+    def encode_prefix(self, prefix_rows: torch.Tensor) -> PrefixCache:
+        """Keys/values of the prefix rows (R, P): SOT + prefix ids, zero-padded."""
+        P, device = prefix_rows.shape[1], prefix_rows.device
+        x = self._embed(prefix_rows, torch.arange(P, device=device))  # (R, P, d)
         causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
         keys, values = [], []
         for block in self.blocks:

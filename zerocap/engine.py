@@ -263,10 +263,9 @@ class ZeroCap:
         last = context[:, -1:]
         if past is not None and cfg.num_iterations > 0:
             prefixes = [self.candidates.prefix(t) for t in self._prefix_texts(context)]
+            prefix_rows = self.candidates.pad([p.row for p in prefixes])  # (R, P)
             if not self.exact:
-                prefix_cache = self.scorer.encode_prefix([p.row for p in prefixes], self.device)
-            else:
-                prefix_rows = self.candidates.pad([p.row for p in prefixes])  # (R, P)
+                prefix_cache = self.scorer.encode_prefix(prefix_rows)
             target_rows = row_targets.to(self.clip.dtype)[:, None, :]  # (R, 1, D)
 
             def clip_loss(probs: torch.Tensor) -> torch.Tensor:  # (R, V) -> (R,)
