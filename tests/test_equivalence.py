@@ -118,3 +118,20 @@ def test_fast_mode_batch_gives_the_reference_beams(lm_dir, clip_file, images):
         texts, scores = reference_beams(engine, engine.targets.image_target(img), cfg)
         assert [b.text for b in result.beams] == texts
         assert [b.score for b in result.beams] == pytest.approx(scores, abs=1e-3)
+
+
+def test_torchscript_clip_archive_loads_like_the_state_dict(tmp_path, lm_dir, clip_file, images):
+    """OpenAI ships ViT-B-32.pt as a TorchScript archive; clip.load(path, jit=False) rebuilds it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from clip.model import build_model
+
+        model = build_model(torch.load(clip_file)).float().eval()
+        archive = str(tmp_path / "ViT-B-32.pt")
+        traced = torch.jit.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long)))
+    torch.jit.save(traced, archive)
+    a = ZeroCap.load(lm_dir, archive, device="cpu")
+    b = ZeroCap.load(lm_dir, clip_file, device="cpu")
+    assert torch.equal(a.targets.image_target(images[0]), b.targets.image_target(images[0]))
