@@ -54,6 +54,12 @@ def is_plain(text: str) -> bool:
     return text.isascii() and (text.isprintable() or text == "") and "&" not in text and "<" not in text
 
 
+def padded(rows: list[list[int]], width: int | None = None) -> torch.Tensor:
+    """Lists of ids as one zero-padded (len(rows), width or the longest, at least 1) tensor."""
+    width = width or max(1, max(map(len, rows), default=1))
+    return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long).view(len(rows), width)
+
+
 @dataclass
 class Prefix:
     """What the candidates of one beam share, computed once per decoding step."""
@@ -97,10 +103,7 @@ class CandidateTokenizer:
                 plain.append(ok)
                 pieces.append(self.encode_plain(s) if ok else [])
                 first.append(char_class(s[0]) if s.strip() else SPACE)
-            table = torch.zeros(len(pieces), max(1, max(map(len, pieces))), dtype=torch.long)
-            for i, p in enumerate(pieces):
-                table[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-            self._TABLES[key] = (table, torch.tensor(list(map(len, pieces))), torch.tensor(plain),
+            self._TABLES[key] = (padded(pieces), torch.tensor(list(map(len, pieces))), torch.tensor(plain),
                                  torch.tensor(first))
         return self._TABLES[key]
 
@@ -141,10 +144,7 @@ class CandidateTokenizer:
 
     def pad(self, rows: list[list[int]]) -> torch.Tensor:
         """Zero-padded (len(rows), longest) tensor on the device."""
-        out = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        return out.to(self.device)
+        return padded(rows).to(self.device)
 
     # --- candidate rows --------------------------------------------------------------------------
     def rows(self, prefixes: list[Prefix], top: torch.Tensor):
@@ -179,8 +179,7 @@ class CandidateTokenizer:
             kk = torch.tensor([e[1] for e in extra], device=dev)
             shared[rr, kk] = torch.tensor([e[2] for e in extra], device=dev)
             length[rr, kk] = torch.tensor([len(e[3]) for e in extra], device=dev)
-            block = [e[3] + [0] * (width - len(e[3])) for e in extra]
-            content[rr, kk] = torch.tensor(block, dtype=torch.long, device=dev)
+            content[rr, kk] = padded([e[3] for e in extra], width).to(dev)
 
         # clip.tokenize(truncate=True): keep the first 76 tokens, then EOT
         shared = shared.clamp(max=CONTEXT_LENGTH - 1)

@@ -27,14 +27,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def missing_lm_files(path: str) -> list[str]:
+    """What a causal-LM directory lacks: config, weights, tokenizer (as names to show)."""
+    has = lambda f: os.path.isfile(os.path.join(path, f))  # noqa: E731
+    gone = [] if has("config.json") else ["config.json"]
+    if not (has("model.safetensors") or has("pytorch_model.bin")):
+        gone.append("model.safetensors")
+    if not (has("tokenizer.json") or (has("vocab.json") and has("merges.txt"))):
+        gone.append("tokenizer.json (or vocab.json + merges.txt)")
+    return gone
+
+
 def check_lm_dir(path: str) -> None:
     if not os.path.isdir(path):
         raise ValueError(f"language-model weights not found: {path} is not a directory; {GET_WEIGHTS}")
-    missing = [f for f in ("config.json",) if not os.path.isfile(os.path.join(path, f))]
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin")):
-        missing.append("model.safetensors")
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json")):
-        missing.append("vocab.json + merges.txt (or tokenizer.json)")
+    missing = missing_lm_files(path)
     if missing:
         raise ValueError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)}); {GET_WEIGHTS}")
 

@@ -63,13 +63,11 @@ def paths(weights_root: str | None = None) -> tuple[str, str]:
 
 def missing(weights_root: str | None = None) -> list[str]:
     """Required files that are absent, relative to the root."""
+    from .loading import missing_lm_files
+
     r = weights_root or root()
-    need = [os.path.join(LM_DIR, f) for f, required in LM_FILES if required] + [CLIP_FILE]
-    gone = [f for f in need if not os.path.isfile(os.path.join(r, f))]
-    has = lambda f: os.path.isfile(os.path.join(r, LM_DIR, f))  # noqa: E731
-    if not (has("tokenizer.json") or (has("vocab.json") and has("merges.txt"))):
-        gone.append(os.path.join(LM_DIR, "tokenizer.json"))
-    return gone
+    gone = [os.path.join(LM_DIR, f) for f in missing_lm_files(os.path.join(r, LM_DIR))]
+    return gone + ([] if os.path.isfile(os.path.join(r, CLIP_FILE)) else [CLIP_FILE])
 
 
 def read_manifest(weights_root: str) -> dict:
