@@ -77,3 +77,27 @@ def test_prefix_cached_features_match_encode_text(engine):
         ref = ref / ref.norm(dim=-1, keepdim=True)
         assert torch.equal(full[r], ref)  # bit for bit
         torch.testing.assert_close(fast[r], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_features_are_reused_within_a_step(engine):
+    """Only candidates unseen in the step are encoded; the rest come from earlier iterations."""
+    from zerocap.clip_scoring import StepFeatures
+
+    ct, scorer = engine.candidates, engine.scorer
+    prefixes = [ct.prefix(t) for t in ("Image of a dog", "Image of a")]
+    prefix_rows = ct.pad([p.row for p in prefixes])
+    cache = scorer.encode_prefix(prefix_rows)
+    g = torch.Generator().manual_seed(2)
+    first = torch.randperm(len(ct.strings), generator=g)[:60].view(2, 30)
+    second = torch.cat([first[:, 10:], torch.randint(0, len(ct.strings), (2, 10), generator=g)], dim=1)
+    second[:, -1] = 82  # "s": continues the last word
+    seen = StepFeatures(2, len(ct.strings), "cpu")
+    for top in (first, second):
+        shared, suffix, eot = ct.rows(prefixes, top)
+        new = seen.missing(top)
+        partial = scorer.encode_candidates(cache, shared, suffix, eot, needed=new)
+        assert torch.equal(partial[~new], torch.zeros_like(partial[~new]))
+        feats = seen.update(top, new, partial)
+        torch.testing.assert_close(feats, scorer.encode_candidates(cache, shared, suffix, eot), rtol=1e-4, atol=1e-5)
+    assert new.tolist() == [(~torch.isin(second[r], first[r])).tolist() for r in range(2)]
+    assert new[:, :20].sum() == 0 and seen.table.shape[0] == 60 + int(new.sum())

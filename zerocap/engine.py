@@ -21,7 +21,7 @@ import torch
 
 from .beam_search import Beams, first_step, next_step
 from .candidates import CONTEXT_LENGTH, CandidateTokenizer
-from .clip_scoring import ClipTextScorer
+from .clip_scoring import ClipTextScorer, StepFeatures
 from .config import ZeroCapConfig, preset
 from .context_shift import CachedLM, shift_context
 from .rerank import clip_similarities, perplexities
@@ -266,6 +266,7 @@ class ZeroCap:
             prefix_rows = self.candidates.pad([p.row for p in prefixes])  # (R, P)
             if not self.exact:
                 prefix_cache = self.scorer.encode_prefix(prefix_rows)
+                seen = StepFeatures(n * b, self.vocab_size, self.device)
             target_rows = row_targets.to(self.clip.dtype)[:, None, :]  # (R, 1, D)
 
             def clip_loss(probs: torch.Tensor) -> torch.Tensor:  # (R, V) -> (R,)
@@ -274,8 +275,10 @@ class ZeroCap:
                     shared, suffix, eot = self.candidates.rows(prefixes, top)
                     if self.exact:
                         feats = self.scorer.encode_full(prefix_rows, shared, suffix, eot)  # (R, K, D)
-                    else:
-                        feats = self.scorer.encode_candidates(prefix_cache, shared, suffix, eot)
+                    else:  # only the candidates earlier iterations of this step did not rank
+                        new = seen.missing(top)
+                        feats = self.scorer.encode_candidates(prefix_cache, shared, suffix, eot, needed=new)
+                        feats = seen.update(top, new, feats)
                     sims = torch.bmm(target_rows, feats.transpose(1, 2))[:, 0]  # (R, K)
                     q = torch.softmax(sims / cfg.clip_temperature, dim=-1).float()
                 return -(q * probs.gather(1, top).log()).sum(-1)
