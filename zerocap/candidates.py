@@ -147,12 +147,13 @@ class CandidateTokenizer:
         return padded(rows).to(self.device)
 
     # --- candidate rows --------------------------------------------------------------------------
-    def rows(self, prefixes: list[Prefix], top: torch.Tensor):
+    def rows(self, prefixes: list[Prefix], top: torch.Tensor, needed: torch.Tensor | None = None):
         """Suffix rows for candidates `top` (R, K) of beams `prefixes` (R).
 
         Returns (shared, suffix, eot_index): for each candidate, the number of leading tokens it
         shares with its prefix's row (R, K); the tokens after them (R, K, S), EOT included and
-        zero-padded; and the index of EOT in the suffix (R, K).
+        zero-padded; and the index of EOT in the suffix (R, K). With `needed` (R, K), only
+        those candidates' rows are guaranteed: the others skip the slow (re-tokenising) path.
         """
         dev = self.device
         R, K = top.shape
@@ -165,7 +166,7 @@ class CandidateTokenizer:
         content = self.piece_ids[top]  # (R, K, P)
         length = self.piece_len[top].clone()  # (R, K)
 
-        slow = (~sep).nonzero().tolist()  # few; one small device->host copy
+        slow = (~sep if needed is None else ~sep & needed).nonzero().tolist()  # few; one device->host copy
         if slow:
             top_cpu = top.cpu()
             extra = []

@@ -272,11 +272,12 @@ class ZeroCap:
             def clip_loss(probs: torch.Tensor) -> torch.Tensor:  # (R, V) -> (R,)
                 with torch.no_grad():
                     top = probs.topk(cfg.top_k, dim=-1).indices  # (R, K)
-                    shared, suffix, eot = self.candidates.rows(prefixes, top)
                     if self.exact:
+                        shared, suffix, eot = self.candidates.rows(prefixes, top)
                         feats = self.scorer.encode_full(prefix_rows, shared, suffix, eot)  # (R, K, D)
                     else:  # only the candidates earlier iterations of this step did not rank
                         new = seen.missing(top)
+                        shared, suffix, eot = self.candidates.rows(prefixes, top, needed=new)
                         feats = self.scorer.encode_candidates(prefix_cache, shared, suffix, eot, needed=new)
                         feats = seen.update(top, new, feats)
                     sims = torch.bmm(target_rows, feats.transpose(1, 2))[:, 0]  # (R, K)
