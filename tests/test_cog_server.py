@@ -40,7 +40,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=ROOT,
-            env={**os.environ, "COG_PREDICT_TYPE_STUB": "predict.py:Predictor", "PORT": str(self.port),
+            # coglet starts its worker with `python` from PATH: make that this interpreter
+            env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+                 "COG_PREDICT_TYPE_STUB": "predict.py:Predictor", "PORT": str(self.port),
                  "ZEROCAP_DEVICE": "cpu", **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
