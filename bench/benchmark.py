@@ -83,6 +83,28 @@ def timed(fn, device):
     return out, time.perf_counter() - t
 
 
+def profile_caption(zc: ZeroCap, image, cfg: ZeroCapConfig, device) -> str:
+    """Where one caption's time goes: the engine's named regions (torch.profiler), as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _, wall = timed(lambda: zc.caption([image], config=cfg), device)
+    events = prof.key_averages()
+    regions = sorted((e for e in events if e.key.startswith("zerocap.")), key=lambda e: -e.cpu_time_total)
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key)
+    kernel_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3
+    lines = [f"Profile of one caption ({'fast' if not zc.exact else 'exact'} form; the profiler adds overhead): "
+             f"{wall:.3f} s wall, {launches} kernel launches, {kernel_ms:.1f} ms of GPU kernels.\n",
+             "| region | calls | CPU ms (incl. waits) | GPU ms |", "| --- | ---: | ---: | ---: |"]
+    for e in regions:
+        lines.append(f"| {e.key} | {e.count} | {e.cpu_time_total / 1e3:.1f} | "
+                     f"{getattr(e, 'device_time_total', 0) / 1e3:.1f} |")
+    rest = wall * 1e3 - sum(e.cpu_time_total for e in regions) / 1e3
+    lines.append(f"| everything else (token rules, beams, rerank, ...) | | {rest:.1f} | |")
+    return "\n".join(lines) + "\n"
+
+
 def machine(device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -104,6 +126,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=16, help="images in the throughput run")
     p.add_argument("--repeats", type=int, default=3, help="timed single-caption runs of the engine (median)")
     p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference decoder")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the profiled caption (where the time goes, by engine region)")
     p.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="append the table here ('' = don't)")
     args = p.parse_args()
@@ -162,6 +186,9 @@ def main() -> int:
     _, batch_seconds = timed(lambda: zc.caption(batch, config=cfg), device)
     print(f"batch of {len(batch)}: {batch_seconds:.2f} s = {len(batch) / batch_seconds:.2f} captions/s", flush=True)
 
+    profile_table = profile_caption(engine_for(False), images[0], cfg, device) if args.profile else ""
+    print(profile_table, flush=True)
+
     size = "tiny test models" if args.tiny else "GPT-2 medium + CLIP ViT-B/32 (random weights)"
     head = (f"\n## {datetime.date.today().isoformat()} — {size}, {device.type}, LM {args.lm_dtype}\n\n"
             f"Machine: {machine(device)}. Git: {git_rev()}.\n"
@@ -172,6 +199,7 @@ def main() -> int:
         f"| {n} | {s:.3f} | {t:.3f} | {'' if r is None else f'{r:.1f}x'} | {'' if m is None else f'{m:.2f}'} | {ok} |\n"
         for n, s, t, r, m, ok in rows)
     tail = f"\nBatch of {len(batch)} images (fast form): {batch_seconds:.2f} s, {len(batch) / batch_seconds:.2f} captions/s.\n"
+    tail += "\n" + profile_table if profile_table else ""
     print(head + body + tail)
     if args.results:
         with open(args.results, "a") as f:

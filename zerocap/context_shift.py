@@ -10,6 +10,7 @@ import inspect
 from typing import Callable
 
 import torch
+from torch.profiler import record_function
 from transformers import DynamicCache
 
 
@@ -66,12 +67,14 @@ def shift_context(
     log_p0 = p0.log()
     for _ in range(cfg.num_iterations):
         delta.requires_grad_(True)
-        probs = torch.softmax(lm.next_logits(last, past + delta), dim=-1)  # (R, V)
+        with record_function("zerocap.lm_forward"):
+            probs = torch.softmax(lm.next_logits(last, past + delta), dim=-1)  # (R, V)
         # the authors' order of terms: autograd then sums the gradients in the same order
         loss = cfg.clip_scale * clip_loss(probs).sum()
         fluency = cfg.ce_scale * ((probs * probs.log()) - (probs * log_p0)).sum(-1)  # (R,)
         loss = loss + fluency.sum()
-        (grad,) = torch.autograd.grad(loss, delta)
+        with record_function("zerocap.lm_backward"):
+            (grad,) = torch.autograd.grad(loss, delta)
         # one norm per layer, keys/values and row  # (L, 2, R, 1, 1, 1)
         norm = torch.linalg.vector_norm(grad.float(), dim=(3, 4, 5), keepdim=True) + 1e-15
         step = -cfg.stepsize * (grad / norm.to(grad.dtype) ** cfg.grad_norm_factor)

@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Callable, Sequence
 
 import torch
+from torch.profiler import record_function
 
 from .beam_search import Beams, first_step, next_step
 from .candidates import CONTEXT_LENGTH, CandidateTokenizer
@@ -259,34 +260,37 @@ class ZeroCap:
         n, b, T = rows.shape
         context = rows.reshape(n * b, T)  # (R, T)
         row_targets = targets.repeat_interleave(b, dim=0)  # (R, D)
-        p0, past = self.cached_lm.prefill(context, exact=self.exact)  # (R, V), (L, 2, R, H, T-1, hd)
+        with record_function("zerocap.lm_prefill"):
+            p0, past = self.cached_lm.prefill(context, exact=self.exact)  # (R, V), (L, 2, R, H, T-1, hd)
         last = context[:, -1:]
         if past is not None and cfg.num_iterations > 0:
             prefixes = [self.candidates.prefix(t) for t in self._prefix_texts(context)]
             prefix_rows = self.candidates.pad([p.row for p in prefixes])  # (R, P)
             if not self.exact:
-                prefix_cache = self.scorer.encode_prefix(prefix_rows)
+                with record_function("zerocap.clip_prefix"):
+                    prefix_cache = self.scorer.encode_prefix(prefix_rows)
                 seen = StepFeatures(n * b, self.vocab_size, self.device)
             target_rows = row_targets.to(self.clip.dtype)[:, None, :]  # (R, 1, D)
 
             def clip_loss(probs: torch.Tensor) -> torch.Tensor:  # (R, V) -> (R,)
                 with torch.no_grad():
                     top = probs.topk(cfg.top_k, dim=-1).indices  # (R, K)
-                    if self.exact:
-                        shared, suffix, eot = self.candidates.rows(prefixes, top)
-                        feats = self.scorer.encode_full(prefix_rows, shared, suffix, eot)  # (R, K, D)
-                    else:  # only the candidates earlier iterations of this step did not rank
-                        new = seen.missing(top)
+                    new = None if self.exact else seen.missing(top)  # fast form: only unseen candidates
+                    with record_function("zerocap.candidate_rows"):
                         shared, suffix, eot = self.candidates.rows(prefixes, top, needed=new)
-                        feats = self.scorer.encode_candidates(prefix_cache, shared, suffix, eot, needed=new)
-                        feats = seen.update(top, new, feats)
+                    with record_function("zerocap.clip_candidates"):
+                        if self.exact:
+                            feats = self.scorer.encode_full(prefix_rows, shared, suffix, eot)  # (R, K, D)
+                        else:
+                            feats = self.scorer.encode_candidates(prefix_cache, shared, suffix, eot, needed=new)
+                            feats = seen.update(top, new, feats)
                     sims = torch.bmm(target_rows, feats.transpose(1, 2))[:, 0]  # (R, K)
                     q = torch.softmax(sims / cfg.clip_temperature, dim=-1).float()
                 return -(q * probs.gather(1, top).log()).sum(-1)
 
             with torch.enable_grad():
                 past = shift_context(self.cached_lm, past, last, p0, clip_loss, cfg)
-        with torch.no_grad():
+        with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
             logits = self.cached_lm.next_logits(last, past)
         logits = apply_token_rules(logits, context, step, cfg, end_id, self.forbidden)
         probs = torch.softmax(logits, dim=-1)

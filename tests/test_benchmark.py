@@ -1,0 +1,20 @@
+"""bench/benchmark.py runs end to end (a GPU session must not spend its time on a broken script)."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tiny_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "benchmark.py"), "--tiny", "--tokens", "1",
+                          "--batch", "2", "--repeats", "1", "--results", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| engine")}
+    assert set(rows) == {"engine, exact form (fp32 default)", "engine, fast form"}
+    assert all(line.rstrip().endswith("| yes |") for line in rows.values())  # beams = the reference's
+    assert "| reference decoder (tests/) |" in text and "Batch of 2 images" in text
+    assert "| zerocap.lm_backward | 5 |" in text and "| zerocap.clip_candidates | 5 |" in text
