@@ -12,12 +12,7 @@ class Hub:
 
     def __init__(self, lm_dir, clip_file):
         self.files, self.etags, self.requests = {}, {}, []
-        for name in os.listdir(lm_dir):
-            data = open(os.path.join(lm_dir, name), "rb").read()
-            path = f"/{weights.HF_REPO}/resolve/main/{name}"
-            self.files[path] = data
-            if name == "model.safetensors":
-                self.etags[path] = hashlib.sha256(data).hexdigest()
+        self.serve_lm(lm_dir, weights.HF_REPO)
         clip = open(clip_file, "rb").read()
         self.clip_sha = hashlib.sha256(clip).hexdigest()
         self.files[f"/clip/{self.clip_sha}/ViT-B-32.pt"] = clip
@@ -54,6 +49,15 @@ class Hub:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def serve_lm(self, lm_dir, repo):
+        """Serve the files of a Hugging Face model folder as the hub's repo `repo`."""
+        for name in os.listdir(lm_dir):
+            data = open(os.path.join(lm_dir, name), "rb").read()
+            path = f"/{repo}/resolve/main/{name}"
+            self.files[path] = data
+            if name == "model.safetensors":
+                self.etags[path] = hashlib.sha256(data).hexdigest()
 
     def close(self):
         self.server.shutdown()

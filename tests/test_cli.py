@@ -175,3 +175,25 @@ def test_fast_flag(capsys, models, images):
     b = run(capsys, "caption", images[0], *models, *FAST, "--json")
     assert a[0] == b[0] == 0
     assert [x["text"] for x in jsonl(a[1])[0]["beams"]] == [x["text"] for x in jsonl(b[1])[0]["beams"]]
+
+
+def test_gpt_neo_weights_missing_offline_name_their_download_command(capsys, monkeypatch, weights_root, images):
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", weights_root)  # has gpt2-medium and CLIP, no GPT-Neo
+    monkeypatch.setenv("ZEROCAP_OFFLINE", "1")
+    code, _, err = run(capsys, "caption", images[0], "--lm_model", "gpt-neo", *FAST)
+    assert code == 2
+    assert "gpt-neo-125M" in err and "python script/download-weights --lm gpt-neo-125M" in err
+
+
+def test_own_lm_without_clip_needs_only_clip_from_the_weights_folder(capsys, monkeypatch, tmp_path, lm_dir,
+                                                                     clip_file, images):
+    import shutil
+
+    root = tmp_path / "w"
+    (root / "clip").mkdir(parents=True)
+    shutil.copyfile(clip_file, root / "clip" / "ViT-B-32.pt")  # no gpt2-medium/ here
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", str(root))
+    monkeypatch.setenv("ZEROCAP_OFFLINE", "1")
+    code, out, err = run(capsys, "caption", images[0], "--lm", lm_dir, *FAST, "--json")
+    assert code == 0, err
+    assert len(jsonl(out)) == 1

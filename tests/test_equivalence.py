@@ -1,11 +1,10 @@
 """The engine's beams equal the literal reference decoder's, in fp32, on seeded cases."""
-import os
 
 import pytest
 import torch
 
 from reference_decoder import ReferenceDecoder
-from tiny_models import write_tiny_clip, write_tiny_gpt2
+from tiny_models import write_tiny_clip, write_tiny_gpt2, write_tiny_gpt_neo
 from zerocap import ZeroCap, ZeroCapConfig, preset
 
 SMALL = dict(top_k=48, beam_size=3, max_tokens=4)
@@ -71,17 +70,7 @@ def test_other_seeds_and_sizes_match_reference(tmp_path, images):
 
 
 def test_gpt_neo_without_bos_prefix_matches_reference(tmp_path, images, clip_file):
-    from transformers import GPT2Tokenizer, GPTNeoConfig, GPTNeoForCausalLM
-
-    from tiny_models import FIXTURES
-
-    torch.manual_seed(3)
-    cfg = GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=4, attention_types=[[["global", "local"], 1]],
-                       max_position_embeddings=128, window_size=32, initializer_range=0.2)
-    lm_dir = str(tmp_path / "neo")
-    GPTNeoForCausalLM(cfg).save_pretrained(lm_dir)
-    GPT2Tokenizer(os.path.join(FIXTURES, "vocab.json"), os.path.join(FIXTURES, "merges.txt")).save_pretrained(lm_dir)
-    engine = ZeroCap.load(lm_dir, clip_file, device="cpu")
+    engine = ZeroCap.load(write_tiny_gpt_neo(str(tmp_path / "neo")), clip_file, device="cpu")
     assert engine.prompt_prefix == ""
     zc = ZeroCapConfig(**SMALL)
     result = engine.caption([images[2]], config=zc)[0]

@@ -110,3 +110,27 @@ def test_download_script(hub, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT_DIR, "script", "download-weights"), "--root", str(root)],
                        capture_output=True, text=True, env=dict(os.environ))
     assert r.returncode == 2 and "HTTP 404" in r.stderr
+
+
+def test_second_lm_downloads_beside_the_first_and_the_manifest_keeps_both(hub, tmp_path):
+    from tiny_models import write_tiny_gpt_neo
+
+    hub.serve_lm(write_tiny_gpt_neo(str(tmp_path / "neo-src")), "EleutherAI/gpt-neo-125m")
+    root = str(tmp_path / "w")
+    weights.download(root, log=lambda m: None)
+    n = len(hub.requests)
+    manifest = weights.download(root, log=lambda m: None, lm="gpt-neo-125M", clip=False)
+    assert all("gpt-neo-125m" in p for p in hub.requests[n:])  # only the new LM was fetched
+    files = {e["file"] for e in manifest["files"]}
+    assert {"gpt2-medium/model.safetensors", "gpt-neo-125M/model.safetensors", "clip/ViT-B-32.pt"} <= files
+    assert weights.missing(root, lm="gpt-neo-125M") == [] and weights.missing(root) == []
+    with pytest.raises(ValueError, match="unknown language model 'gpt-j'; choose one of gpt2-medium, gpt-neo-125M"):
+        weights.download(root, lm="gpt-j")
+
+
+def test_ensure_fetches_only_what_is_asked(hub, tmp_path):
+    root = str(tmp_path / "w")
+    weights.ensure(root, log=lambda m: None, lm=None)  # CLIP only: the caller has its own LM
+    assert os.path.isfile(os.path.join(root, "clip", "ViT-B-32.pt"))
+    assert not os.path.exists(os.path.join(root, "gpt2-medium"))
+    assert all("/clip/" in p for p in hub.requests)

@@ -31,6 +31,18 @@ def write_tiny_gpt2(path: str, seed: int = 0, n_layer: int = 2, n_embd: int = 64
     return path
 
 
+def write_tiny_gpt_neo(path: str, seed: int = 3) -> str:
+    """A tiny GPT-Neo directory (global and local attention layers), with the GPT-2 tokenizer files."""
+    from transformers import GPT2Tokenizer, GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=4, attention_types=[[["global", "local"], 1]],
+                       max_position_embeddings=128, window_size=32, initializer_range=0.2)
+    GPTNeoForCausalLM(cfg).save_pretrained(path)
+    GPT2Tokenizer(os.path.join(FIXTURES, "vocab.json"), os.path.join(FIXTURES, "merges.txt")).save_pretrained(path)
+    return path
+
+
 def write_tiny_clip(path: str, seed: int = 0, width: int = 64, layers: int = 2, embed_dim: int = 32) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

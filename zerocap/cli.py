@@ -87,7 +87,8 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
                                 " missing weights are downloaded unless offline)")
     m.add_argument("--clip", help="OpenAI CLIP checkpoint (default: $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
     m.add_argument("--lm_model", "--lm-model", choices=["gpt-2", "gpt-neo"], default=None,
-                   help="seed spelling: gpt-2 = weights/gpt2-medium, gpt-neo = weights/gpt-neo-125M")
+                   help="seed spelling: gpt-2 = weights/gpt2-medium, gpt-neo = weights/gpt-neo-125M"
+                        " (fetched on first use, or by script/download-weights --lm gpt-neo-125M)")
     m.add_argument("--clip_checkpoints", "--clip-checkpoints", metavar="DIR",
                    help="seed spelling: folder holding ViT-B-32.pt")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -164,18 +165,15 @@ def _devices(args) -> list[str]:
 def _model_paths(args) -> tuple[str, str]:
     from . import weights
 
-    if args.lm and args.clip:
-        return args.lm, args.clip
-    base = weights.root()
-    if args.lm_model == "gpt-neo" and not args.lm:
-        lm = os.path.join(base, "gpt-neo-125M")
-    else:
-        lm = args.lm
+    lm = args.lm
     clip_path = args.clip or (os.path.join(args.clip_checkpoints, "ViT-B-32.pt") if args.clip_checkpoints else None)
-    if lm is None or clip_path is None:
-        default_lm, default_clip = weights.ensure(base, log=lambda m: print(m, file=sys.stderr))
-        lm, clip_path = lm or default_lm, clip_path or default_clip
-    return lm, clip_path
+    if lm and clip_path:
+        return lm, clip_path
+    lm_dir = "gpt-neo-125M" if args.lm_model == "gpt-neo" else weights.LM_DIR
+    # fetch (unless offline) only what the flags did not name
+    default_lm, default_clip = weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr),
+                                              lm=None if lm else lm_dir, clip=not clip_path)
+    return lm or default_lm, clip_path or default_clip
 
 
 def _config(args):

@@ -1,7 +1,8 @@
 """The weights/ folder: layout, verified (resumable, idempotent) download, and checks at start-up.
 
     weights/
-      gpt2-medium/         Hugging Face GPT-2 medium (openai-community/gpt2-medium)
+      gpt2-medium/         Hugging Face GPT-2 medium (openai-community/gpt2-medium), the paper's LM
+      gpt-neo-125M/        GPT-Neo 125M (EleutherAI/gpt-neo-125m), optional: the seed's --lm_model gpt-neo
       clip/ViT-B-32.pt     OpenAI CLIP ViT-B/32, from the URL that carries its SHA-256
       manifest.json        file, size and sha256 of every file, written by the download
 
@@ -17,7 +18,10 @@ import re
 import sys
 from typing import Callable
 
-HF_REPO = "openai-community/gpt2-medium"
+# Language models the folder can hold: subfolder -> Hugging Face repo
+LMS = {"gpt2-medium": "openai-community/gpt2-medium", "gpt-neo-125M": "EleutherAI/gpt-neo-125m"}
+LM_DIR = "gpt2-medium"  # the default
+HF_REPO = LMS[LM_DIR]
 HF_REVISION = "main"
 # (file, required): optional files are skipped when the hub does not have them
 LM_FILES = [
@@ -34,7 +38,6 @@ CLIP_URL = (
     "https://openaipublic.azureedge.net/clip/models/"
     "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt"
 )
-LM_DIR = "gpt2-medium"
 CLIP_FILE = os.path.join("clip", "ViT-B-32.pt")
 MANIFEST = "manifest.json"
 DOWNLOAD_COMMAND = "python script/download-weights"
@@ -55,19 +58,26 @@ def offline() -> bool:
                for k in ("ZEROCAP_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def paths(weights_root: str | None = None) -> tuple[str, str]:
+def paths(weights_root: str | None = None, lm: str = LM_DIR) -> tuple[str, str]:
     """(LM directory, CLIP checkpoint) under the root."""
     r = weights_root or root()
-    return os.path.join(r, LM_DIR), os.path.join(r, CLIP_FILE)
+    return os.path.join(r, lm), os.path.join(r, CLIP_FILE)
 
 
-def missing(weights_root: str | None = None) -> list[str]:
-    """Required files that are absent, relative to the root."""
+def _check_lm(lm: str | None) -> None:
+    if lm is not None and lm not in LMS:
+        raise ValueError(f"unknown language model {lm!r}; choose one of {', '.join(LMS)}")
+
+
+def missing(weights_root: str | None = None, lm: str | None = LM_DIR, clip: bool = True) -> list[str]:
+    """Required files that are absent, relative to the root: the LM folder `lm` (None: none)
+    and, with `clip`, the CLIP checkpoint."""
     from .loading import missing_lm_files
 
+    _check_lm(lm)
     r = weights_root or root()
-    gone = [os.path.join(LM_DIR, f) for f in missing_lm_files(os.path.join(r, LM_DIR))]
-    return gone + ([] if os.path.isfile(os.path.join(r, CLIP_FILE)) else [CLIP_FILE])
+    gone = [os.path.join(lm, f) for f in missing_lm_files(os.path.join(r, lm))] if lm else []
+    return gone + ([] if not clip or os.path.isfile(os.path.join(r, CLIP_FILE)) else [CLIP_FILE])
 
 
 def read_manifest(weights_root: str) -> dict:
@@ -90,10 +100,14 @@ def verify_sizes(weights_root: str) -> None:
 
 
 def ensure(weights_root: str | None = None, allow_download: bool | None = None,
-           log: Callable[[str], None] | None = None) -> tuple[str, str]:
-    """(LM dir, CLIP file) under the root, downloading what is missing unless offline."""
+           log: Callable[[str], None] | None = None, lm: str | None = LM_DIR, clip: bool = True) -> tuple[str, str]:
+    """(LM dir, CLIP file) under the root, downloading what is missing unless offline.
+
+    lm: the LM subfolder needed (None: no LM from this folder); clip: whether CLIP is needed.
+    """
     r = weights_root or root()
-    gone = missing(r)
+    gone = missing(r, lm, clip)
+    command = DOWNLOAD_COMMAND + (f" --lm {lm}" if lm and lm != LM_DIR else "")
     if gone:
         if allow_download is None:
             allow_download = not offline()
@@ -101,15 +115,15 @@ def ensure(weights_root: str | None = None, allow_download: bool | None = None,
             raise ValueError(
                 f"model weights missing: {os.path.join(r, gone[0])}"
                 + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")
-                + f"; run `{DOWNLOAD_COMMAND}` (offline mode is on, so they are not fetched automatically)"
+                + f"; run `{command}` (offline mode is on, so they are not fetched automatically)"
             )
         try:
-            download(r, log=log)
+            download(r, log=log, lm=lm, clip=clip)
         except ValueError as e:
             raise ValueError(f"model weights missing in {r} and the download failed: {e};"
-                             f" run `{DOWNLOAD_COMMAND}` when the network is reachable") from None
+                             f" run `{command}` when the network is reachable") from None
     verify_sizes(r)
-    return paths(r)
+    return paths(r, lm or LM_DIR)
 
 
 # ---- download --------------------------------------------------------------------------------
@@ -176,16 +190,20 @@ def fetch(url: str, dest: str, sha256: str | None = None, required: bool = True,
 
 
 def download(weights_root: str | None = None, hf_endpoint: str | None = None,
-             log: Callable[[str], None] | None = None) -> dict:
-    """Fetch GPT-2 medium and CLIP ViT-B/32 into the root; skip files already verified."""
+             log: Callable[[str], None] | None = None, lm: str | None = LM_DIR, clip: bool = True) -> dict:
+    """Fetch an LM (default GPT-2 medium) and CLIP ViT-B/32 into the root; skip files already
+    verified. The manifest keeps the entries of other files still on disk (another LM)."""
+    _check_lm(lm)
     r = weights_root or root()
     endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     old = read_manifest(r)
-    entries = {}
-    jobs = [(os.path.join(LM_DIR, f), f"{endpoint}/{HF_REPO}/resolve/{HF_REVISION}/{f}", None, req)
-            for f, req in LM_FILES]
-    clip_url = _clip_url()
-    jobs.append((CLIP_FILE, clip_url, _hex64(clip_url.rstrip("/").split("/")[-2]), True))
+    jobs = [(os.path.join(lm, f), f"{endpoint}/{LMS[lm]}/resolve/{HF_REVISION}/{f}", None, req)
+            for f, req in (LM_FILES if lm else [])]
+    if clip:
+        clip_url = _clip_url()
+        jobs.append((CLIP_FILE, clip_url, _hex64(clip_url.rstrip("/").split("/")[-2]), True))
+    names = {job[0] for job in jobs}
+    entries = {k: v for k, v in old.items() if k not in names and os.path.isfile(os.path.join(r, k))}
     for name, url, sha, required in jobs:
         dest = os.path.join(r, name)
         known = old.get(name)
