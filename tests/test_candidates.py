@@ -69,7 +69,14 @@ def test_prefix_cached_features_match_encode_text(engine):
     top[:, 0] = 82  # "s": continues the last word
     shared, suffix, eot = ct.rows(prefixes, top)
     prefix_rows = ct.pad([p.row for p in prefixes])
-    fast = scorer.encode_candidates(scorer.encode_prefix(prefix_rows), shared, suffix, eot)
+    cache = scorer.encode_prefix(prefix_rows)
+    fast = scorer.encode_candidates(cache, shared, suffix, eot)  # one pass
+    scorer.SINGLE_PASS_TOKENS = 0  # (instance attribute) force the length buckets of large batches
+    try:
+        bucketed = scorer.encode_candidates(cache, shared, suffix, eot)
+    finally:
+        del scorer.SINGLE_PASS_TOKENS
+    assert len(set(eot.flatten().tolist())) > 2  # several buckets
     full = scorer.encode_full(prefix_rows, shared, suffix, eot)
     for r, p in enumerate(prefixes):
         ids = clip.tokenize([p.text + ct.strings[t] for t in top[r].tolist()], truncate=True)
@@ -77,6 +84,7 @@ def test_prefix_cached_features_match_encode_text(engine):
         ref = ref / ref.norm(dim=-1, keepdim=True)
         assert torch.equal(full[r], ref)  # bit for bit
         torch.testing.assert_close(fast[r], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bucketed[r], ref, rtol=1e-4, atol=1e-5)
 
 
 def test_features_are_reused_within_a_step(engine):

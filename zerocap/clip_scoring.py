@@ -22,6 +22,8 @@ class PrefixCache:
 class ClipTextScorer:
     """Runs the text tower of an OpenAI `clip.model.CLIP` in pieces, or whole (`encode_full`)."""
 
+    SINGLE_PASS_TOKENS = 32768  # below this many padded suffix tokens, no length buckets
+
     def __init__(self, clip_model):
         self.clip = clip_model
         self.blocks = list(clip_model.transformer.resblocks)
@@ -89,14 +91,18 @@ class ClipTextScorer:
 
         shared (R, K): prefix tokens each row reuses; suffix (R, K, S): its own tokens;
         eot_index (R, K): where EOT sits in the suffix; needed (R, K): the rows to compute
-        (default all; the others come back as zeros). Rows are run in buckets of similar
-        suffix length (1, 2, 4, 8, ... tokens), so one long candidate does not pad them all.
+        (default all; the others come back as zeros). Large batches of rows run in buckets of
+        similar suffix length (1, 2, 4, 8, ... tokens), so one long candidate does not pad them
+        all; up to SINGLE_PASS_TOKENS padded tokens run as one pass (fewer kernel launches).
         """
         R, K, S = suffix.shape
         dev = suffix.device
         beam = torch.arange(R, device=dev).repeat_interleave(K)  # (M,)
         shared, suffix, eot_index = shared.reshape(-1), suffix.reshape(R * K, S), eot_index.reshape(-1)
-        bucket = torch.ceil(torch.log2((eot_index + 1).float())).long()  # (M,) suffix fits 2**bucket
+        if R * K * S <= self.SINGLE_PASS_TOKENS:
+            bucket = torch.full_like(eot_index, (S - 1).bit_length())  # 2**bucket >= S: one pass
+        else:
+            bucket = torch.ceil(torch.log2((eot_index + 1).float())).long()  # (M,) suffix fits 2**bucket
         if needed is not None:
             bucket = bucket.masked_fill(~needed.reshape(-1), -1)
         out = torch.zeros(R * K, self.clip.text_projection.shape[1], dtype=self.dtype, device=dev)
@@ -115,7 +121,9 @@ class ClipTextScorer:
         P = cache.keys[0].shape[-2]
         dev = suffix.device
         j = torch.arange(S, device=dev)
-        x = self._embed(suffix, shared[:, None] + j)  # (M, S, d)
+        # padding after EOT may run past CLIP's last position; it never reaches the EOT feature
+        positions = (shared[:, None] + j).clamp(max=self.clip.positional_embedding.shape[0] - 1)
+        x = self._embed(suffix, positions)  # (M, S, d)
         # suffix position i sees prefix positions < shared and suffix positions <= i
         see_prefix = (torch.arange(P, device=dev) < shared[:, None])[:, None, None, :].expand(M, 1, S, P)
         see_suffix = torch.ones(S, S, dtype=torch.bool, device=dev).tril().expand(M, 1, S, S)
