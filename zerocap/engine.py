@@ -289,9 +289,9 @@ class ZeroCap:
                 return -(q * probs.gather(1, top).log()).sum(-1)
 
             with torch.enable_grad():
-                past = shift_context(self.cached_lm, past, last, p0, clip_loss, cfg)
+                past = shift_context(self.cached_lm, past, last, p0, clip_loss, cfg, fast=not self.exact)
         with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
-            logits = self.cached_lm.next_logits(last, past)
+            logits = self.cached_lm.next_logits(last, past, fast=not self.exact)
         logits = apply_token_rules(logits, context, step, cfg, end_id, self.forbidden)
         probs = torch.softmax(logits, dim=-1)
         fused = (probs ** cfg.fusion_factor * p0 ** (1 - cfg.fusion_factor)).view(n, b, -1)  # (n, b, V)
