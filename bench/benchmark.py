@@ -83,6 +83,30 @@ def timed(fn, device):
     return out, time.perf_counter() - t
 
 
+# aten ops that only make views or read metadata (no kernel on a GPU)
+VIEW_OPS = {"view", "reshape", "_unsafe_view", "transpose", "t", "permute", "select", "slice", "narrow", "expand",
+            "unsqueeze", "squeeze", "split", "chunk", "unbind", "as_strided", "detach", "detach_", "alias",
+            "lift_fresh", "contiguous", "flatten", "empty", "empty_like", "empty_strided", "resolve_conj",
+            "resolve_neg", "result_type", "to", "_to_copy", "dropout", "item", "_local_scalar_dense", "is_nonzero"}
+
+
+def compute_ops(events) -> dict[str, int]:
+    """Innermost non-view aten ops by engine region ("" = none): a device-independent count of
+    the kernels a GPU would launch."""
+    def is_compute(e):
+        return e.name.startswith("aten::") and e.name[6:] not in VIEW_OPS
+
+    counts: dict[str, int] = {}
+    for e in events:
+        if is_compute(e) and not any(is_compute(c) for c in e.cpu_children):
+            p = e.cpu_parent
+            while p is not None and not p.name.startswith("zerocap."):
+                p = p.cpu_parent
+            region = p.name if p is not None else ""
+            counts[region] = counts.get(region, 0) + 1
+    return counts
+
+
 def profile_caption(zc: ZeroCap, image, cfg: ZeroCapConfig, device) -> str:
     """Where one caption's time goes: the engine's named regions (torch.profiler), as a table."""
     from torch.profiler import ProfilerActivity, profile
@@ -94,14 +118,16 @@ def profile_caption(zc: ZeroCap, image, cfg: ZeroCapConfig, device) -> str:
     regions = sorted((e for e in events if e.key.startswith("zerocap.")), key=lambda e: -e.cpu_time_total)
     launches = sum(e.count for e in events if "LaunchKernel" in e.key)
     kernel_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3
+    ops = compute_ops(prof.events())
     lines = [f"Profile of one caption ({'fast' if not zc.exact else 'exact'} form; the profiler adds overhead): "
-             f"{wall:.3f} s wall, {launches} kernel launches, {kernel_ms:.1f} ms of GPU kernels.\n",
-             "| region | calls | CPU ms (incl. waits) | GPU ms |", "| --- | ---: | ---: | ---: |"]
+             f"{wall:.3f} s wall, {sum(ops.values())} compute ops (innermost non-view aten ops), "
+             f"{launches} kernel launches, {kernel_ms:.1f} ms of GPU kernels.\n",
+             "| region | calls | compute ops | CPU ms (incl. waits) | GPU ms |", "| --- | ---: | ---: | ---: | ---: |"]
     for e in regions:
-        lines.append(f"| {e.key} | {e.count} | {e.cpu_time_total / 1e3:.1f} | "
+        lines.append(f"| {e.key} | {e.count} | {ops.get(e.key, 0)} | {e.cpu_time_total / 1e3:.1f} | "
                      f"{getattr(e, 'device_time_total', 0) / 1e3:.1f} |")
     rest = wall * 1e3 - sum(e.cpu_time_total for e in regions) / 1e3
-    lines.append(f"| everything else (token rules, beams, rerank, ...) | | {rest:.1f} | |")
+    lines.append(f"| everything else (token rules, beams, rerank, ...) | | {ops.get('', 0)} | {rest:.1f} | |")
     return "\n".join(lines) + "\n"
 
 

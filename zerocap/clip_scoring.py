@@ -22,7 +22,7 @@ class PrefixCache:
 class ClipTextScorer:
     """Runs the text tower of an OpenAI `clip.model.CLIP` in pieces, or whole (`encode_full`)."""
 
-    SINGLE_PASS_TOKENS = 32768  # below this many padded suffix tokens, no length buckets
+    SINGLE_PASS_TOKENS = 16384  # up to this many padded suffix tokens, no length buckets
 
     def __init__(self, clip_model):
         self.clip = clip_model
@@ -91,26 +91,25 @@ class ClipTextScorer:
 
         shared (R, K): prefix tokens each row reuses; suffix (R, K, S): its own tokens;
         eot_index (R, K): where EOT sits in the suffix; needed (R, K): the rows to compute
-        (default all; the others come back as zeros). Large batches of rows run in buckets of
-        similar suffix length (1, 2, 4, 8, ... tokens), so one long candidate does not pad them
-        all; up to SINGLE_PASS_TOKENS padded tokens run as one pass (fewer kernel launches).
+        (default all; the others come back as zeros). Up to SINGLE_PASS_TOKENS padded tokens run
+        as one pass (fewer kernel launches); more run in buckets of similar suffix length
+        (1, 2, 4, 8, ... tokens), so that one long candidate does not pad them all.
         """
         R, K, S = suffix.shape
         dev = suffix.device
         beam = torch.arange(R, device=dev).repeat_interleave(K)  # (M,)
         shared, suffix, eot_index = shared.reshape(-1), suffix.reshape(R * K, S), eot_index.reshape(-1)
-        if R * K * S <= self.SINGLE_PASS_TOKENS:
-            bucket = torch.full_like(eot_index, (S - 1).bit_length())  # 2**bucket >= S: one pass
-        else:
-            bucket = torch.ceil(torch.log2((eot_index + 1).float())).long()  # (M,) suffix fits 2**bucket
-        if needed is not None:
-            bucket = bucket.masked_fill(~needed.reshape(-1), -1)
         out = torch.zeros(R * K, self.clip.text_projection.shape[1], dtype=self.dtype, device=dev)
-        for b in torch.unique(bucket).tolist():
-            if b < 0:
-                continue
-            rows = (bucket == b).nonzero()[:, 0]
-            width = min(S, 2**b)
+        rows = torch.arange(R * K, device=dev) if needed is None else needed.reshape(-1).nonzero()[:, 0]
+        if rows.numel() == 0:
+            return out.view(R, K, -1)
+        width = int(eot_index[rows].max()) + 1  # the longest needed suffix
+        if rows.numel() * width <= self.SINGLE_PASS_TOKENS:
+            groups = [(rows, width)]
+        else:
+            bucket = torch.ceil(torch.log2((eot_index[rows] + 1).float())).long()  # suffix fits 2**bucket
+            groups = [(rows[bucket == b], min(width, 2**b)) for b in torch.unique(bucket).tolist()]
+        for rows, width in groups:
             f = self._encode_rows(cache, beam[rows], shared[rows], suffix[rows, :width], eot_index[rows])
             out[rows] = f / f.norm(dim=-1, keepdim=True)
         return out.view(R, K, -1)
