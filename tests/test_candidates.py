@@ -70,12 +70,14 @@ def test_prefix_cached_features_match_encode_text(engine):
     shared, suffix, eot = ct.rows(prefixes, top)
     prefix_rows = ct.pad([p.row for p in prefixes])
     cache = scorer.encode_prefix(prefix_rows)
-    fast = scorer.encode_candidates(cache, shared, suffix, eot)  # one pass
-    scorer.SINGLE_PASS_TOKENS = 0  # (instance attribute) force the length buckets of large batches
+    saved = scorer.single_pass_tokens
     try:
-        bucketed = scorer.encode_candidates(cache, shared, suffix, eot)
+        scorer.single_pass_tokens = 0  # length buckets (the CPU's choice)
+        fast = scorer.encode_candidates(cache, shared, suffix, eot)
+        scorer.single_pass_tokens = 1 << 20  # one pass (a GPU's choice at this size)
+        one_pass = scorer.encode_candidates(cache, shared, suffix, eot)
     finally:
-        del scorer.SINGLE_PASS_TOKENS
+        scorer.single_pass_tokens = saved
     assert len(set(eot.flatten().tolist())) > 2  # several buckets
     full = scorer.encode_full(prefix_rows, shared, suffix, eot)
     for r, p in enumerate(prefixes):
@@ -84,7 +86,7 @@ def test_prefix_cached_features_match_encode_text(engine):
         ref = ref / ref.norm(dim=-1, keepdim=True)
         assert torch.equal(full[r], ref)  # bit for bit
         torch.testing.assert_close(fast[r], ref, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(bucketed[r], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(one_pass[r], ref, rtol=1e-4, atol=1e-5)
 
 
 def test_features_are_reused_within_a_step(engine):

@@ -126,16 +126,17 @@ def test_torchscript_clip_archive_loads_like_the_state_dict(tmp_path, lm_dir, cl
     assert torch.equal(a.targets.image_target(images[0]), b.targets.image_target(images[0]))
 
 
-@pytest.mark.parametrize("exact", [True, False])
-def test_prompt_near_clips_77_tokens_matches_reference(engine, images, exact):
+@pytest.mark.parametrize("exact,single_pass_tokens", [(True, 0), (False, 0), (False, 1 << 20)])
+def test_prompt_near_clips_77_tokens_matches_reference(engine, images, exact, single_pass_tokens):
     """Candidate rows reach CLIP's context limit and are truncated, as clip.tokenize(truncate=True)."""
     cfg = ZeroCapConfig(cond_text="Image of a " + "big " * 68 + "red", top_k=32, beam_size=2, max_tokens=4)
     assert len(engine.candidates.encode(cfg.cond_text)) == 72
-    saved, engine.exact = engine.exact, exact
+    saved = engine.exact, engine.scorer.single_pass_tokens
+    engine.exact, engine.scorer.single_pass_tokens = exact, single_pass_tokens
     try:
         result = engine.caption([images[1]], config=cfg)[0]
     finally:
-        engine.exact = saved
+        engine.exact, engine.scorer.single_pass_tokens = saved
     texts, scores = reference_beams(engine, engine.targets.image_target(images[1]), cfg)
     assert [b.text for b in result.beams] == texts
     if exact:

@@ -22,10 +22,12 @@ class PrefixCache:
 class ClipTextScorer:
     """Runs the text tower of an OpenAI `clip.model.CLIP` in pieces, or whole (`encode_full`)."""
 
-    SINGLE_PASS_TOKENS = 16384  # up to this many padded suffix tokens, no length buckets
-
     def __init__(self, clip_model):
         self.clip = clip_model
+        # up to this many padded suffix tokens run as one pass: on a GPU a pass is launch-bound,
+        # so fewer passes pay; a CPU is compute-bound, so it always pads least (length buckets)
+        on_gpu = next(clip_model.parameters()).device.type == "cuda"
+        self.single_pass_tokens = 16384 if on_gpu else 0
         self.blocks = list(clip_model.transformer.resblocks)
         self.heads = self.blocks[0].attn.num_heads
         self.dtype = clip_model.dtype
@@ -91,8 +93,8 @@ class ClipTextScorer:
 
         shared (R, K): prefix tokens each row reuses; suffix (R, K, S): its own tokens;
         eot_index (R, K): where EOT sits in the suffix; needed (R, K): the rows to compute
-        (default all; the others come back as zeros). Up to SINGLE_PASS_TOKENS padded tokens run
-        as one pass (fewer kernel launches); more run in buckets of similar suffix length
+        (default all; the others come back as zeros). Up to `single_pass_tokens` padded tokens
+        run as one pass (fewer kernel launches); more run in buckets of similar suffix length
         (1, 2, 4, 8, ... tokens), so that one long candidate does not pad them all.
         """
         R, K, S = suffix.shape
@@ -104,14 +106,14 @@ class ClipTextScorer:
         if rows.numel() == 0:
             return out.view(R, K, -1)
         width = int(eot_index[rows].max()) + 1  # the longest needed suffix
-        if rows.numel() * width <= self.SINGLE_PASS_TOKENS:
+        if rows.numel() * width <= self.single_pass_tokens:
             groups = [(rows, width)]
         else:
             bucket = torch.ceil(torch.log2((eot_index[rows] + 1).float())).long()  # suffix fits 2**bucket
             groups = [(rows[bucket == b], min(width, 2**b)) for b in torch.unique(bucket).tolist()]
-        for rows, width in groups:
-            f = self._encode_rows(cache, beam[rows], shared[rows], suffix[rows, :width], eot_index[rows])
-            out[rows] = f / f.norm(dim=-1, keepdim=True)
+        for idx, w in groups:
+            f = self._encode_rows(cache, beam[idx], shared[idx], suffix[idx, :w], eot_index[idx])
+            out[idx] = f / f.norm(dim=-1, keepdim=True)
         return out.view(R, K, -1)
 
     def _encode_rows(self, cache: PrefixCache, beam, shared, suffix, eot_index) -> torch.Tensor:

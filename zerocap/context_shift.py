@@ -70,7 +70,6 @@ class CachedLM:
         out = self.lm(last, use_cache=True, **kwargs)
         return out.logits[:, -1, :].float()
 
-
     def _gpt2_step(self, last: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
         """GPT-2 on one new token per row, attending to `past` (L, 2, R, H, P, hd) -> logits (R, V)."""
         tr = self.lm.transformer
