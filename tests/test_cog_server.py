@@ -66,7 +66,7 @@ class Server:
     def request(self, method, path, body, **kw):
         # A container runs one prediction at a time, and coglet frees the slot just after it
         # answers: a request sent right after a response can get 409 "At capacity", which a
-        # client retries (about 1 in 20 back-to-back requests on the CI machine).
+        # client retries (3 of 60 back-to-back requests on a 2-core machine like CI's).
         deadline = time.time() + 30
         while True:
             status, out = http(method, self.url + path, body, **kw)
