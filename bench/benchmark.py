@@ -152,6 +152,9 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=16, help="images in the throughput run")
     p.add_argument("--repeats", type=int, default=3, help="timed single-caption runs of the engine (median)")
     p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference decoder")
+    p.add_argument("--compile", type=lambda v: v.split(","), default=[], metavar="MODES",
+                   help="also time the fast form with its GPT-2 step under torch.compile, for each mode"
+                        " in this comma list (e.g. default,reduce-overhead); an experiment")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled caption (where the time goes, by engine region)")
     p.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32")
@@ -171,14 +174,26 @@ def main() -> int:
     def engine_for(exact):
         return ZeroCap(lm, tok, clip_model, preprocess, device=device, exact=exact)
 
-    variants = [("engine, fast form", False)]
+    variants = [("engine, fast form", False, None)]
     if clip_model.dtype == torch.float32 and args.lm_dtype == "float32":
-        variants.insert(0, ("engine, exact form (fp32 default)", True))
+        variants.insert(0, ("engine, exact form (fp32 default)", True, None))
+    # experiments, not product code: the fast form with its GPT-2 step under torch.compile
+    variants += [(f"engine, fast form, GPT-2 step torch.compile({m})", False, m) for m in args.compile if m]
     target = None
     results = {}
-    for name, exact in variants:
+    notes = []
+    for name, exact, compile_mode in variants:
         zc = engine_for(exact)
-        zc.caption(images[:1], config=cfg.replace(max_tokens=2))  # warm-up
+        try:
+            if compile_mode:
+                zc.cached_lm._gpt2_step = torch.compile(zc.cached_lm._gpt2_step, mode=compile_mode, dynamic=True)
+            _, warm = timed(lambda: zc.caption(images[:1], config=cfg.replace(max_tokens=2)), device)  # warm-up
+        except Exception as e:  # a failed experiment is reported, not fatal
+            notes.append(f"{name}: failed: {type(e).__name__}: {str(e)[:300]}")
+            print(notes[-1], flush=True)
+            continue
+        if compile_mode:
+            notes.append(f"{name}: first 2-token caption (compiling) {warm:.1f} s")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times = []
@@ -225,6 +240,7 @@ def main() -> int:
         f"| {n} | {s:.3f} | {t:.3f} | {'' if r is None else f'{r:.1f}x'} | {'' if m is None else f'{m:.2f}'} | {ok} |\n"
         for n, s, t, r, m, ok in rows)
     tail = f"\nBatch of {len(batch)} images (fast form): {batch_seconds:.2f} s, {len(batch) / batch_seconds:.2f} captions/s.\n"
+    tail += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     tail += "\n" + profile_table if profile_table else ""
     print(head + body + tail)
     if args.results:

@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_tiny_benchmark_writes_its_table(tmp_path):
     out = tmp_path / "RESULTS.md"
     run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "benchmark.py"), "--tiny", "--tokens", "1",
-                          "--batch", "2", "--repeats", "1", "--results", str(out)],
+                          "--batch", "2", "--repeats", "1", "--results", str(out),
+                          "--compile", "no-such-mode"],  # an experiment that fails is reported, not fatal
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
@@ -18,3 +19,4 @@ def test_tiny_benchmark_writes_its_table(tmp_path):
     assert all(line.rstrip().endswith("| yes |") for line in rows.values())  # beams = the reference's
     assert "| reference decoder (tests/) |" in text and "Batch of 2 images" in text
     assert "| zerocap.lm_backward | 5 |" in text and "| zerocap.clip_candidates | 5 |" in text
+    assert "torch.compile(no-such-mode): failed: RuntimeError" in text
