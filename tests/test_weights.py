@@ -110,6 +110,9 @@ def test_download_script(hub, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT_DIR, "script", "download-weights"), "--root", str(root)],
                        capture_output=True, text=True, env=dict(os.environ))
     assert r.returncode == 2 and "HTTP 404" in r.stderr
+    r = subprocess.run([sys.executable, os.path.join(ROOT_DIR, "script", "download-weights"), "--lm", "gpt-j"],
+                       capture_output=True, text=True, env=dict(os.environ))
+    assert r.returncode == 2 and "invalid choice: 'gpt-j' (choose from 'gpt2-medium', 'gpt-neo-125M')" in r.stderr
 
 
 def test_second_lm_downloads_beside_the_first_and_the_manifest_keeps_both(hub, tmp_path):

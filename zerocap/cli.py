@@ -139,13 +139,13 @@ def _route(argv: list[str]) -> list[str]:
     """Accept the seed's run.py style (no subcommand, --run_type) by inserting the subcommand."""
     if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help")):
         return argv
-    command = "caption"
+    run_type = "caption"
     for i, a in enumerate(argv):
         if a == "--run_type" and i + 1 < len(argv):
-            command = "arithmetic" if argv[i + 1] == "arithmetics" else argv[i + 1]
+            run_type = argv[i + 1]
         elif a.startswith("--run_type="):
-            command = "arithmetic" if a.split("=", 1)[1] == "arithmetics" else a.split("=", 1)[1]
-    return [command] + argv
+            run_type = a.split("=", 1)[1]
+    return ["arithmetic" if run_type == "arithmetics" else run_type] + argv
 
 
 def _devices(args) -> list[str]:
