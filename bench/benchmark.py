@@ -174,9 +174,9 @@ def main() -> int:
     def engine_for(exact):
         return ZeroCap(lm, tok, clip_model, preprocess, device=device, exact=exact)
 
-    variants = [("engine, fast form", False, None)]
+    variants = [("engine, fast form (default)", False, None)]
     if clip_model.dtype == torch.float32 and args.lm_dtype == "float32":
-        variants.insert(0, ("engine, exact form (fp32 default)", True, None))
+        variants.append(("engine, exact form (--exact)", True, None))
     # experiments, not product code: the fast form with its GPT-2 step under torch.compile
     variants += [(f"engine, fast form, GPT-2 step torch.compile({m})", False, m) for m in args.compile if m]
     target = None
@@ -186,7 +186,9 @@ def main() -> int:
         zc = engine_for(exact)
         try:
             if compile_mode:
-                zc.cached_lm._gpt2_step = torch.compile(zc.cached_lm._gpt2_step, mode=compile_mode, dynamic=True)
+                from zerocap.lm import gpt2_step
+
+                zc.cached_lm.step = torch.compile(gpt2_step, mode=compile_mode, dynamic=True)
             _, warm = timed(lambda: zc.caption(images[:1], config=cfg.replace(max_tokens=2)), device)  # warm-up
         except Exception as e:  # a failed experiment is reported, not fatal
             notes.append(f"{name}: failed: {type(e).__name__}: {str(e)[:300]}")

@@ -37,6 +37,15 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine(lm_dir, clip_file):
+    """The default (fast) form on the tiny models."""
     from zerocap import ZeroCap
 
     return ZeroCap.load(lm_dir, clip_file, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def exact_engine(lm_dir, clip_file):
+    """The exact form (the authors' operation order) on the same models."""
+    from zerocap import ZeroCap
+
+    return ZeroCap.load(lm_dir, clip_file, device="cpu", exact=True)

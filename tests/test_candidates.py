@@ -91,7 +91,7 @@ def test_prefix_cached_features_match_encode_text(engine):
 
 def test_features_are_reused_within_a_step(engine):
     """Only candidates unseen in the step are encoded; the rest come from earlier iterations."""
-    from zerocap.clip_scoring import StepFeatures
+    from zerocap.guide import StepFeatures
 
     ct, scorer = engine.candidates, engine.scorer
     prefixes = [ct.prefix(t) for t in ("Image of a dog", "Image of a")]

@@ -1,4 +1,4 @@
-"""The `zerocap` command: outputs, the seed's flag spellings, and every bad input (exit 2)."""
+"""The `zerocap` command: outputs, the authors' flag spellings, and every bad input (exit 2)."""
 import json
 import os
 import subprocess
@@ -83,7 +83,7 @@ def test_seed_arithmetic_spelling(capsys, models, images):
     assert a[0] == b[0] == c[0] == 0, a[2] + c[2]
     ra, rb, rc = jsonl(a[1])[0], jsonl(b[1])[0], jsonl(c[1])[0]
     assert [x["text"] for x in ra["beams"]] == [x["text"] for x in rb["beams"]] == [x["text"] for x in rc["beams"]]
-    assert "+1 x image" in ra["target"] and "-1 x image" in ra["target"]
+    assert ra["target"] == f"+1 x {images[0]} +1 x {images[1]} -1 x {images[2]}"
 
 
 def test_arithmetic_with_texts(capsys, models, images):
@@ -115,9 +115,9 @@ BAD = [
     (["caption", "missing.png"], "image file not found: missing.png"),
     (["caption"], "give at least one IMAGE"),
     (["caption", "{notimage}"], "not an image"),
-    (["caption", "{img}", "--beam-size", "0"], "beam_size must be between 1 and 100, got 0"),
+    (["caption", "{img}", "--beam-size", "0"], "beam_size must be an integer from 1 to 100, got 0"),
     (["caption", "{img}", "--end-factor", "nan"], "end_factor must be a finite number"),
-    (["caption", "{img}", "--fusion-factor", "2"], r"fusion_factor must be in [0.0, 1.0], got 2.0"),
+    (["caption", "{img}", "--fusion-factor", "2"], "fusion_factor must be a number in [0, 1], got 2.0"),
     (["caption", "{img}", "--beam-size", "20", "--top-k", "10"], "beam_size (20) must not exceed top_k (10)"),
     (["caption", "{img}", "--cond-text", "a " * 80], "cond_text is too long for CLIP"),
     (["caption", "{img}", "--batch-size", "0"], "--batch-size must be between 1 and 64"),
@@ -171,11 +171,53 @@ def test_python_dash_m_and_console_script(images, lm_dir, clip_file):
     assert len(json.loads(r.stdout)["beams"]) == 2
 
 
-def test_fast_flag(capsys, models, images):
-    a = run(capsys, "caption", images[0], *models, *FAST, "--json", "--fast")
+def test_exact_flag_gives_the_same_beams_the_authors_way(capsys, models, images, monkeypatch):
+    import zerocap.engine
+
+    forms = []
+    init = zerocap.engine.ZeroCap.__init__
+
+    def spy(self, *a, **k):
+        init(self, *a, **k)
+        forms.append(self.exact)
+
+    monkeypatch.setattr(zerocap.engine.ZeroCap, "__init__", spy)
+    a = run(capsys, "caption", images[0], *models, *FAST, "--json", "--exact")
     b = run(capsys, "caption", images[0], *models, *FAST, "--json")
-    assert a[0] == b[0] == 0
-    assert [x["text"] for x in jsonl(a[1])[0]["beams"]] == [x["text"] for x in jsonl(b[1])[0]["beams"]]
+    c = run(capsys, "caption", images[0], *models, *FAST, "--json", "--fast")  # older command lines
+    assert a[0] == b[0] == c[0] == 0
+    assert forms == [True, False, False]  # fast unless --exact, on a CPU too
+    texts = [[x["text"] for x in jsonl(r[1])[0]["beams"]] for r in (a, b, c)]
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_a_bug_is_not_passed_off_as_a_user_error(capsys, models, images, monkeypatch):
+    """Only InputError is the user's mistake (one line, exit 2); anything else keeps its traceback."""
+    import zerocap.engine
+
+    def broken(*a, **k):
+        raise ValueError("internal: shapes do not match")
+
+    monkeypatch.setattr(zerocap.engine.ZeroCap, "decode", broken)
+    with pytest.raises(ValueError, match="internal: shapes do not match"):
+        main(["caption", images[0], *models, *FAST])
+
+
+def test_ctrl_c_while_loading_the_models_exits_130_without_a_traceback(images, lm_dir, clip_file):
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "zerocap", "caption", images[0], "--lm", lm_dir, "--clip", clip_file, *FAST]
+    for delay in (0.3, 1.0, 2.0):  # during the imports, and while torch and the models load
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        if p.returncode == 0:  # it finished first: nothing to interrupt
+            continue
+        assert p.returncode == 130, err
+        assert err.strip().endswith("zerocap: interrupted") and "Traceback" not in err, err
 
 
 def test_gpt_neo_weights_missing_offline_name_their_download_command(capsys, monkeypatch, weights_root, images):

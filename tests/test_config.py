@@ -1,60 +1,83 @@
+"""The knob table (zerocap/config.py): validation, presets, and the command line reading it."""
 import math
 
 import pytest
 
-from zerocap import PRESETS, ZeroCapConfig, preset
+from zerocap import MODES, PRESETS, InputError, ZeroCapConfig, preset
+from zerocap.config import DEFAULTS, FIELD_TYPES, KNOBS, describe_knob
 
 
-def test_paper_defaults():
-    c = ZeroCapConfig()
-    assert (c.cond_text, c.beam_size, c.max_tokens, c.num_iterations, c.top_k) == ("Image of a", 5, 15, 5, 512)
-    assert (c.clip_temperature, c.clip_scale, c.ce_scale, c.stepsize) == (0.01, 1.0, 0.2, 0.3)
-    assert (c.grad_norm_factor, c.fusion_factor, c.repetition_penalty) == (0.9, 0.99, 1.0)
-    assert (c.end_factor, c.end_factor_from, c.forbidden_factor, c.end_token) == (1.01, 1, 20.0, ".")
-
-
-def test_presets_follow_the_papers_readme():
-    assert preset("arithmetic").fusion_factor == 0.95 and preset("arithmetic").end_factor == 1.06
-    assert preset("arithmetic").grad_norm_factor == 0.95
-    assert (preset("knowledge").cond_text, preset("knowledge").end_factor) == ("Image of", 1.04)
-    assert (preset("ocr").cond_text, preset("ocr").end_factor) == ("Image of text that says", 1.04)
+def test_presets_change_only_what_the_authors_readme_changes():
+    assert MODES == tuple(PRESETS) == ("caption", "knowledge", "ocr", "arithmetic")
+    assert preset("caption") == DEFAULTS
     assert preset("ocr", end_factor=None).end_factor == 1.04  # None keeps the preset's value
     assert preset("ocr", end_factor=1.2).end_factor == 1.2
-    assert set(PRESETS) == {"caption", "arithmetic", "knowledge", "ocr"}
+    for mode, changes in PRESETS.items():
+        got = preset(mode)
+        assert {k for k in KNOBS if getattr(got, k) != getattr(DEFAULTS, k)} == set(changes), mode
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("beam_size", 0, "beam_size must be between 1 and 100"),
-    ("beam_size", 2.5, "beam_size must be an integer"),
-    ("beam_size", True, "beam_size must be an integer"),
-    ("max_tokens", 101, "max_tokens must be between 1 and 100"),
-    ("num_iterations", -1, "num_iterations must be between 0 and 50"),
-    ("top_k", 0, "top_k must be between 1 and 8192"),
-    ("end_factor_from", -1, "end_factor_from must be between 0 and 100"),
-    ("clip_temperature", 0.0, r"clip_temperature must be in \(0.0, 10.0\]"),
-    ("fusion_factor", 1.5, r"fusion_factor must be in \[0.0, 1.0\]"),
-    ("fusion_factor", math.nan, "fusion_factor must be a finite number"),
-    ("end_factor", math.inf, "end_factor must be a finite number"),
-    ("end_factor", -1.0, "end_factor must be in"),
-    ("stepsize", "big", "stepsize must be a number"),
-    ("forbidden_factor", 0, "forbidden_factor must be in"),
-    ("repetition_penalty", 11.0, "repetition_penalty must be in"),
-    ("grad_norm_factor", -0.1, "grad_norm_factor must be in"),
-    ("ce_scale", -1.0, "ce_scale must be in"),
-    ("clip_scale", 101.0, "clip_scale must be in"),
+    ("beam_size", 0, "beam_size must be an integer from 1 to 100, got 0"),
+    ("beam_size", 2.5, "beam_size must be an integer, got 2.5"),
+    ("beam_size", True, "beam_size must be an integer, got True"),
+    ("max_tokens", 101, "max_tokens must be an integer from 1 to 100, got 101"),
+    ("num_iterations", -1, "num_iterations must be an integer from 0 to 50, got -1"),
+    ("top_k", 0, "top_k must be an integer from 1 to 8192, got 0"),
+    ("end_factor_from", -1, "end_factor_from must be an integer from 0 to 100, got -1"),
+    ("clip_temperature", 0.0, r"clip_temperature must be a number in \(0, 10\], got 0.0"),
+    ("fusion_factor", 1.5, r"fusion_factor must be a number in \[0, 1\], got 1.5"),
+    ("fusion_factor", math.nan, "fusion_factor must be a finite number, got nan"),
+    ("end_factor", math.inf, "end_factor must be a finite number, got inf"),
+    ("end_factor", -1.0, r"end_factor must be a number in \(0, 10\], got -1.0"),
+    ("stepsize", "big", "stepsize must be a number, got 'big'"),
+    ("forbidden_factor", 0, r"forbidden_factor must be a number in \(0, 1000\], got 0"),
+    ("repetition_penalty", 11.0, r"repetition_penalty must be a number in \(0, 10\], got 11.0"),
+    ("start_end_penalty", 0.0, r"start_end_penalty must be a number in \(0, 10\], got 0.0"),
     ("end_token", "", "end_token must be a non-empty string"),
-    ("cond_text", 3, "cond_text must be a string"),
+    ("cond_text", 3, "cond_text must be a string, got 3"),
 ])
 def test_bad_values_say_what_is_allowed(field, value, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         ZeroCapConfig().replace(**{field: value}).validate()
 
 
+def test_every_range_bound_is_accepted_and_the_defaults_are_inside():
+    for name, spec in KNOBS.items():
+        if spec.range is None:
+            continue
+        kind = FIELD_TYPES[name]
+        assert getattr(DEFAULTS, name) in spec.range, name
+        edges = [spec.range.hi] + ([] if spec.range.lo_open else [spec.range.lo])
+        for value in edges:  # beam_size 1 and top_k 8192 leave every edge of the two free
+            ZeroCapConfig(beam_size=1, top_k=8192).replace(**{name: kind(value)}).validate()
+        if spec.serve is not None:  # a Cog request's range lies inside the decoder's
+            assert spec.serve.lo in spec.range and spec.serve.hi in spec.range, name
+
+
 def test_beam_size_cannot_exceed_top_k():
-    with pytest.raises(ValueError, match=r"beam_size \(9\) must not exceed top_k \(8\)"):
+    with pytest.raises(InputError, match=r"beam_size \(9\) must not exceed top_k \(8\)"):
         ZeroCapConfig(beam_size=9, top_k=8).validate()
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="unknown preset 'poem'; choose one of: caption, arithmetic, knowledge, ocr"):
+    with pytest.raises(InputError, match="unknown preset 'poem'; choose one of: caption, knowledge, ocr, arithmetic"):
         preset("poem")
+
+
+def test_help_lines_come_from_the_table():
+    assert describe_knob("end_factor") == ("end-token boost from end_factor_from on: higher = shorter captions, "
+                                           "a number in (0, 10], default 1.01; knowledge 1.04; ocr 1.04; "
+                                           "arithmetic 1.06")
+    assert describe_knob("beam_size").endswith("an integer from 1 to 100, default 5")
+
+
+def test_the_command_lines_flags_are_the_tables(capsys):
+    from zerocap.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["caption", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in KNOBS:
+        assert "--" + name.replace("_", "-") in text, name
+        assert " ".join(describe_knob(name).split()) in text, name

@@ -49,11 +49,3 @@ def test_dockerignore_keeps_weights_and_git_ignores_them():
     assert not any(line.startswith("weights") for line in ignored)
     gitignore = open(os.path.join(ROOT, ".gitignore")).read().split()
     assert "/weights/*" in gitignore and "!/weights/README.md" in gitignore and "!/weights/manifest.json" in gitignore
-
-
-def test_forbidden_tokens_are_the_papers(engine):
-    import json
-
-    ids = json.load(open(os.path.join(ROOT, "tests", "fixtures", "forbidden_tokens.json")))["ids"]
-    assert len(ids) == 917
-    assert sorted(engine.forbidden.nonzero()[:, 0].tolist()) == sorted(ids)

@@ -63,3 +63,41 @@ def test_rules_apply_in_order_to_the_current_value():
 def test_rows_are_independent():
     out = rules(row(t1=2.0) + row(t1=2.0), [[1, 0], [0, 0]], step=2, repetition_penalty=2.0)
     assert out[0, 1].item() == pytest.approx(1.0) and out[1, 1].item() == 2.0
+
+
+# --- forbidden tokens ------------------------------------------------------------------------
+def gpt2_strings():
+    from transformers import GPT2Tokenizer
+
+    from tiny_models import FIXTURES
+
+    tok = GPT2Tokenizer(f"{FIXTURES}/vocab.json", f"{FIXTURES}/merges.txt")
+    return tok.batch_decode([[i] for i in range(len(tok))], clean_up_tokenization_spaces=False)
+
+
+def test_the_rule_on_gpt2s_vocabulary_is_the_authors_list_plus_two():
+    """The rule, applied to the real GPT-2 vocabulary, gives 919 ids: the authors' 917 (the list the
+    package ships, copied from ../shared) and two long numbers their list lacks."""
+    from zerocap.token_rules import forbidden_by_rule, forbidden_ids_for, gpt2_forbidden_ids
+
+    strings = gpt2_strings()
+    rule, authors = set(forbidden_by_rule(strings)), set(gpt2_forbidden_ids())
+    assert len(authors) == 917 and authors < rule
+    assert sorted(strings[i] for i in rule - authors) == ["200000", "66666666"]
+    assert sorted(forbidden_ids_for(strings)) == sorted(authors)  # GPT-2's vocabulary: the authors' list
+    marks = {strings[i] for i in authors if not strings[i].isdigit()}
+    assert marks == {"(", ")", ",", "!", ":", "\n"}
+    assert all(not strings[i].startswith(" ") for i in authors)
+
+
+def test_the_rule_on_another_vocabulary():
+    from zerocap.token_rules import forbidden_ids_for
+
+    vocab = ["a", "0", "07", "12", " 12", "(", ":", "\n", "½", "٣", "x1", ")"]
+    assert forbidden_ids_for(vocab) == [1, 3, 5, 6, 7, 11]  # no leading zero, no space, ASCII digits only
+
+
+def test_the_engine_pushes_down_the_authors_list(engine):
+    from zerocap.token_rules import gpt2_forbidden_ids
+
+    assert sorted(engine.forbidden.nonzero()[:, 0].tolist()) == sorted(gpt2_forbidden_ids())

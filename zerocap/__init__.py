@@ -1,11 +1,26 @@
-"""ZeroCap: zero-shot image captioning and visual-semantic arithmetic (Tewel et al., CVPR 2022)."""
+"""ZeroCap: zero-shot image captioning and visual-semantic arithmetic (Tewel et al., CVPR 2022).
+
+The engine (torch, transformers, CLIP) is imported on first use of `ZeroCap`, `CaptionResult`
+or `Beam`, so that `import zerocap` and the command line start at once (and a Ctrl-C during
+those imports is handled like any other).
+"""
 import warnings as _warnings
 
 # OpenAI CLIP imports pkg_resources, which warns on every import.
 _warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from .config import PRESETS, ZeroCapConfig, preset  # noqa: E402
-from .engine import Beam, CaptionResult, ZeroCap  # noqa: E402
+from .config import MODES, PRESETS, ZeroCapConfig, preset  # noqa: E402
+from .errors import InputError  # noqa: E402
 
-__all__ = ["ZeroCap", "ZeroCapConfig", "CaptionResult", "Beam", "PRESETS", "preset"]
+__all__ = ["ZeroCap", "ZeroCapConfig", "CaptionResult", "Beam", "InputError", "MODES", "PRESETS", "preset"]
 __version__ = "0.1.0"
+
+_ENGINE = {"ZeroCap", "CaptionResult", "Beam"}
+
+
+def __getattr__(name):
+    if name in _ENGINE:
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'zerocap' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """Length-normalised beam search, batched over images: every tensor is (images, beams, ...).
 
 A beam stops when it emits the end token; afterwards it can only append token 0 at no cost and
-its length stops growing. Beams are ranked by score / length.
+its length stops growing. Beams are ranked by score / length. An image is done when all its
+beams stopped; only the active (not done) images are decoded further (`take`/`advance`/`put`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,27 @@ class Beams:
     def ranked(self) -> torch.Tensor:
         """(N, B) beam indices, best first by score / length."""
         return (self.scores / self.lengths).argsort(dim=1, descending=True)
+
+    def active(self) -> torch.Tensor:
+        """(n,) indices of the images still decoding."""
+        return (~self.done).nonzero()[:, 0]
+
+    def take(self, images: torch.Tensor) -> "Beams":
+        """The beams of `images` (n,) only."""
+        return Beams(self.tokens[images], self.scores[images], self.lengths[images], self.stopped[images])
+
+    def put(self, images: torch.Tensor, sub: "Beams") -> None:
+        """Write back the beams of `images` after a step; the other images' rows grow by a token 0."""
+        tokens = torch.cat([self.tokens, torch.zeros_like(self.tokens[..., :1])], dim=-1)
+        tokens[images] = sub.tokens
+        self.tokens = tokens
+        self.scores[images] = sub.scores
+        self.lengths[images] = sub.lengths
+        self.stopped[images] = sub.stopped
+
+    def advance(self, images: torch.Tensor, logprobs: torch.Tensor, end_id: int) -> None:
+        """One step of the images `images` (n,) with their next-token log-probs (n, B, V)."""
+        self.put(images, next_step(self.take(images), logprobs, end_id)[0])
 
 
 def first_step(logprobs: torch.Tensor, beam_size: int, end_id: int) -> Beams:

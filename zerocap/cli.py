@@ -3,8 +3,9 @@
     zerocap caption IMAGE... [--preset knowledge|ocr] [--cond-text T] [--beam-size N] ... [--json]
     zerocap arithmetic IMG IMG IMG --weights 1 1 -1 [--text T --text-weight W]... [--json]
 
-The seed's run.py flags work too (python -m zerocap --caption_img_path X --cond_text ...).
-Errors a user can cause print one line and exit with status 2.
+The authors' run.py flags work too (python -m zerocap --caption_img_path X --cond_text ...).
+A mistake of the user's (zerocap.InputError, or a bad flag) prints one line and exits with
+status 2; anything else is a bug and shows its traceback.
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import math
 import os
 import sys
 
-from .config import PRESETS, ZeroCapConfig
+from .config import DEFAULTS, FIELD_TYPES, KNOBS, PRESETS, describe_knob
+from .errors import InputError
 
 COMMANDS = ("caption", "arithmetic")
 
-# config field -> extra spellings (the seed's run.py flags first)
-CONFIG_FLAGS = {
+# config field -> the authors' run.py spellings (each knob is also --its-name-with-dashes)
+AUTHORS_FLAGS = {
     "cond_text": ["--cond_text"],
     "beam_size": ["--beam_size"],
     "max_tokens": ["--target_seq_length", "--target-seq-length"],
@@ -28,7 +30,6 @@ CONFIG_FLAGS = {
     "clip_temperature": ["--clip_loss_temperature", "--clip-loss-temperature"],
     "clip_scale": ["--clip_scale"],
     "ce_scale": ["--ce_scale"],
-    "stepsize": [],
     "grad_norm_factor": ["--grad_norm_factor"],
     "fusion_factor": ["--fusion_factor"],
     "repetition_penalty": ["--repetition_penalty"],
@@ -37,29 +38,6 @@ CONFIG_FLAGS = {
     "end_factor_from": ["--end_factor_from"],
     "forbidden_factor": ["--forbidden_factor"],
 }
-HELP = {
-    "cond_text": "prompt the caption continues (caption/arithmetic: 'Image of a', knowledge: 'Image of',"
-                 " ocr: 'Image of text that says')",
-    "beam_size": "beams kept, 1..100 and at most --top-k (default 5)",
-    "max_tokens": "tokens generated at most, 1..100 (default 15)",
-    "num_iterations": "gradient steps on the LM cache per token, 0..50 (default 5)",
-    "top_k": "candidate tokens scored by CLIP per beam, 1..8192 (default 512)",
-    "clip_temperature": "softmax temperature over CLIP similarities, (0, 10] (default 0.01)",
-    "clip_scale": "weight of the CLIP loss, [0, 100] (default 1)",
-    "ce_scale": "weight of the fluency loss, [0, 100] (default 0.2)",
-    "stepsize": "step size of the context shift, [0, 10] (default 0.3)",
-    "grad_norm_factor": "gradient / norm**factor, [0, 2] (default 0.9; arithmetic 0.95)",
-    "fusion_factor": "shifted^f * unshifted^(1-f), [0, 1] (default 0.99; arithmetic 0.95)",
-    "repetition_penalty": "on the last 4 tokens, (0, 10], 1 = off (default 1)",
-    "end_token": "text whose first LM token ends a beam (default '.')",
-    "end_factor": "end-token boost, (0, 10]; higher = shorter (default 1.01; knowledge/ocr 1.04; arithmetic 1.06)",
-    "end_factor_from": "first step the end-token boost applies, 0..100 (default 1; the paper says 3)",
-    "forbidden_factor": "damping of bare numbers and ( ) , ! : newline, (0, 1000] (default 20)",
-}
-
-
-class UsageError(ValueError):
-    pass
 
 
 def _number(kind):
@@ -76,36 +54,40 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
     g = p.add_argument_group("decoding (defaults: the paper's, per preset)")
     g.add_argument("--preset", choices=list(PRESETS), default=default_preset,
                    help=f"the paper's settings for this use (default {default_preset})")
-    for name, aliases in CONFIG_FLAGS.items():
-        default = getattr(ZeroCapConfig, name)
-        kind = type(default)
-        flags = ["--" + name.replace("_", "-")] + [a for a in aliases if a != "--" + name.replace("_", "-")]
+    for name in KNOBS:
+        kind = FIELD_TYPES[name]
+        flag = "--" + name.replace("_", "-")
+        flags = [flag] + [a for a in AUTHORS_FLAGS.get(name, []) if a != flag]
         g.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(),
-                       type=str if kind is str else _number(kind), help=HELP[name])
+                       type=str if kind is str else _number(kind), help=describe_knob(name))
     m = p.add_argument_group("models and running")
     m.add_argument("--lm", help="Hugging Face causal-LM directory (default: $ZEROCAP_WEIGHTS/gpt2-medium;"
                                 " missing weights are downloaded unless offline)")
     m.add_argument("--clip", help="OpenAI CLIP checkpoint (default: $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
     m.add_argument("--lm_model", "--lm-model", choices=["gpt-2", "gpt-neo"], default=None,
-                   help="seed spelling: gpt-2 = weights/gpt2-medium, gpt-neo = weights/gpt-neo-125M"
+                   help="the authors' spelling: gpt-2 = weights/gpt2-medium, gpt-neo = weights/gpt-neo-125M"
                         " (fetched on first use, or by script/download-weights --lm gpt-neo-125M)")
     m.add_argument("--clip_checkpoints", "--clip-checkpoints", metavar="DIR",
-                   help="seed spelling: folder holding ViT-B-32.pt")
+                   help="the authors' spelling: folder holding ViT-B-32.pt")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     m.add_argument("--devices", default=None,
                    help="comma-separated devices, one model replica each, images split among them"
                         " (e.g. cuda:0,cuda:1); 'all' = every visible GPU")
-    m.add_argument("--multi_gpu", "--multi-gpu", action="store_true", help="seed spelling of --devices all")
+    m.add_argument("--multi_gpu", "--multi-gpu", action="store_true", help="the authors' spelling of --devices all")
     m.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="LM precision (default float32; CLIP runs as loaded: fp16 on GPU)")
-    m.add_argument("--fast", action="store_true",
-                   help="the fast form even in fp32 (CLIP prefix keys/values reused, one LM pass per step):"
-                        " same algorithm, different rounding; the default on GPU")
+    m.add_argument("--exact", action="store_true",
+                   help="the authors' operation order (CLIP's own encode_text on full rows, one image at a"
+                        " time): in fp32 bit-for-bit their beams on this machine, ~25x slower on a CPU."
+                        " Default: the fast form, the same algorithm with different rounding")
+    m.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default; older command lines
     m.add_argument("--batch-size", type=_number(int), default=8,
                    help="images decoded together, 1..64 (default 8)")
-    m.add_argument("--seed", type=_number(int), default=0, help="torch seed (default 0)")
     m.add_argument("--json", action="store_true", help="one JSON object per result on stdout (JSONL)")
-    m.add_argument("--reset_context_delta", action="store_true", help="seed flag; always on, accepted as a no-op")
+    a = p.add_argument_group("the authors' flags, accepted so their command lines run")
+    a.add_argument("--seed", type=_number(int), default=None,
+                   help="no effect: the decoder is deterministic, so there is nothing to seed")
+    a.add_argument("--reset_context_delta", action="store_true", help="no effect: always on")
     m.add_argument("--run_type", choices=["caption", "arithmetics"], help=argparse.SUPPRESS)
 
 
@@ -119,13 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Caption each image; --preset knowledge or ocr for the paper's other uses.")
     cap.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
     cap.add_argument("--caption_img_path", "--caption-img-path", action="append", default=[],
-                     metavar="IMAGE", help="seed spelling of IMAGE")
+                     metavar="IMAGE", help="the authors' spelling of IMAGE")
     _add_common(cap, "caption")
     ari = sub.add_parser("arithmetic", help="caption a weighted sum of images (and texts)",
                          description="e.g. zerocap arithmetic woman.jpg king.jpg man.jpg --weights 1 1 -1")
     ari.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
     ari.add_argument("--arithmetics_imgs", "--images", nargs="+", default=[], metavar="IMAGE",
-                     help="image files (seed spelling)")
+                     help="image files (the authors' spelling)")
     ari.add_argument("--weights", "--arithmetics_weights", nargs="+", type=_number(float), default=None,
                      metavar="W", help="one weight per image (default: all 1)")
     ari.add_argument("--text", action="append", default=[], metavar="TEXT", help="a text term (repeatable)")
@@ -136,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _route(argv: list[str]) -> list[str]:
-    """Accept the seed's run.py style (no subcommand, --run_type) by inserting the subcommand."""
+    """Accept the authors' run.py style (no subcommand, --run_type) by inserting the subcommand."""
     if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help")):
         return argv
     run_type = "caption"
@@ -157,7 +139,7 @@ def _devices(args) -> list[str]:
 
         n = torch.cuda.device_count()
         if n == 0:
-            raise UsageError("--devices all / --multi_gpu: no CUDA GPU is visible")
+            raise InputError("--devices all / --multi_gpu: no CUDA GPU is visible")
         return [f"cuda:{i}" for i in range(n)]
     return [d.strip() for d in spec.split(",") if d.strip()]
 
@@ -179,7 +161,7 @@ def _model_paths(args) -> tuple[str, str]:
 def _config(args):
     from .config import preset
 
-    overrides = {name: getattr(args, name) for name in CONFIG_FLAGS}
+    overrides = {name: getattr(args, name) for name in KNOBS}
     return preset(args.preset, **overrides)
 
 
@@ -232,23 +214,25 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_route(argv))
     cfg = _config(args)
     if not 1 <= args.batch_size <= 64:
-        raise UsageError(f"--batch-size must be between 1 and 64, got {args.batch_size}")
+        raise InputError(f"--batch-size must be between 1 and 64, got {args.batch_size}")
     if args.command == "caption":
         images = list(args.images) + list(args.caption_img_path)
         if not images:
-            raise UsageError("give at least one IMAGE to caption")
+            raise InputError("give at least one IMAGE to caption")
     else:
         images = list(args.images) + list(args.arithmetics_imgs)
         if not images and not args.text:
-            raise UsageError("give the IMAGEs (and/or --text) to combine, with --weights")
-    from .target import check_weights, load_image
+            raise InputError("give the IMAGEs (and/or --text) to combine, with --weights")
+    from .images import probe_image
+    from .target import check_weights
 
-    pictures = [load_image(im) for im in images]  # fail fast, before loading the models
+    for im in images:  # fail fast, before loading the models (each is decoded when it is used)
+        probe_image(im)
     if args.command == "arithmetic":
         weights = check_weights(images, args.weights, "image")
         text_weights = check_weights(args.text, args.text_weight, "text") if args.text else []
         if args.text_weight and not args.text:
-            raise UsageError("--text-weight given without --text")
+            raise InputError("--text-weight given without --text")
     devices = _devices(args)
     lm_path, clip_path = _model_paths(args)
 
@@ -257,17 +241,17 @@ def run(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
 
-    replicas = Replicas.load(lm_path, clip_path, devices, lm_dtype=args.lm_dtype, exact=False if args.fast else None)
+    replicas = Replicas.load(lm_path, clip_path, devices, lm_dtype=args.lm_dtype, exact=args.exact)
     cfg = replicas.engines[0].check(cfg)
     progress, bar = _progress_bar()
     try:
         if args.command == "caption":
-            for result in replicas.caption(pictures, cfg, batch_size=args.batch_size, seed=args.seed,
-                                           progress=progress, names=images):
+            for result in replicas.caption(images, cfg, batch_size=args.batch_size, progress=progress,
+                                           names=images):
                 _print(result, args.json)
         else:
-            result = replicas.engines[0].arithmetic(pictures, weights, args.text, text_weights or None,
-                                                    config=cfg, seed=args.seed, progress=progress, names=images)
+            result = replicas.engines[0].arithmetic(images, weights, args.text, text_weights or None,
+                                                    config=cfg, progress=progress, names=images)
             _print(result, args.json)
     finally:
         if bar is not None:
@@ -278,7 +262,7 @@ def run(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
-    except ValueError as e:  # the user's input: one line, no traceback
+    except InputError as e:  # the user's mistake: one line, no traceback
         print(f"zerocap: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,9 +1,9 @@
-"""CLIP text features of candidate texts, reusing the keys/values of each beam's prefix.
+"""CLIP's text tower, run whole (`encode_full`) or in pieces that reuse a prefix's keys/values.
 
 CLIP's text transformer is causal and reads its features at the EOT position, so a candidate
 row `shared prefix tokens + suffix + EOT` needs only the suffix positions computed, attending
-to the prefix's cached keys/values. The prefix is encoded once per beam per decoding step;
-each iteration runs only the few suffix tokens of its top-k candidates.
+to the prefix's cached keys/values (`encode_prefix` once per step, `encode_candidates` per
+iteration). guide.py decides which is used.
 """
 from __future__ import annotations
 
@@ -137,29 +137,3 @@ class ClipTextScorer:
         x = x[torch.arange(M, device=dev), eot_index]  # (M, d)
         return self.clip.ln_final(x).type(self.dtype) @ self.clip.text_projection  # (M, D)
 
-
-class StepFeatures:
-    """CLIP features of the (row, token) candidates met so far in one decoding step.
-
-    Within a step the prefixes are fixed, so a candidate's text, hence its features, depends
-    only on (row, token). The top-k of successive context-shift iterations overlap heavily
-    (3.5x repeats on the tests' random models), so each iteration encodes only the candidates
-    no earlier iteration ranked.
-    """
-
-    def __init__(self, rows: int, vocab: int, device):
-        self.slot = torch.full((rows, vocab), -1, dtype=torch.int32, device=device)  # (R, V) into table
-        self.table: torch.Tensor | None = None  # (n, D)
-
-    def missing(self, top: torch.Tensor) -> torch.Tensor:
-        """(R, K) bool: candidates `top` (R, K) not seen yet."""
-        return self.slot.gather(1, top) < 0
-
-    def update(self, top: torch.Tensor, new: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Store the rows `new` (R, K) of feats (R, K, D); return the features of all of `top`."""
-        r, k = new.nonzero(as_tuple=True)
-        start = 0 if self.table is None else self.table.shape[0]
-        self.slot[r, top[r, k]] = torch.arange(start, start + r.numel(), dtype=torch.int32, device=r.device)
-        fresh = feats[r, k]  # (m, D)
-        self.table = fresh if self.table is None else torch.cat([self.table, fresh])
-        return self.table[self.slot.gather(1, top).long()]  # (R, K, D)

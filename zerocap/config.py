@@ -1,96 +1,141 @@
-"""All knobs of the ZeroCap decoder, with the paper's defaults, and the four presets."""
+"""Every knob of the ZeroCap decoder in one table, and the paper's presets.
+
+Each field of `ZeroCapConfig` carries the paper's default, the range the decoder accepts, one
+line of help and, for the Cog container, the narrower range a request may ask for (bounded work
+per prediction). `validate()` and the command line's flags and help read this table. The Cog
+inputs in predict.py restate it as literals (`cog build` parses predict.py statically, so they
+cannot read it); tests/test_knobs.py checks that they agree.
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Range:
+    lo: float
+    hi: float
+    lo_open: bool = False  # lo itself is excluded
+
+    def __contains__(self, value) -> bool:
+        return (value > self.lo if self.lo_open else value >= self.lo) and value <= self.hi
+
+    def describe(self, integer: bool) -> str:
+        """'an integer from 1 to 100' or 'a number in (0, 10]'."""
+        if integer:
+            return f"an integer from {self.lo} to {self.hi}"
+        return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+
+@dataclass(frozen=True)
+class Knob:
+    help: str  # one line
+    range: Range | None = None  # numbers: what the decoder accepts
+    serve: Range | None = None  # numbers: what one Cog request may ask for (None: not a Cog input)
+    max_length: int | None = None  # strings: the Cog input's length limit (None: not a Cog input)
+
+
+def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tuple | None = None,
+         max_length: int | None = None):
+    rng = None if lo is None else Range(lo, hi, lo_open)
+    srv = None if serve is None else Range(*serve)
+    return field(default=default, metadata={"knob": Knob(help, rng, srv, max_length)})
 
 
 @dataclass(frozen=True)
 class ZeroCapConfig:
-    cond_text: str = "Image of a"  # prompt the caption continues; shown captions are cond_text + text
-    beam_size: int = 5  # beams kept by the length-normalised beam search
-    max_tokens: int = 15  # tokens generated at most (the seed's --target_seq_length)
-    num_iterations: int = 5  # gradient steps on the key/value cache per token
-    top_k: int = 512  # candidate tokens scored by CLIP per beam and iteration
-    clip_temperature: float = 0.01  # softmax temperature over CLIP similarities of the candidates
-    clip_scale: float = 1.0  # weight of the CLIP loss
-    ce_scale: float = 0.2  # weight of the fluency loss KL(shifted || unshifted LM)
-    stepsize: float = 0.3  # step size of the context shift
-    grad_norm_factor: float = 0.9  # gradient is divided by its norm to this power
-    fusion_factor: float = 0.99  # next-token probs = shifted^f * unshifted^(1-f)
-    repetition_penalty: float = 1.0  # on the last 4 context tokens; 1 = off
-    end_token: str = "."  # text whose first LM token stops a beam
-    end_factor: float = 1.01  # end-token logit boost (positive x f, negative / f) ...
-    end_factor_from: int = 1  # ... from this step on (the paper: 1.04 from step 3)
-    start_end_penalty: float = 1.6  # at step 0 the end token's logit is damped by this
-    forbidden_factor: float = 20.0  # bare numbers and ( ) , ! : newline are damped by this
+    cond_text: str = knob("Image of a", "prompt the caption continues; a caption is cond_text + the generated text",
+                          max_length=300)
+    beam_size: int = knob(5, "beams kept by the length-normalised beam search", 1, 100, serve=(1, 20))
+    max_tokens: int = knob(15, "tokens generated at most (the authors' --target_seq_length)", 1, 100, serve=(1, 40))
+    num_iterations: int = knob(5, "gradient steps on the LM's key/value cache per token (0 = plain LM)", 0, 50,
+                               serve=(0, 20))
+    top_k: int = knob(512, "candidate tokens scored by CLIP per beam and iteration", 1, 8192, serve=(1, 2048))
+    clip_temperature: float = knob(0.01, "softmax temperature over the candidates' CLIP similarities", 0.0, 10.0,
+                                   lo_open=True, serve=(0.001, 1.0))
+    clip_scale: float = knob(1.0, "weight of the CLIP loss", 0.0, 100.0, serve=(0.0, 10.0))
+    ce_scale: float = knob(0.2, "weight of the fluency loss KL(shifted LM || plain LM)", 0.0, 100.0, serve=(0.0, 5.0))
+    stepsize: float = knob(0.3, "step size of the context shift", 0.0, 10.0, serve=(0.0, 3.0))
+    grad_norm_factor: float = knob(0.9, "the gradient is divided by its norm to this power", 0.0, 2.0,
+                                   serve=(0.0, 2.0))
+    fusion_factor: float = knob(0.99, "next-token probs = shifted^f x plain^(1-f)", 0.0, 1.0, serve=(0.0, 1.0))
+    repetition_penalty: float = knob(1.0, "damping of the last 4 context tokens (1 = off)", 0.0, 10.0, lo_open=True,
+                                     serve=(0.5, 3.0))
+    end_token: str = knob(".", "text whose first LM token ends a beam")
+    end_factor: float = knob(1.01, "end-token boost from end_factor_from on: higher = shorter captions", 0.0, 10.0,
+                             lo_open=True, serve=(0.5, 2.0))
+    end_factor_from: int = knob(1, "first step of the end-token boost (the paper says 3, the authors' code 1)",
+                                0, 100, serve=(0, 40))
+    start_end_penalty: float = knob(1.6, "at step 0 the end token's logit is damped by this", 0.0, 10.0, lo_open=True)
+    forbidden_factor: float = knob(20.0, "damping of bare numbers and ( ) , ! : newline", 0.0, 1000.0, lo_open=True,
+                                   serve=(1.0, 100.0))
 
     def replace(self, **changes) -> "ZeroCapConfig":
         """A copy with `changes` applied; None values keep the current value."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def validate(self) -> "ZeroCapConfig":
-        """Raise ValueError naming the first bad field and what is allowed; return self."""
-        for name, (lo, hi) in _INT_RANGES.items():
+        """Raise InputError naming the first bad field and what is allowed; return self."""
+        for name, spec in KNOBS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            if not lo <= value <= hi:
-                raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-        for name, (lo, hi, lo_open) in _FLOAT_RANGES.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+            kind = FIELD_TYPES[name]
+            if kind is str:
+                if not isinstance(value, str):
+                    raise InputError(f"{name} must be a string, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    kind is int and not isinstance(value, int)):
+                raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
             if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value}")
-            if (value <= lo if lo_open else value < lo) or value > hi:
-                bracket = "(" if lo_open else "["
-                raise ValueError(f"{name} must be in {bracket}{lo}, {hi}], got {value}")
+                raise InputError(f"{name} must be a finite number, got {value}")
+            if value not in spec.range:
+                raise InputError(f"{name} must be {spec.range.describe(kind is int)}, got {value}")
         if self.beam_size > self.top_k:
-            raise ValueError(
-                f"beam_size ({self.beam_size}) must not exceed top_k ({self.top_k})"
-            )
-        if not isinstance(self.cond_text, str):
-            raise ValueError(f"cond_text must be a string, got {self.cond_text!r}")
-        if not isinstance(self.end_token, str) or not self.end_token:
-            raise ValueError("end_token must be a non-empty string")
+            raise InputError(f"beam_size ({self.beam_size}) must not exceed top_k ({self.top_k})")
+        if not self.end_token:
+            raise InputError("end_token must be a non-empty string")
         return self
 
 
-# name: (min, max) inclusive
-_INT_RANGES = {
-    "beam_size": (1, 100),
-    "max_tokens": (1, 100),
-    "num_iterations": (0, 50),
-    "top_k": (1, 8192),
-    "end_factor_from": (0, 100),
-}
-# name: (min, max, min excluded?)
-_FLOAT_RANGES = {
-    "clip_temperature": (0.0, 10.0, True),
-    "clip_scale": (0.0, 100.0, False),
-    "ce_scale": (0.0, 100.0, False),
-    "stepsize": (0.0, 10.0, False),
-    "grad_norm_factor": (0.0, 2.0, False),
-    "fusion_factor": (0.0, 1.0, False),
-    "repetition_penalty": (0.0, 10.0, True),
-    "end_factor": (0.0, 10.0, True),
-    "start_end_penalty": (0.0, 10.0, True),
-    "forbidden_factor": (0.0, 1000.0, True),
-}
+FIELDS = dataclasses.fields(ZeroCapConfig)
+KNOBS: dict[str, Knob] = {f.name: f.metadata["knob"] for f in FIELDS}
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
+DEFAULTS = ZeroCapConfig()
+SERVED_KNOBS = [name for name, k in KNOBS.items() if k.serve is not None or k.max_length is not None]  # Cog inputs
 
-# The paper's README commands, as changes to the defaults.
+# The authors' README commands, as changes to the defaults; the Cog modes are these names.
 PRESETS: dict[str, dict] = {
     "caption": {},
-    "arithmetic": {"end_factor": 1.06, "fusion_factor": 0.95, "grad_norm_factor": 0.95},
     "knowledge": {"cond_text": "Image of", "end_factor": 1.04},
     "ocr": {"cond_text": "Image of text that says", "end_factor": 1.04},
+    "arithmetic": {"end_factor": 1.06, "fusion_factor": 0.95, "grad_norm_factor": 0.95},
 }
+MODES = tuple(PRESETS)
 
 
 def preset(name: str, **overrides) -> ZeroCapConfig:
     """The config of preset `name` with `overrides` (None = keep the preset's value), validated."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return ZeroCapConfig(**PRESETS[name]).replace(**overrides).validate()
+
+
+def preset_dependent(name: str) -> bool:
+    """Whether some preset changes this knob (then its default depends on the mode)."""
+    return any(name in changes for changes in PRESETS.values())
+
+
+def describe_knob(name: str) -> str:
+    """One line for --help: what it does, the range, the default and the presets' values."""
+    spec, kind = KNOBS[name], FIELD_TYPES[name]
+    parts = [spec.help]
+    if spec.range is not None:
+        parts.append(spec.range.describe(kind is int))
+    default = getattr(DEFAULTS, name)
+    others = "; ".join(f"{mode} {changes[name]!r}" for mode, changes in PRESETS.items() if name in changes)
+    parts.append(f"default {default!r}" + (f"; {others}" if others else ""))
+    return ", ".join(parts)

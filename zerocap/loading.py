@@ -6,6 +6,8 @@ import warnings
 
 import torch
 
+from .errors import InputError
+
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GET_WEIGHTS = "run `python script/download-weights` (or set ZEROCAP_WEIGHTS to a folder that has them)"
 
@@ -17,13 +19,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+        raise InputError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+        raise InputError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+        raise InputError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
     return dev
 
 
@@ -40,15 +42,15 @@ def missing_lm_files(path: str) -> list[str]:
 
 def check_lm_dir(path: str) -> None:
     if not os.path.isdir(path):
-        raise ValueError(f"language-model weights not found: {path} is not a directory; {GET_WEIGHTS}")
+        raise InputError(f"language-model weights not found: {path} is not a directory; {GET_WEIGHTS}")
     missing = missing_lm_files(path)
     if missing:
-        raise ValueError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)}); {GET_WEIGHTS}")
+        raise InputError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)}); {GET_WEIGHTS}")
 
 
 def check_clip_file(path: str) -> None:
     if not os.path.isfile(path):
-        raise ValueError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
+        raise InputError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
 
 
 def quiet_transformers() -> None:
@@ -69,7 +71,7 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if lm_dtype not in LM_DTYPES:
-        raise ValueError(f"unknown lm_dtype {lm_dtype!r}; choose one of {', '.join(LM_DTYPES)}")
+        raise InputError(f"unknown lm_dtype {lm_dtype!r}; choose one of {', '.join(LM_DTYPES)}")
     dev = resolve_device(device)
     check_lm_dir(lm_path)
     check_clip_file(clip_path)
@@ -77,12 +79,12 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
         tokenizer = AutoTokenizer.from_pretrained(lm_path, local_files_only=True)
         lm = AutoModelForCausalLM.from_pretrained(lm_path, local_files_only=True, dtype=LM_DTYPES[lm_dtype])
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the language model from {lm_path}: {e}; {GET_WEIGHTS}") from None
+        raise InputError(f"cannot load the language model from {lm_path}: {e}; {GET_WEIGHTS}") from None
     lm.to(dev).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             clip_model, preprocess = clip.load(clip_path, device=dev, jit=False)
         except (RuntimeError, OSError, KeyError, ValueError) as e:
-            raise ValueError(f"cannot load CLIP from {clip_path}: {e}; {GET_WEIGHTS}") from None
+            raise InputError(f"cannot load CLIP from {clip_path}: {e}; {GET_WEIGHTS}") from None
     return lm, tokenizer, clip_model, preprocess, dev

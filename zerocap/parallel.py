@@ -1,6 +1,6 @@
 """Several images at once: batches of images x beams rows, spread over model replicas.
 
-One replica per device (the seed's --multi_gpu became --devices); each takes the next batch
+One replica per device (the authors' --multi_gpu became --devices); each takes the next batch
 when it is free. Results come back in input order.
 """
 from __future__ import annotations
@@ -10,20 +10,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 from .engine import CaptionResult, Progress, ZeroCap
+from .errors import InputError
 
 
 class Replicas:
     def __init__(self, engines: Sequence[ZeroCap]):
         if not engines:
-            raise ValueError("need at least one model replica")
+            raise InputError("need at least one model replica")
         self.engines = list(engines)
 
     @classmethod
     def load(cls, lm: str, clip: str, devices: Sequence[str], lm_dtype: str = "float32",
-             exact: bool | None = None) -> "Replicas":
+             exact: bool = False) -> "Replicas":
         return cls([ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, exact=exact) for d in devices])
 
-    def caption(self, images: Sequence, config, batch_size: int = 8, seed: int | None = None,
+    def caption(self, images: Sequence, config, batch_size: int = 8,
                 progress: Progress | None = None, names: Sequence[str] | None = None) -> Iterator[CaptionResult]:
         """Caption images in batches of `batch_size`, yielding one result per image, in order."""
         names = list(names) if names is not None else None
@@ -33,7 +34,7 @@ class Replicas:
         ]
         if len(self.engines) == 1:
             for imgs, nms in batches:
-                yield from self.engines[0].caption(imgs, config=config, seed=seed, progress=progress, names=nms)
+                yield from self.engines[0].caption(imgs, config=config, progress=progress, names=nms)
             return
         free: queue.Queue[ZeroCap] = queue.Queue()
         for e in self.engines:
@@ -42,7 +43,7 @@ class Replicas:
         def work(batch):
             engine = free.get()
             try:
-                return engine.caption(batch[0], config=config, seed=seed, progress=progress, names=batch[1])
+                return engine.caption(batch[0], config=config, progress=progress, names=batch[1])
             finally:
                 free.put(engine)
 

@@ -2,7 +2,7 @@
 
     weights/
       gpt2-medium/         Hugging Face GPT-2 medium (openai-community/gpt2-medium), the paper's LM
-      gpt-neo-125M/        GPT-Neo 125M (EleutherAI/gpt-neo-125m), optional: the seed's --lm_model gpt-neo
+      gpt-neo-125M/        GPT-Neo 125M (EleutherAI/gpt-neo-125m), optional: the authors' --lm_model gpt-neo
       clip/ViT-B-32.pt     OpenAI CLIP ViT-B/32, from the URL that carries its SHA-256
       manifest.json        file, size and sha256 of every file, written by the download
 
@@ -16,7 +16,10 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Callable
+
+from .errors import InputError
 
 # Language models the folder can hold: subfolder -> Hugging Face repo
 LMS = {"gpt2-medium": "openai-community/gpt2-medium", "gpt-neo-125M": "EleutherAI/gpt-neo-125m"}
@@ -42,6 +45,7 @@ CLIP_FILE = os.path.join("clip", "ViT-B-32.pt")
 MANIFEST = "manifest.json"
 DOWNLOAD_COMMAND = "python script/download-weights"
 CHUNK = 1 << 20
+PROGRESS_EVERY = 5.0  # seconds between progress lines of a download
 
 
 def _clip_url() -> str:
@@ -66,7 +70,7 @@ def paths(weights_root: str | None = None, lm: str = LM_DIR) -> tuple[str, str]:
 
 def _check_lm(lm: str | None) -> None:
     if lm is not None and lm not in LMS:
-        raise ValueError(f"unknown language model {lm!r}; choose one of {', '.join(LMS)}")
+        raise InputError(f"unknown language model {lm!r}; choose one of {', '.join(LMS)}")
 
 
 def missing(weights_root: str | None = None, lm: str | None = LM_DIR, clip: bool = True) -> list[str]:
@@ -93,7 +97,7 @@ def verify_sizes(weights_root: str) -> None:
     for name, entry in read_manifest(weights_root).items():
         p = os.path.join(weights_root, name)
         if os.path.isfile(p) and os.path.getsize(p) != entry["size"]:
-            raise ValueError(
+            raise InputError(
                 f"weights file {p} has {os.path.getsize(p)} bytes but the manifest says {entry['size']}:"
                 f" it is incomplete or corrupt; delete it and run `{DOWNLOAD_COMMAND}`"
             )
@@ -112,15 +116,15 @@ def ensure(weights_root: str | None = None, allow_download: bool | None = None,
         if allow_download is None:
             allow_download = not offline()
         if not allow_download:
-            raise ValueError(
+            raise InputError(
                 f"model weights missing: {os.path.join(r, gone[0])}"
                 + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")
                 + f"; run `{command}` (offline mode is on, so they are not fetched automatically)"
             )
         try:
             download(r, log=log, lm=lm, clip=clip)
-        except ValueError as e:
-            raise ValueError(f"model weights missing in {r} and the download failed: {e};"
+        except InputError as e:
+            raise InputError(f"model weights missing in {r} and the download failed: {e};"
                              f" run `{command}` when the network is reachable") from None
     verify_sizes(r)
     return paths(r, lm or LM_DIR)
@@ -133,6 +137,12 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _progress(got: int, size: int | None) -> str:
+    if not size:
+        return f"{got / 1e6:,.0f} MB"
+    return f"{got / 1e6:,.0f} of {size / 1e6:,.0f} MB ({100 * got / size:.0f}%)"
 
 
 def _hex64(value: str | None) -> str | None:
@@ -157,12 +167,12 @@ def fetch(url: str, dest: str, sha256: str | None = None, required: bool = True,
     try:
         r = requests.get(url, headers=headers, stream=True, timeout=60, allow_redirects=True)
     except requests.RequestException as e:
-        raise ValueError(f"cannot download {url}: {e}") from None
+        raise InputError(f"cannot download {url}: {e}") from None
     with r:
         if r.status_code == 404 and not required:
             return None
         if r.status_code not in (200, 206, 416):  # 416: the part is already complete
-            raise ValueError(f"cannot download {url}: HTTP {r.status_code}")
+            raise InputError(f"cannot download {url}: HTTP {r.status_code}")
         hops = list(r.history) + [r]
         if sha256 is None:  # the hub names an LFS file's sha256 in X-Linked-Etag
             sha256 = next((h for h in (_hex64(x.headers.get("X-Linked-Etag")) or _hex64(x.headers.get("ETag"))
@@ -176,15 +186,20 @@ def fetch(url: str, dest: str, sha256: str | None = None, required: bool = True,
         if r.status_code != 416:
             log(f"downloading {url} -> {dest}" + (f" (resuming at {done:,} bytes)" if r.status_code == 206 else ""))
             with open(part, "ab" if r.status_code == 206 else "wb") as f:
+                got, shown = (done if r.status_code == 206 else 0), time.monotonic()
                 for block in r.iter_content(CHUNK):
                     f.write(block)
+                    got += len(block)
+                    if time.monotonic() - shown >= PROGRESS_EVERY:  # a first start may wait minutes here
+                        shown = time.monotonic()
+                        log(f"  {os.path.basename(dest)}: {_progress(got, size)}")
     got_size = os.path.getsize(part)
     if size is not None and got_size != size:
-        raise ValueError(f"download of {url} is incomplete: {got_size} of {size} bytes; run it again to resume")
+        raise InputError(f"download of {url} is incomplete: {got_size} of {size} bytes; run it again to resume")
     digest = _sha256(part)
     if sha256 is not None and digest != sha256:
         os.remove(part)
-        raise ValueError(f"checksum mismatch for {dest}: expected sha256 {sha256}, got {digest}; the file was deleted")
+        raise InputError(f"checksum mismatch for {dest}: expected sha256 {sha256}, got {digest}; the file was deleted")
     os.replace(part, dest)
     return {"size": got_size, "sha256": digest}
 

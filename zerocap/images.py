@@ -1,0 +1,134 @@
+"""Reading images right, with bounded work: every way an image reaches CLIP goes through here.
+
+- One size limit: MAX_IMAGE_PIXELS (80 MP). A larger file is refused before it is decoded
+  (a decompression bomb is a few kB on disk).
+- Pixels read right: 16-bit and 32-bit integer greyscale are scaled to 8 bits (not clipped to
+  white), float images with values in [0, 1] or [0, 255] are scaled, anything else that cannot
+  be read right is refused; EXIF orientation is applied; every other mode becomes RGB as CLIP's
+  own preprocessing does it (alpha dropped).
+- Bounded preprocessing: CLIP scales the short side to its input size and keeps the central
+  square. A long thin image (1 x 400,000 pixels) would be scaled to gigabytes first, so an image
+  longer than MAX_ASPECT : 1 is cut to its central MAX_ASPECT : 1 part, which holds that square:
+  the same picture reaches CLIP (up to resampling), with bounded memory.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+MAX_IMAGE_PIXELS = 80_000_000  # width x height; 8k x 8k photos pass
+MAX_ASPECT = 8  # longest side : shortest side reaching CLIP's preprocessing
+LIMIT = f"at most {MAX_IMAGE_PIXELS:,} pixels ({MAX_IMAGE_PIXELS // 1_000_000} MP) are accepted"
+FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+_RGB_MODES = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def _too_large(name: str, pixels: int, size: tuple[int, int] | None = None) -> InputError:
+    shape = f" ({size[0]}x{size[1]})" if size else ""
+    return InputError(f"image too large: {name} has {pixels:,} pixels{shape}; {LIMIT}")
+
+
+def _open(path: str, name: str) -> Image.Image:
+    """Image.open with our size limit (checked before any pixel is decoded)."""
+    try:
+        with warnings.catch_warnings():  # PIL's own bomb warning: our limit below is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except UnidentifiedImageError:
+        raise InputError(f"not an image: {name} (use {FORMATS})") from None
+    except Image.DecompressionBombError as e:  # beyond twice PIL's limit: it refuses before we can
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(name, int(found.group(1)) if found else MAX_IMAGE_PIXELS + 1) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"cannot read image {name}: it is truncated or corrupt ({e})") from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise _too_large(name, width * height, img.size)
+    if width < 1 or height < 1:
+        img.close()
+        raise InputError(f"cannot read image {name}: it has no pixels ({width}x{height})")
+    return img
+
+
+def _check_path(path, name: str | None) -> tuple[str, str]:
+    path = os.fspath(path)
+    name = name or path
+    if not os.path.exists(path):
+        raise InputError(f"image file not found: {name}")
+    if not os.path.isfile(path):
+        raise InputError(f"not a file: {name}")
+    return path, name
+
+
+def probe_image(path: str | os.PathLike, name: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image file, checking that it is one and within the limit (no decoding)."""
+    path, name = _check_path(path, name)
+    with _open(path, name) as img:
+        return img.size
+
+
+def load_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
+    """Open, fully decode and check an image file -> 8-bit RGB; InputError for anything wrong.
+
+    name: how messages call the image (default: the path).
+    """
+    path, name = _check_path(path, name)
+    try:
+        with _open(path, name) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb8(img, name)
+    except InputError:
+        raise
+    except (OSError, SyntaxError, EOFError, ValueError) as e:
+        raise InputError(f"cannot read image {name}: it is truncated or corrupt ({e})") from None
+
+
+def to_rgb8(img: Image.Image, name: str = "the image") -> Image.Image:
+    """8-bit RGB, with high bit depths scaled (not clipped); InputError for what cannot be read right."""
+    mode = img.mode
+    if mode in _RGB_MODES:
+        return img.convert("RGB")
+    if mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N: 16-bit greyscale; I: 32-bit integers
+        a = np.asarray(img).astype(np.int64)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 65535:
+            raise InputError(f"cannot read image {name}: 32-bit integer pixels from {lo} to {hi}; only 0..65535"
+                             " (16-bit) can be scaled to 8 bits; save it as an 8- or 16-bit image")
+        return _grey(a / 257.0)
+    if mode == "F":  # 32-bit float greyscale
+        a = np.asarray(img).astype(np.float64)
+        if not np.isfinite(a).all():
+            raise InputError(f"cannot read image {name}: floating-point pixels include NaN or infinity")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0 or hi > 255:
+            raise InputError(f"cannot read image {name}: floating-point pixels from {lo:g} to {hi:g}; only values"
+                             " in [0, 1] or [0, 255] can be read")
+        return _grey(a * 255.0 if hi <= 1 else a)
+    raise InputError(f"cannot read image {name}: unsupported pixel format {mode!r}; use an 8- or 16-bit image")
+
+
+def _grey(values: np.ndarray) -> Image.Image:
+    """Greyscale values in [0, 255] -> 8-bit RGB (rounded)."""
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def bound_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
+    """The central part of an image longer than max_aspect : 1 (see the module docstring)."""
+    w, h = img.size
+    short = min(w, h)
+    if max(w, h) <= max_aspect * short:
+        return img
+    keep = max_aspect * short
+    if w > h:
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
