@@ -1,27 +1,41 @@
-"""Cog runner for ZeroCap: validate the inputs, call the `zerocap` package, shape the output.
+"""Cog runner for ZeroCap: check the inputs, call the `zerocap` package, shape the output.
 
-Modes (the paper's four uses): caption, knowledge ("Image of" → names places and people),
-ocr ("Image of text that says"), arithmetic (weighted sum of images and texts, e.g.
-woman + king − man). Optional inputs left empty take the mode's preset value.
+Modes (the paper's four uses, `zerocap.MODES`): caption, knowledge ("Image of" names places and
+people), ocr ("Image of text that says"), arithmetic (a weighted sum of images and texts, e.g.
+woman + king - man). Optional inputs left empty take the mode's preset value.
+
+The `Input(...)` declarations are literals: `cog build` parses this file statically to write the
+schema that coglet validates requests against and Replicate shows (tests/test_cog_schema.py checks
+the generated schema against them, tests/test_config.py against zerocap's knob table). A server
+started without that schema validates nothing, so `checked_inputs` checks every request against
+the same declarations before `run` sees it: unknown names, types, choices, ranges, lengths, and
+that files come from cog's download of a URL, never from the server's own disk.
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import math
 import os
+import pathlib
+import tempfile
 import time
+import typing
 from typing import Optional
 
 import torch
 from cog import BaseModel, BaseRunner, CancelationException, Input, Path
 from cog.input import FieldInfo
+from cog.types import URLPath
 
-from zerocap import ZeroCap, preset, weights
+from zerocap import InputError, preset, weights
+from zerocap.config import SERVED_KNOBS
 from zerocap.loading import quiet_transformers, resolve_device
-from zerocap.target import load_image
 
-MODES = ["caption", "knowledge", "ocr", "arithmetic"]
 MAX_TERMS = 16  # images + texts in one arithmetic target
+FILE_RULE = ("send the file as a URL (https://...) or a data URL (data:image/png;base64,...);"
+             " files on the server are not read")
 
 
 class Output(BaseModel):
@@ -33,84 +47,171 @@ class Output(BaseModel):
     clip_scores: list[float]  # cosine similarity of each beam's text with the target
     perplexities: list[float]  # GPT-2 perplexity of each beam's text; -1 when undefined
     mode: str
-    target: str  # what was captioned: "image", or the arithmetic expression
+    target: str  # what was captioned: the image's file name, or the arithmetic expression
     cond_text: str
     tokens: int  # decoding steps run
     seconds: float  # decoding time, reranking included
+
+
+# ---- checking a request against the declarations ------------------------------------------------
+def _declared(run) -> tuple[dict[str, FieldInfo], dict[str, object]]:
+    params = {n: p.default for n, p in inspect.signature(run).parameters.items() if n != "self"}
+    hints = typing.get_type_hints(run)
+    return params, {n: hints[n] for n in params}
+
+
+def checked_inputs(run):
+    """Check a request against run()'s `Input` declarations, fill in the declared defaults, and
+    call run() with clean values; InputError (what was wrong, what is allowed) otherwise.
+
+    cog inspects the wrapped function (it follows the closure), so the schema is run()'s own.
+    """
+    @functools.wraps(run)
+    def checked(self, **inputs):
+        declared, types = _declared(run)
+        unknown = sorted(set(inputs) - set(declared))
+        if unknown:
+            raise InputError(f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(unknown)};"
+                             f" the inputs are: {', '.join(declared)}")
+        values = {name: check_value(name, inputs.get(name, info.default), types[name], info)
+                  for name, info in declared.items()}
+        return run(self, **values)
+
+    return checked
+
+
+def _unwrap_type(tpe) -> tuple[type, bool, bool]:
+    """(element type, optional, list) of an annotation like Optional[list[float]]."""
+    optional = type(None) in typing.get_args(tpe)
+    if optional:
+        tpe = next(a for a in typing.get_args(tpe) if a is not type(None))
+    is_list = typing.get_origin(tpe) is list
+    return (typing.get_args(tpe)[0] if is_list else tpe), optional, is_list
+
+
+def allowed(info: FieldInfo, kind: type) -> str:
+    """What a value of this input may be, in words."""
+    if info.choices is not None:
+        return "one of " + ", ".join(map(str, info.choices))
+    if kind is Path:
+        return "a URL (https://...) or a data URL (data:...;base64,...) of a file"
+    if kind is str:
+        return "a string" + (f" of at most {info.max_length} characters" if info.max_length else "")
+    what = "an integer" if kind is int else "a number"
+    if info.ge is not None and info.le is not None:
+        return f"{what} from {info.ge:g} to {info.le:g}"
+    return what
+
+
+def check_value(name: str, value, tpe, info: FieldInfo):
+    kind, optional, is_list = _unwrap_type(tpe)
+    if value is None:
+        if optional:
+            return None
+        raise InputError(f"{name} must be {allowed(info, kind)}, got null")
+    if is_list:
+        if not isinstance(value, list):
+            got = f"the single value {_show(value)}"
+            raise InputError(f"{name} must be a list of values, each {allowed(info, kind)}; got {got}"
+                             f" (send a list, e.g. [..., ...])")
+        return [_check_one(f"{name}[{i}]", v, kind, info) for i, v in enumerate(value)]
+    return _check_one(name, value, kind, info)
+
+
+def _check_one(name: str, value, kind: type, info: FieldInfo):
+    wrong = InputError(f"{name} must be {allowed(info, kind)}, got {_show(value)}")
+    if kind is Path:
+        return server_file(name, value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise wrong
+        if info.max_length is not None and len(value) > info.max_length:
+            raise InputError(f"{name} is {len(value)} characters long; at most {info.max_length} are allowed")
+    else:  # int or float
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong
+        if kind is int:
+            if value != int(value):
+                raise wrong
+            value = int(value)
+        if (info.ge is not None and value < info.ge) or (info.le is not None and value > info.le):
+            raise wrong
+    if info.choices is not None and value not in info.choices:
+        raise wrong
+    return value
+
+
+def _show(value) -> str:
+    """The value as the request spelled it (JSON), shortened."""
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def server_file(name: str, value) -> str:
+    """The path of a file cog downloaded for this request (from a URL or data URL); InputError
+    for anything else -- a path on the server, a number, a file outside cog's download folder --
+    with one message that tells nothing about the server's files."""
+    if isinstance(value, pathlib.Path) and not isinstance(value, URLPath):  # a URLPath: never downloaded
+        path = os.path.realpath(value)
+        tmp = os.path.realpath(tempfile.gettempdir())
+        # cog downloads to tempfile.NamedTemporaryFile(suffix=<the URL's file name>): tmpXXXXXXXX<name>
+        if os.path.dirname(path) == tmp and os.path.basename(path).startswith("tmp") and os.path.isfile(path):
+            return path
+    raise InputError(f"{name}: {FILE_RULE}")
+
+
+def sent_name(path: str, fallback: str) -> str:
+    """The file name the user sent (the URL's), from cog's download name; `fallback` for data URLs."""
+    original = os.path.basename(path)[len("tmp") + 8:]  # tempfile's prefix + 8 random characters
+    return original if original and not original.startswith("file.") else fallback
 
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load GPT-2 medium and CLIP ViT-B/32 from weights/ (fetch them if missing and online)."""
         quiet_transformers()
-        lm, clip = weights.ensure(weights.root(), log=print)
+        lm, clip = weights.ensure(weights.root(), log=lambda m: print(m, flush=True))
+        from zerocap import ZeroCap
+
         self.model = ZeroCap.load(lm, clip, device=resolve_device(os.environ.get("ZEROCAP_DEVICE", "auto")))
         from PIL import Image
 
         warm = Image.new("RGB", (64, 64), (127, 127, 127))  # first-call kernels and caches
         self.model.caption([warm], config=self.model.config("caption", beam_size=2, max_tokens=2, top_k=16))
 
+    @checked_inputs
     def run(
         self,
-        mode: str = Input(default="caption", choices=MODES,
-                          description="caption: describe the image. knowledge: name the place or person"
-                                      " ('Image of'). ocr: read the text in it ('Image of text that says')."
-                                      " arithmetic: describe a weighted sum of images (and texts), e.g."
-                                      " woman + king - man."),
-        image: Optional[Path] = Input(default=None, description="The image, for caption, knowledge and ocr."),
-        images: Optional[list[Path]] = Input(default=None,
-                                             description=f"arithmetic: the images to combine (at most {MAX_TERMS}"
-                                                         " terms with the texts)."),
-        image_weights: Optional[list[float]] = Input(default=None,
-                                                     description="arithmetic: one weight per image, e.g. 1, 1, -1"
-                                                                 " (default: all 1); each in [-10, 10]."),
-        texts: Optional[list[str]] = Input(default=None, description="arithmetic: texts to add to the target."),
-        text_weights: Optional[list[float]] = Input(default=None,
-                                                    description="arithmetic: one weight per text (default: all 1);"
-                                                                " each in [-10, 10]."),
-        cond_text: Optional[str] = Input(default=None, max_length=300,
-                                         description="Prompt the caption continues; empty = the mode's"
-                                                     " ('Image of a', 'Image of', 'Image of text that says')."),
+        mode: str = Input(default="caption", choices=["caption", "knowledge", "ocr", "arithmetic"], description="caption: describe the image. knowledge: name the place or person ('Image of'). ocr: read the text in it ('Image of text that says'). arithmetic: describe a weighted sum of images and texts, e.g. woman + king - man."),  # noqa: E501
+        image: Optional[Path] = Input(default=None, description="The image (a URL or data URL; JPEG, PNG, WebP, GIF, BMP or TIFF; at most 80 MP). For caption, knowledge and ocr; in arithmetic, the first image term."),  # noqa: E501
+        images: Optional[list[Path]] = Input(default=None, description="arithmetic: the images to combine (URLs or data URLs), after `image` if given; at most 16 images and texts together."),  # noqa: E501
+        image_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per image term (image first, then images), each in [-10, 10], e.g. 1, 1, -1; empty = all 1."),  # noqa: E501
+        texts: Optional[list[str]] = Input(default=None, description="arithmetic: texts to add to the target, e.g. 'a crown'."),  # noqa: E501
+        text_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per text, each in [-10, 10]; empty = all 1."),  # noqa: E501
+        cond_text: Optional[str] = Input(default=None, max_length=300, description="Prompt the caption continues; empty = the mode's ('Image of a'; knowledge 'Image of'; ocr 'Image of text that says')."),  # noqa: E501
         beam_size: int = Input(default=5, ge=1, le=20, description="Beams kept; more = slower, more varied."),
         max_tokens: int = Input(default=15, ge=1, le=40, description="Tokens generated at most."),
-        num_iterations: int = Input(default=5, ge=0, le=20,
-                                    description="Gradient steps on GPT-2's cache per token (0 = plain GPT-2)."),
-        top_k: int = Input(default=512, ge=1, le=2048,
-                           description="Candidate tokens scored by CLIP per beam and step; at least beam_size."),
-        end_factor: Optional[float] = Input(default=None, ge=0.5, le=2.0,
-                                            description="Boost of the end token '.': higher = shorter captions"
-                                                        " (empty = the mode's: 1.01; knowledge/ocr 1.04;"
-                                                        " arithmetic 1.06)."),
-        end_factor_from: int = Input(default=1, ge=0, le=40,
-                                     description="First step the end-token boost applies (the paper: 3)."),
-        fusion_factor: Optional[float] = Input(default=None, ge=0.0, le=1.0,
-                                               description="Weight of the CLIP-shifted GPT-2 against the plain one"
-                                                           " (empty = 0.99; arithmetic 0.95)."),
-        grad_norm_factor: Optional[float] = Input(default=None, ge=0.0, le=2.0,
-                                                  description="Gradients are divided by their norm to this power"
-                                                              " (empty = 0.9; arithmetic 0.95)."),
-        ce_scale: float = Input(default=0.2, ge=0.0, le=5.0,
-                                description="Weight of the fluency loss (stay close to plain GPT-2)."),
+        num_iterations: int = Input(default=5, ge=0, le=20, description="Gradient steps on GPT-2's cache per token (0 = plain GPT-2)."),  # noqa: E501
+        top_k: int = Input(default=512, ge=1, le=2048, description="Candidate tokens scored by CLIP per beam and step; at least beam_size."),  # noqa: E501
+        end_factor: Optional[float] = Input(default=None, ge=0.5, le=2.0, description="Boost of the end token '.': higher = shorter captions; empty = the mode's (1.01; knowledge and ocr 1.04; arithmetic 1.06)."),  # noqa: E501
+        end_factor_from: int = Input(default=1, ge=0, le=40, description="First step the end-token boost applies (the paper says 3, the authors' code 1)."),  # noqa: E501
+        fusion_factor: Optional[float] = Input(default=None, ge=0.0, le=1.0, description="Weight of the CLIP-shifted GPT-2 against the plain one; empty = the mode's (0.99; arithmetic 0.95)."),  # noqa: E501
+        grad_norm_factor: Optional[float] = Input(default=None, ge=0.0, le=2.0, description="Gradients are divided by their norm to this power; empty = the mode's (0.9; arithmetic 0.95)."),  # noqa: E501
+        ce_scale: float = Input(default=0.2, ge=0.0, le=5.0, description="Weight of the fluency loss (stay close to plain GPT-2)."),  # noqa: E501
         clip_scale: float = Input(default=1.0, ge=0.0, le=10.0, description="Weight of the CLIP loss."),
         stepsize: float = Input(default=0.3, ge=0.0, le=3.0, description="Step size of the cache shift."),
-        clip_temperature: float = Input(default=0.01, ge=0.001, le=1.0,
-                                        description="Softmax temperature over the candidates' CLIP similarities."),
-        repetition_penalty: float = Input(default=1.0, ge=0.5, le=3.0,
-                                          description="Damping of the last 4 tokens; 1 = off."),
-        forbidden_factor: float = Input(default=20.0, ge=1.0, le=100.0,
-                                        description="Damping of bare numbers and ( ) , ! : newline."),
-        seed: int = Input(default=0, ge=0, le=2**31 - 1, description="Torch seed (the decoder is deterministic)."),
+        clip_temperature: float = Input(default=0.01, ge=0.001, le=1.0, description="Softmax temperature over the candidates' CLIP similarities."),  # noqa: E501
+        repetition_penalty: float = Input(default=1.0, ge=0.5, le=3.0, description="Damping of the last 4 tokens; 1 = off."),  # noqa: E501
+        forbidden_factor: float = Input(default=20.0, ge=1.0, le=100.0, description="Damping of bare numbers and ( ) , ! : newline."),  # noqa: E501
     ) -> Output:
-        check_declared_ranges(RUN_INPUTS, locals())
-        terms = check_inputs(mode, image, images, image_weights, texts, text_weights)
-        cfg = self.model.check(preset(
-            mode,
-            cond_text=cond_text or None, beam_size=beam_size, max_tokens=max_tokens,
-            num_iterations=num_iterations, top_k=top_k, end_factor=end_factor, end_factor_from=end_factor_from,
-            fusion_factor=fusion_factor, grad_norm_factor=grad_norm_factor, ce_scale=ce_scale,
-            clip_scale=clip_scale, stepsize=stepsize, clip_temperature=clip_temperature,
-            repetition_penalty=repetition_penalty, forbidden_factor=forbidden_factor,
-        ))
+        knobs = {name: value for name, value in locals().items() if name in SERVED_KNOBS}
+        terms = check_terms(mode, image, images, image_weights, texts, text_weights)
+        cfg = self.model.check(preset(mode, **{**knobs, "cond_text": cond_text or None}))
 
         start = time.perf_counter()
 
@@ -119,20 +220,19 @@ class Predictor(BaseRunner):
 
         try:
             if mode == "arithmetic":
-                pictures = [load_image(p) for p in terms["images"]]
-                result = self.model.arithmetic(pictures, terms["image_weights"], terms["texts"],
-                                               terms["text_weights"], config=cfg, progress=progress, seed=seed,
-                                               names=[os.path.basename(str(p)) for p in terms["images"]])
-                target = result.target
+                result = self.model.arithmetic(terms["images"], terms["image_weights"], terms["texts"],
+                                               terms["text_weights"], config=cfg, progress=progress,
+                                               names=terms["names"])
             else:
-                result = self.model.caption([load_image(terms["image"])], config=cfg, progress=progress,
-                                            seed=seed)[0]
-                target = "image"
+                result = self.model.caption([terms["image"]], config=cfg, progress=progress,
+                                            names=[terms["name"]])[0]
         except CancelationException:
             raise
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            raise ValueError("out of GPU memory: lower beam_size or top_k, or caption fewer terms at once") from None
+            raise InputError("out of GPU memory: lower beam_size or top_k, or combine fewer terms") from None
+        except MemoryError:
+            raise InputError("out of memory: lower beam_size or top_k, or combine fewer terms") from None
 
         seconds = time.perf_counter() - start
         self.record_metric("tokens_generated", result.tokens)
@@ -147,65 +247,37 @@ class Predictor(BaseRunner):
             clip_scores=[b.clip_score for b in result.beams],
             perplexities=[b.perplexity if math.isfinite(b.perplexity) else -1.0 for b in result.beams],
             mode=mode,
-            target=target,
+            target=result.target,
             cond_text=cfg.cond_text,
             tokens=result.tokens,
             seconds=seconds,
         )
 
 
-# The declared inputs, read before the server wraps the method.
-RUN_INPUTS = inspect.signature(Predictor.run).parameters
-
-
-def check_declared_ranges(inputs, values: dict) -> None:
-    """Enforce the choices and ranges declared with Input(): coglet checks them only when the
-    schema file that `cog build` writes is present, so a bare server would let them through."""
-    for name, param in inputs.items():
-        info, value = param.default, values.get(name)
-        if not isinstance(info, FieldInfo) or value is None:
-            continue
-        for v in value if isinstance(value, list) else [value]:
-            if info.choices is not None and v not in info.choices:
-                raise ValueError(f"{name} must be one of {', '.join(map(str, info.choices))}, got {v!r}")
-            if isinstance(v, str) and info.max_length is not None and len(v) > info.max_length:
-                raise ValueError(f"{name} is {len(v)} characters long; at most {info.max_length} are allowed")
-            if isinstance(v, bool) or (info.ge is None and info.le is None):
-                continue
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-            if (info.ge is not None and v < info.ge) or (info.le is not None and v > info.le):
-                raise ValueError(f"{name} must be between {info.ge} and {info.le}, got {v}")
-
-
-def check_inputs(mode, image, images, image_weights, texts, text_weights) -> dict:
-    """Which inputs each mode takes; ValueError naming the wrong combination and what is allowed."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+def check_terms(mode, image, images, image_weights, texts, text_weights) -> dict:
+    """Which inputs each mode takes, with names for the files; InputError naming what is wrong."""
     images, texts = list(images or []), list(texts or [])
     if mode != "arithmetic":
         extra = [n for n, v in (("images", images), ("image_weights", image_weights), ("texts", texts),
                                 ("text_weights", text_weights)) if v]
         if extra:
-            raise ValueError(f"mode {mode} takes `image`; {', '.join(extra)} are for mode=arithmetic")
+            raise InputError(f"mode {mode} takes `image`; {', '.join(extra)} are for mode=arithmetic")
         if image is None:
-            raise ValueError(f"mode {mode} needs `image`")
-        return {"image": image}
-    if image is not None:
-        raise ValueError("mode arithmetic takes `images` (a list, with `image_weights`), not `image`")
-    if not images and not texts:
-        raise ValueError("mode arithmetic needs `images` (and/or `texts`) with their weights, e.g. 1, 1, -1")
-    if len(images) + len(texts) > MAX_TERMS:
-        raise ValueError(f"arithmetic takes at most {MAX_TERMS} images and texts together,"
-                         f" got {len(images) + len(texts)}")
-    for name, values, count in (("image_weights", image_weights, len(images)), ("text_weights", text_weights,
-                                                                                 len(texts))):
+            raise InputError(f"mode {mode} needs `image`")
+        return {"image": image, "name": sent_name(image, "image")}
+    files = ([image] if image is not None else []) + images
+    if not files and not texts:
+        raise InputError("mode arithmetic needs `image`/`images` and/or `texts`, with their weights, e.g. 1, 1, -1")
+    if len(files) + len(texts) > MAX_TERMS:
+        raise InputError(f"arithmetic takes at most {MAX_TERMS} images and texts together, got {len(files) + len(texts)}")
+    for name, values, count, what in (("image_weights", image_weights, len(files), "image"),
+                                      ("text_weights", text_weights, len(texts), "text")):
         if values is None:
             continue
         if len(values) != count:
-            what = name.split("_")[0]
-            raise ValueError(f"got {count} {what}(s) but {len(values)} {name}; give one weight per {what}")
-        for w in values:
-            if not (isinstance(w, (int, float)) and math.isfinite(w) and -10 <= w <= 10):
-                raise ValueError(f"{name} must be finite numbers in [-10, 10], got {w!r}")
-    return {"images": images, "image_weights": image_weights, "texts": texts, "text_weights": text_weights}
+            raise InputError(f"got {count} {what}(s) but {len(values)} {name}; give one weight per {what}")
+        if any(not -10 <= w <= 10 for w in values):
+            raise InputError(f"{name} must be numbers in [-10, 10], got {values}")
+    names = [sent_name(f, f"image {i + 1}") for i, f in enumerate(files)]
+    return {"images": files, "image_weights": image_weights, "texts": texts, "text_weights": text_weights,
+            "names": names}

@@ -1,16 +1,26 @@
-"""Predictor (predict.py) called directly: setup + run, input checks, OOM and cancellation."""
-import inspect
+"""predict.Predictor called directly, as coglet calls it: setup, then run(**request inputs).
+
+Files reach run() as cog makes them from a URL or data URL (a download into the temp folder);
+these tests make them the same way (`sent`). tests/test_cog_server.py sends a few of these
+requests through the real server, with and without the generated schema.
+"""
+import base64
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
 from cog import CancelationException, Path
+from cog.types import URLPath
+
+from zerocap import InputError
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import predict  # noqa: E402
 
 SMALL = {"beam_size": 2, "max_tokens": 2, "top_k": 16}
+RULE = "send the file as a URL (https://...) or a data URL (data:image/png;base64,...); files on the server are not read"
 
 
 @pytest.fixture(scope="module")
@@ -25,64 +35,128 @@ def predictor(weights_root):
     mp.undo()
 
 
-def run(p, **inputs):
-    """Call run() with the declared defaults, as the server does."""
-    kwargs = {name: param.default.default for name, param in predict.RUN_INPUTS.items() if name != "self"}
-    kwargs.update(inputs)
-    return p.run(**kwargs)
+def sent(path, url=None):
+    """The file as run() gets it when the request names `url` (default: a data URL of the file)."""
+    if url is None:
+        with open(path, "rb") as f:
+            return Path.validate("data:image/png;base64," + base64.b64encode(f.read()).decode()).convert()
+    return URLPath(source=url, filename=url.rsplit("/", 1)[1], fileobj=open(path, "rb")).convert()
 
 
 def test_caption(predictor, images, capsys):
-    out = run(predictor, image=Path(images[0]), **SMALL)
+    out = predictor.run(image=sent(images[0]), **SMALL)
     assert out.caption == out.beams[0] and out.caption.startswith("Image of a")
     assert len(out.beams) == len(out.clip_scores) == len(out.perplexities) == len(out.beam_scores) == 2
     assert out.mode == "caption" and out.target == "image" and out.tokens == 2
     assert "token 1/2: Image of a" in capsys.readouterr().out
 
 
+def test_a_urls_file_name_names_the_target(predictor, images):
+    out = predictor.run(image=sent(images[0], "https://example.com/photos/cat.png"), **SMALL)
+    assert out.target == "cat.png"
+
+
 def test_ocr_preset_and_own_end_factor(predictor, images):
-    out = run(predictor, mode="ocr", image=Path(images[0]), end_factor=1.5, **SMALL)
+    out = predictor.run(mode="ocr", image=sent(images[0]), end_factor=1.5, **SMALL)
     assert out.cond_text == "Image of text that says" and out.caption.startswith("Image of text that says")
 
 
-def test_arithmetic(predictor, images):
-    out = run(predictor, mode="arithmetic", images=[Path(p) for p in images[:3]], image_weights=[1, 1, -1], **SMALL)
-    assert out.target == "+1 x image img0.png +1 x image img1.png -1 x image img2.png"
+def test_arithmetic_names_what_the_user_sent(predictor, images):
+    files = [sent(images[0], "https://x.org/woman.jpg"), sent(images[1], "https://x.org/king.jpg"), sent(images[2])]
+    out = predictor.run(mode="arithmetic", images=files, image_weights=[1, 1, -1], **SMALL)
+    assert out.target == "+1 x woman.jpg +1 x king.jpg -1 x image 3"
+    assert tempfile.gettempdir() not in out.target
 
 
-def test_every_input_is_documented_and_typed():
-    for name, param in predict.RUN_INPUTS.items():
-        if name == "self":
-            continue
-        assert param.annotation is not inspect.Parameter.empty, name
-        assert param.default.description, name
+def test_arithmetic_takes_image_as_its_first_term(predictor, images):
+    """`cog run -i images=@a.jpg` sends one file, not a list; `-i image=@a.jpg` works in arithmetic."""
+    a = predictor.run(mode="arithmetic", image=sent(images[0]), texts=["a crown"], text_weights=[0.5], **SMALL)
+    b = predictor.run(mode="arithmetic", images=[sent(images[0])], texts=["a crown"], text_weights=[0.5], **SMALL)
+    assert a.target == b.target == "+1 x image 1 +0.5 x text 'a crown'" and a.beams == b.beams
 
 
 @pytest.mark.parametrize("inputs,message", [
     ({"mode": "caption"}, "mode caption needs `image`"),
-    ({"mode": "knowledge", "image": "x", "texts": ["a"]}, "texts are for mode=arithmetic"),
-    ({"mode": "arithmetic"}, "mode arithmetic needs `images`"),
-    ({"mode": "arithmetic", "images": ["x"] * 17}, "at most 16 images and texts"),
+    ({"mode": "knowledge", "image": 0, "texts": ["a"]}, "texts are for mode=arithmetic"),
+    ({"mode": "arithmetic"}, "mode arithmetic needs `image`/`images` and/or `texts`"),
+    ({"mode": "arithmetic", "images": [0] * 17}, "at most 16 images and texts together, got 17"),
     ({"mode": "arithmetic", "texts": ["a", "b"], "text_weights": [1]}, "got 2 text(s) but 1 text_weights"),
-    ({"mode": "arithmetic", "images": ["x"], "image_weights": [float("nan")]}, "finite numbers in [-10, 10]"),
+    ({"mode": "arithmetic", "image": 0, "images": [1], "image_weights": [1]}, "got 2 image(s) but 1 image_weights"),
+    ({"mode": "arithmetic", "images": [0], "image_weights": [50]}, "image_weights must be numbers in [-10, 10]"),
+    ({"mode": "arithmetic", "images": [0, 0], "image_weights": [1, -1]}, "(nearly) zero"),
 ])
-def test_check_inputs(inputs, message):
-    args = {"mode": "caption", "image": None, "images": None, "image_weights": None, "texts": None,
-            "text_weights": None, **inputs}
-    with pytest.raises(ValueError) as e:
-        predict.check_inputs(**args)
+def test_mode_and_terms(predictor, images, inputs, message):
+    files = [sent(p) for p in images]
+    inputs = {k: ([files[i] for i in v] if k == "images" else files[v] if k == "image" else v)
+              for k, v in inputs.items()}
+    with pytest.raises(InputError) as e:
+        predictor.run(**{**SMALL, **inputs})
     assert message in str(e.value)
 
 
 @pytest.mark.parametrize("inputs,message", [
-    ({"beam_size": 21}, "beam_size must be between 1 and 20, got 21"),
-    ({"top_k": 0}, "top_k must be between 1 and 2048, got 0"),
-    ({"fusion_factor": float("nan")}, "fusion_factor must be a finite number"),
-    ({"mode": "haiku"}, "mode must be one of caption, knowledge, ocr, arithmetic"),
+    ({"bogus": 1}, "unknown input bogus; the inputs are: mode, image, images, image_weights, texts,"),
+    ({"seed": 3, "bogus": 1}, "unknown inputs bogus, seed;"),
+    ({"texts": "a crown"}, "texts must be a list of values, each a string; got the single value \"a crown\""),
+    ({"texts": [1, 2]}, "texts[0] must be a string, got 1"),
+    ({"texts": [None]}, "texts[0] must be a string, got null"),
+    ({"image_weights": 1}, "image_weights must be a list of values, each a number; got the single value 1"),
+    ({"image_weights": [1, "a"]}, "image_weights[1] must be a number, got \"a\""),
+    ({"image": 5}, "image: " + RULE),
+    ({"beam_size": "x"}, "beam_size must be an integer from 1 to 20, got \"x\""),
+    ({"beam_size": 2.5}, "beam_size must be an integer from 1 to 20, got 2.5"),
+    ({"beam_size": True}, "beam_size must be an integer from 1 to 20, got true"),
+    ({"beam_size": 21}, "beam_size must be an integer from 1 to 20, got 21"),
+    ({"top_k": 0}, "top_k must be an integer from 1 to 2048, got 0"),
+    ({"fusion_factor": float("nan")}, "fusion_factor must be a number from 0 to 1, got NaN"),
+    ({"end_factor": 5.0}, "end_factor must be a number from 0.5 to 2, got 5.0"),
+    ({"mode": "haiku"}, "mode must be one of caption, knowledge, ocr, arithmetic, got \"haiku\""),
+    ({"mode": None}, "mode must be one of caption, knowledge, ocr, arithmetic, got null"),
+    ({"cond_text": "x" * 400}, "cond_text is 400 characters long; at most 300 are allowed"),
+    ({"cond_text": "a " * 100}, "cond_text is too long for CLIP"),
+    ({"beam_size": 5, "top_k": 3}, "beam_size (5) must not exceed top_k (3)"),
 ])
-def test_declared_ranges_are_enforced_without_a_schema(predictor, images, inputs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        run(predictor, image=Path(images[0]), **inputs)
+def test_every_wrong_input_is_answered_in_words(predictor, images, inputs, message):
+    """What a server without the generated schema passes through untouched."""
+    with pytest.raises(InputError) as e:
+        predictor.run(**{"image": sent(images[0]), **SMALL, **inputs})
+    assert message in str(e.value)
+
+
+def test_integral_floats_count_as_integers(predictor, images):
+    assert predictor.run(image=sent(images[0]), beam_size=2.0, max_tokens=1.0, top_k=16).tokens == 1
+
+
+@pytest.mark.parametrize("value", [
+    "/etc/hostname", "/nonexistent", "predict.py", "file:///etc/hostname", Path("/etc/hostname"),
+    "tmp_in_cwd", os.path.join(tempfile.gettempdir(), "tmpabcdefghx.png"),
+], ids=["absolute", "missing", "relative", "file-url", "Path", "named-like-cog", "str-in-tmp"])
+def test_files_on_the_server_are_never_read(predictor, value, tmp_path):
+    """Whatever names a file on the server (or not) gets one answer that tells nothing about it."""
+    if value == "tmp_in_cwd":  # a cog.Path outside the temp folder, named like a download
+        value = Path(tmp_path / "tmpabcdefghcat.png")
+        value.write_bytes(b"x")
+    for inputs in ({"image": value}, {"mode": "arithmetic", "images": [value]}):
+        with pytest.raises(InputError) as e:
+            predictor.run(**{**inputs, **SMALL})
+        field = "image" if "image" in inputs else "images[0]"
+        assert str(e.value) == f"{field}: {RULE}"
+
+
+def test_a_list_mixing_a_download_and_a_server_path_is_refused(predictor, images):
+    """coglet downloads a list only when every item is a URL: [data URL, path] arrive undownloaded."""
+    pending = Path.validate("data:image/png;base64," + base64.b64encode(open(images[0], "rb").read()).decode())
+    assert isinstance(pending, URLPath)
+    with pytest.raises(InputError, match=r"images\[0\]: send the file as a URL"):
+        predictor.run(mode="arithmetic", images=[pending, "/etc/hostname"], **SMALL)
+
+
+def test_a_bad_image_file_is_named_as_sent(predictor, tmp_path):
+    p = tmp_path / "notes.txt"
+    p.write_text("hello, not an image")
+    with pytest.raises(InputError) as e:
+        predictor.run(image=sent(str(p), "https://x.org/notes.png"), **SMALL)
+    assert str(e.value).startswith("not an image: notes.png (use JPEG") and tempfile.gettempdir() not in str(e.value)
 
 
 def test_out_of_memory_fails_the_prediction_with_advice(predictor, images, monkeypatch):
@@ -90,8 +164,8 @@ def test_out_of_memory_fails_the_prediction_with_advice(predictor, images, monke
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(predictor.model, "caption", oom)
-    with pytest.raises(ValueError, match="out of GPU memory: lower beam_size or top_k"):
-        run(predictor, image=Path(images[0]), **SMALL)
+    with pytest.raises(InputError, match="out of GPU memory: lower beam_size or top_k"):
+        predictor.run(image=sent(images[0]), **SMALL)
 
 
 def test_cancellation_is_reraised(predictor, images, monkeypatch):
@@ -101,4 +175,4 @@ def test_cancellation_is_reraised(predictor, images, monkeypatch):
 
     monkeypatch.setattr(predictor.model, "caption", cancel)
     with pytest.raises(CancelationException):
-        run(predictor, image=Path(images[0]), **SMALL)
+        predictor.run(image=sent(images[0]), **SMALL)
