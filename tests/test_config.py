@@ -81,3 +81,61 @@ def test_the_command_lines_flags_are_the_tables(capsys):
     for name in KNOBS:
         assert "--" + name.replace("_", "-") in text, name
         assert " ".join(describe_knob(name).split()) in text, name
+
+
+def cog_inputs() -> dict:
+    """predict.py's Input declarations (what `cog build` turns into the schema)."""
+    import inspect
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import predict
+
+    params = inspect.signature(predict.Predictor.run.__wrapped__).parameters
+    return {n: p.default for n, p in params.items() if n != "self"}
+
+
+def test_every_cog_input_agrees_with_the_table():
+    """cog's build reads predict.py statically, so its Inputs restate the table as literals."""
+    from zerocap.config import SERVED_KNOBS, preset_dependent
+
+    inputs = cog_inputs()
+    assert inputs["mode"].choices == list(MODES) and inputs["mode"].default == "caption"
+    knobs = set(inputs) - {"mode", "image", "images", "image_weights", "texts", "text_weights"}
+    assert knobs == set(SERVED_KNOBS)  # no knob left out, none invented
+    for name in SERVED_KNOBS:
+        info, spec = inputs[name], KNOBS[name]
+        # a knob some mode changes defaults to "empty = the mode's"
+        assert info.default == (None if preset_dependent(name) else getattr(DEFAULTS, name)), name
+        if spec.serve is not None:
+            assert (info.ge, info.le) == (spec.serve.lo, spec.serve.hi), name
+        assert info.max_length == spec.max_length, name
+        assert info.description, name
+
+
+def readme_inputs_table() -> dict:
+    import os
+    import re
+
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    section = text.split("### Inputs", 1)[1].split("\n\n", 2)[1]  # the table after the heading
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()]
+    return {name.strip("`"): (kind, default, allowed) for name, kind, default, allowed, _ in rows
+            if name.startswith("`")}
+
+
+def test_the_readmes_inputs_table_agrees_with_the_table():
+    from zerocap.config import SERVED_KNOBS, preset_dependent
+
+    table = readme_inputs_table()
+    assert set(cog_inputs()) <= set(table)
+    for name in SERVED_KNOBS:
+        kind, default, allowed = table[name]
+        spec = KNOBS[name]
+        want_default = "the mode's" if preset_dependent(name) else f"{getattr(DEFAULTS, name):g}"
+        assert default == want_default, name
+        if spec.serve is not None:
+            assert allowed == f"{spec.serve.lo:g}–{spec.serve.hi:g}", name
+            assert kind == ("integer" if FIELD_TYPES[name] is int else "number"), name
+    assert table["mode"][2] == ", ".join(MODES)

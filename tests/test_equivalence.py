@@ -169,3 +169,17 @@ def test_torchscript_clip_archive_loads_like_the_state_dict(tmp_path, lm_dir, cl
     b = ZeroCap.load(lm_dir, clip_file, device="cpu")
     for name, tensor in a.clip.state_dict().items():  # the same weights, hence the same model
         assert torch.equal(tensor, b.clip.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_random_cases_agree_with_the_reference():
+    """bench/agreement.py on a few random models, prompts and settings (100 cases: bench/RESULTS.md)."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "agreement.py")
+    run = subprocess.run([sys.executable, script, "--cases", "8", "--seed", "1", "--results", ""],
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| exact | 8 of 8 |" in run.stdout and "| fast | 8 of 8 |" in run.stdout, run.stdout[-2000:]

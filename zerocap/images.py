@@ -83,7 +83,7 @@ def load_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
     try:
         with _open(path, name) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)
             return to_rgb8(img, name)
     except InputError:
         raise
@@ -94,30 +94,35 @@ def load_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
 def to_rgb8(img: Image.Image, name: str = "the image") -> Image.Image:
     """8-bit RGB, with high bit depths scaled (not clipped); InputError for what cannot be read right."""
     mode = img.mode
+    if mode == "RGB":
+        return img
     if mode in _RGB_MODES:
         return img.convert("RGB")
     if mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N: 16-bit greyscale; I: 32-bit integers
-        a = np.asarray(img).astype(np.int64)
+        a = np.asarray(img)
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 65535:
             raise InputError(f"cannot read image {name}: 32-bit integer pixels from {lo} to {hi}; only 0..65535"
                              " (16-bit) can be scaled to 8 bits; save it as an 8- or 16-bit image")
-        return _grey(a / 257.0)
+        return _grey(a.astype(np.float32), 1 / 257)
     if mode == "F":  # 32-bit float greyscale
-        a = np.asarray(img).astype(np.float64)
+        a = np.array(img, dtype=np.float32)
         if not np.isfinite(a).all():
             raise InputError(f"cannot read image {name}: floating-point pixels include NaN or infinity")
         lo, hi = float(a.min()), float(a.max())
         if lo < 0 or hi > 255:
             raise InputError(f"cannot read image {name}: floating-point pixels from {lo:g} to {hi:g}; only values"
                              " in [0, 1] or [0, 255] can be read")
-        return _grey(a * 255.0 if hi <= 1 else a)
+        return _grey(a, 255.0 if hi <= 1 else 1.0)
     raise InputError(f"cannot read image {name}: unsupported pixel format {mode!r}; use an 8- or 16-bit image")
 
 
-def _grey(values: np.ndarray) -> Image.Image:
-    """Greyscale values in [0, 255] -> 8-bit RGB (rounded)."""
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+def _grey(values: np.ndarray, scale: float) -> Image.Image:
+    """Greyscale values (float32, modified in place) x scale -> 8-bit RGB, rounded to nearest."""
+    values *= np.float32(scale)
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return Image.fromarray(values.astype(np.uint8), mode="L").convert("RGB")
 
 
 def bound_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
