@@ -113,8 +113,8 @@ def test_two_cpu_replicas_give_the_same_results(capsys, models, images):
 
 BAD = [
     (["caption", "missing.png"], "image file not found: missing.png"),
-    (["caption"], "give at least one IMAGE"),
-    (["caption", "{notimage}"], "not an image"),
+    (["caption"], "no images: give image files, folders, patterns or URLs, or --list FILE"),
+    (["caption", "missing.png", "gone.png"], "image file not found: missing.png (nor the 1 others)"),
     (["caption", "{img}", "--beam-size", "0"], "beam_size must be an integer from 1 to 100, got 0"),
     (["caption", "{img}", "--end-factor", "nan"], "end_factor must be a finite number"),
     (["caption", "{img}", "--fusion-factor", "2"], "fusion_factor must be a number in [0, 1], got 2.0"),
@@ -126,6 +126,14 @@ BAD = [
     (["arithmetic", "{img}", "{img}", "--weights", "1", "-1"], "(nearly) zero"),
     (["arithmetic"], "give the IMAGEs"),
 ]
+
+
+def test_an_image_that_fails_is_reported_and_the_exit_status_says_so(capsys, models, images, tmp_path):
+    notimage = tmp_path / "x.jpg"
+    notimage.write_text("not a picture")
+    code, out, err = run(capsys, "caption", notimage, images[0], *models, *FAST)
+    assert code == 1 and f"zerocap: error: not an image: {notimage}" in err
+    assert out.count("best mixed:") == 1 and "captioned 1, failed 1;" in err
 
 
 @pytest.mark.parametrize("args,message", BAD)

@@ -1,24 +1,27 @@
 """The `zerocap` command line: parse, validate, call the engine, print.
 
-    zerocap caption IMAGE... [--preset knowledge|ocr] [--cond-text T] [--beam-size N] ... [--json]
+    zerocap caption IMAGE|FOLDER|PATTERN|URL... [--list FILE] [--out captions.jsonl] [--json] [knobs]
     zerocap arithmetic IMG IMG IMG --weights 1 1 -1 [--text T --text-weight W]... [--json]
+    zerocap video CLIP... [--frames N | --every SECONDS] [--out videos.jsonl] [--json]
+    zerocap eval captions.jsonl --refs captions_val2014.json [--json] [--per-image FILE]
 
 The authors' run.py flags work too (python -m zerocap --caption_img_path X --cond_text ...).
 A mistake of the user's (zerocap.InputError, or a bad flag) prints one line and exits with
-status 2; anything else is a bug and shows its traceback.
+status 2; in a dataset job an input that fails gets an error line, the job goes on, and the
+exit status is 1 if any failed. Anything else is a bug and shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import os
 import sys
 
-from .config import DEFAULTS, FIELD_TYPES, KNOBS, PRESETS, describe_knob
+from .config import FIELD_TYPES, KNOBS, PRESETS, describe_knob
 from .errors import InputError
 
-COMMANDS = ("caption", "arithmetic")
+COMMANDS = ("caption", "arithmetic", "video", "eval")
 
 # config field -> the authors' run.py spellings (each knob is also --its-name-with-dashes)
 AUTHORS_FLAGS = {
@@ -91,17 +94,36 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
     m.add_argument("--run_type", choices=["caption", "arithmetics"], help=argparse.SUPPRESS)
 
 
+def _add_dataset(p: argparse.ArgumentParser, what: str) -> None:
+    d = p.add_argument_group("datasets")
+    d.add_argument("--list", metavar="FILE", help=f"also the {what}s named in FILE, one path or URL per line ('-':"
+                                                  " standard input)")
+    d.add_argument("--out", metavar="FILE.jsonl",
+                   help="write one JSON line per input as soon as it is done; a rerun skips the inputs already"
+                        " in FILE and repairs a last line cut short (resume)")
+    d.add_argument("--retry-failed", action="store_true", help="with --out: run again the inputs that have"
+                                                               " an error line in FILE")
+    d.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray Data: a local Ray, or the cluster at ADDRESS (e.g. auto, ray://head:10001);"
+                        " needs pip install 'zerocap[ray]'")
+    d.add_argument("--actors", type=_number(int), default=None, metavar="N",
+                   help="with --ray: engines in the actor pool (default: one per GPU of the cluster, else 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zerocap",
         description="Zero-shot image captioning and visual-semantic arithmetic (ZeroCap, CVPR 2022).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{caption,arithmetic}")
-    cap = sub.add_parser("caption", help="caption images (presets: caption, knowledge, ocr)",
-                         description="Caption each image; --preset knowledge or ocr for the paper's other uses.")
-    cap.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    cap = sub.add_parser("caption", help="caption images or a whole dataset (presets: caption, knowledge, ocr)",
+                         description="Caption each image; --preset knowledge or ocr for the paper's other uses."
+                                     " Inputs: image files, folders (searched recursively), glob patterns"
+                                     " (quoted; ** for any depth), URLs, --list FILE.")
+    cap.add_argument("images", nargs="*", metavar="INPUT", help="image files, folders, patterns or URLs")
     cap.add_argument("--caption_img_path", "--caption-img-path", action="append", default=[],
-                     metavar="IMAGE", help="the authors' spelling of IMAGE")
+                     metavar="IMAGE", help="the authors' spelling of INPUT")
+    _add_dataset(cap, "image")
     _add_common(cap, "caption")
     ari = sub.add_parser("arithmetic", help="caption a weighted sum of images (and texts)",
                          description="e.g. zerocap arithmetic woman.jpg king.jpg man.jpg --weights 1 1 -1")
@@ -114,6 +136,37 @@ def build_parser() -> argparse.ArgumentParser:
     ari.add_argument("--text-weight", "--text_weight", action="append", type=_number(float), default=None,
                      metavar="W", help="weight of each --text, in order (default 1)")
     _add_common(ari, "arithmetic")
+    vid = sub.add_parser("video", help="caption video clips from their frames",
+                         description="Caption each clip: frames sampled evenly (or every few seconds), their CLIP"
+                                     " embeddings averaged, and the caption steered towards that mean. No"
+                                     " temporal modelling: it captions what the frames share.")
+    vid.add_argument("images", nargs="*", metavar="INPUT", help="video files, folders, patterns or URLs")
+    vid.add_argument("--frames", type=_number(int), default=None, metavar="N",
+                     help="frames spread evenly over the clip, 1..64 (default 8)")
+    vid.add_argument("--every", type=_number(float), default=None, metavar="SECONDS",
+                     help="instead: a frame every SECONDS (at most 64)")
+    _add_dataset(vid, "video")
+    _add_common(vid, "caption")
+    ev = sub.add_parser("eval", help="score captions against references: COCO metrics, CLIP-S, RefCLIP-S",
+                        description="BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE (pycocoevalcap; Java for the PTB"
+                                    " tokeniser, METEOR and SPICE) and CLIP-S / RefCLIP-S (Hessel et al. 2021).")
+    ev.add_argument("captions", metavar="CAPTIONS.jsonl", help="the output of zerocap caption --out")
+    ev.add_argument("--refs", required=True, metavar="ANNOTATIONS.json",
+                    help="COCO caption annotations (captions_val2014.json) or the Karpathy split (dataset_coco.json)")
+    ev.add_argument("--field", choices=["best_mixed", "best_clip", "best_fluency"], default="best_mixed",
+                    help="which caption of each image is scored (default best_mixed, the beam-search winner)")
+    ev.add_argument("--strip-prompt", action="store_true", help="score the generated text without cond_text")
+    ev.add_argument("--tokenizer", choices=["auto", "ptb", "simple"], default="auto",
+                    help="auto (default): PTB when Java is there, else a simple tokeniser, said in the report")
+    ev.add_argument("--skip", type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()), default=(),
+                    metavar="METRIC,...", help="metrics not to compute: METEOR, SPICE (slow Java programs),"
+                                               " CLIP-S (with RefCLIP-S; loads CLIP)")
+    ev.add_argument("--clip", help="OpenAI CLIP checkpoint for CLIP-S (default: $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
+    ev.add_argument("--image-root", metavar="DIR", help="folder the captions' relative image paths are in"
+                                                        " (default: the current folder)")
+    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    ev.add_argument("--json", action="store_true", help="the report as one JSON object")
+    ev.add_argument("--per-image", metavar="FILE.jsonl", help="also write every image's scores to FILE")
     return parser
 
 
@@ -165,98 +218,164 @@ def _config(args):
     return preset(args.preset, **overrides)
 
 
-def _progress_bar():
-    if not sys.stderr.isatty():
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, unit="tok", file=sys.stderr, leave=False)
-
-    def progress(step, max_tokens, best):
-        bar.total = max_tokens
-        bar.n = step
-        bar.set_description(best[0][-40:] if best else "")
-        bar.refresh()
-
-    return progress, bar
-
-
-def _finite(x):
-    return x if not isinstance(x, float) or math.isfinite(x) else None
-
-
-def _clean_floats(d):
-    """JSON has no inf/nan: write null."""
-    if isinstance(d, dict):
-        return {k: _clean_floats(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_clean_floats(v) for v in d]
-    return _finite(d)
-
-
-def _print(result, as_json: bool) -> None:
-    d = result.to_dict()
+def _print(d: dict) -> None:
+    """A result record as text on stdout."""
     out = sys.stdout
-    if as_json:
-        out.write(json.dumps(_clean_floats(d)) + "\n")
-    else:
-        out.write(f"{d['target']}\n")
-        out.write(f"  best mixed:   {d['best_mixed']}\n  best CLIP:    {d['best_clip']}\n")
-        out.write(f"  best fluency: {d['best_fluency']}\n  beams (score, CLIP similarity, perplexity):\n")
-        for b in d["beams"]:
-            out.write(f"    {b['score']:8.3f}  {b['clip_score']:6.3f}  {b['perplexity']:10.4g}  {b['caption']}\n")
-        out.write(f"  {d['timing']['tokens']} tokens in {d['timing']['seconds']:.2f} s\n")
+    out.write(f"{d['target']}\n")
+    out.write(f"  best mixed:   {d['best_mixed']}\n  best CLIP:    {d['best_clip']}\n")
+    out.write(f"  best fluency: {d['best_fluency']}\n  beams (score, CLIP similarity, perplexity):\n")
+    for b in d["beams"]:
+        out.write(f"    {b['score']:8.3f}  {b['clip_score']:6.3f}  {b['perplexity']:10.4g}  {b['caption']}\n")
+    if d.get("frame_times"):
+        out.write(f"  frames at {', '.join(f'{t:.2f}' for t in d['frame_times'])} s\n")
+    out.write(f"  {d['timing']['tokens']} tokens in {d['timing']['seconds']:.2f} s\n")
     out.flush()
 
 
-def run(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(_route(argv))
-    cfg = _config(args)
-    if not 1 <= args.batch_size <= 64:
-        raise InputError(f"--batch-size must be between 1 and 64, got {args.batch_size}")
-    if args.command == "caption":
-        images = list(args.images) + list(args.caption_img_path)
-        if not images:
-            raise InputError("give at least one IMAGE to caption")
-    else:
-        images = list(args.images) + list(args.arithmetics_imgs)
-        if not images and not args.text:
-            raise InputError("give the IMAGEs (and/or --text) to combine, with --weights")
+def _emit(as_json: bool, quiet: bool):
+    """What to do with each record as it is done: stdout (text or JSON lines), failures on stderr."""
+    from .dataset import finite
+
+    def emit(record: dict) -> None:
+        if as_json and not quiet:
+            sys.stdout.write(json.dumps(finite(record)) + "\n")
+            sys.stdout.flush()
+        elif "error" in record:
+            print(f"zerocap: error: {record['error']}", file=sys.stderr)
+        elif not quiet:
+            _print(record)
+
+    return emit
+
+
+def _bar(unit: str):
+    """A progress bar over the inputs on a terminal (done/total, rate, ETA), else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+def _target(args):
+    """How each input becomes a CLIP target (images; or videos, with the frame options)."""
+    from .dataset import image_target
+
+    if args.command != "video":
+        return image_target, "image", None
+    from .video import VIDEO_EXTENSIONS, check_sampling, video_target
+
+    check_sampling(args.frames, args.every)
+    return functools.partial(video_target, frames=args.frames, every=args.every), "video", VIDEO_EXTENSIONS
+
+
+def _dataset(args, cfg) -> int:
+    """caption / video: every input, batched, each result emitted (and written) when done."""
+    from .dataset import IMAGE_EXTENSIONS, Results, caption_batch, find_inputs, is_url, run_job
+
+    target, key, extensions = _target(args)
+    names = find_inputs(list(args.images) + list(getattr(args, "caption_img_path", [])), args.list,
+                        extensions or IMAGE_EXTENSIONS)
+    if not names:
+        raise InputError(f"no {key}s: give {key} files, folders, patterns or URLs, or --list FILE")
+    missing = [n for n in names if not is_url(n) and not os.path.exists(n)]
+    if len(missing) == len(names):  # a typo, most likely: say so before loading the models
+        raise InputError(f"{key} file not found: {missing[0]}" + (f" (nor the {len(missing) - 1} others)"
+                                                                   if len(missing) > 1 else ""))
+    if args.retry_failed and not args.out:
+        raise InputError("--retry-failed needs --out FILE (the file whose error lines to retry)")
+    if args.actors is not None and (args.ray is None or args.actors < 1):
+        raise InputError("--actors needs --ray and a number from 1 up")
+    devices = _devices(args)
+    lm_path, clip_path = _model_paths(args)
+    from .loading import quiet_transformers
+
+    quiet_transformers()
+    results = Results(args.out, key, args.retry_failed) if args.out else None
+    bar = _bar(key[:3])
+    try:
+        if args.ray is None:
+            from .parallel import Replicas
+
+            replicas = Replicas.load(lm_path, clip_path, devices, lm_dtype=args.lm_dtype, exact=args.exact)
+            cfg = replicas.engines[0].check(cfg)
+
+            def batches(chunks):
+                return replicas.map(lambda engine, chunk: caption_batch(engine, chunk, cfg, target, key), chunks)
+        else:
+            from .ray_job import ray_batches
+
+            batches = ray_batches(args.ray, args.actors, lm_path, clip_path, cfg, args.exact, args.lm_dtype,
+                                  args.batch_size, target, key)
+        summary = run_job(names, batches, _emit(args.json, quiet=results is not None), results,
+                          args.batch_size, key, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+        if results is not None:
+            results.close()
+    print(f"zerocap: {summary.line(args.out)}", file=sys.stderr)
+    return 1 if summary.any_failed else 0
+
+
+def _arithmetic(args, cfg) -> int:
+    images = list(args.images) + list(args.arithmetics_imgs)
+    if not images and not args.text:
+        raise InputError("give the IMAGEs (and/or --text) to combine, with --weights")
     from .images import probe_image
     from .target import check_weights
 
     for im in images:  # fail fast, before loading the models (each is decoded when it is used)
         probe_image(im)
-    if args.command == "arithmetic":
-        weights = check_weights(images, args.weights, "image")
-        text_weights = check_weights(args.text, args.text_weight, "text") if args.text else []
-        if args.text_weight and not args.text:
-            raise InputError("--text-weight given without --text")
+    weights = check_weights(images, args.weights, "image")
+    text_weights = check_weights(args.text, args.text_weight, "text") if args.text else None
+    if args.text_weight and not args.text:
+        raise InputError("--text-weight given without --text")
     devices = _devices(args)
     lm_path, clip_path = _model_paths(args)
-
+    from .engine import ZeroCap
     from .loading import quiet_transformers
-    from .parallel import Replicas
 
     quiet_transformers()
-
-    replicas = Replicas.load(lm_path, clip_path, devices, lm_dtype=args.lm_dtype, exact=args.exact)
-    cfg = replicas.engines[0].check(cfg)
-    progress, bar = _progress_bar()
-    try:
-        if args.command == "caption":
-            for result in replicas.caption(images, cfg, batch_size=args.batch_size, progress=progress,
-                                           names=images):
-                _print(result, args.json)
-        else:
-            result = replicas.engines[0].arithmetic(images, weights, args.text, text_weights or None,
-                                                    config=cfg, progress=progress, names=images)
-            _print(result, args.json)
-    finally:
-        if bar is not None:
-            bar.close()
+    engine = ZeroCap.load(lm_path, clip_path, device=devices[0], lm_dtype=args.lm_dtype, exact=args.exact)
+    result = engine.arithmetic(images, weights, args.text, text_weights, config=engine.check(cfg), names=images)
+    _emit(args.json, quiet=False)(result.to_dict())
     return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import check_skip, evaluate
+
+    check_skip(args.skip)  # before CLIP loads
+    clip_model = preprocess = device = None
+    if "CLIP-S" not in args.skip:
+        from . import weights
+        from .loading import load_clip, resolve_device
+
+        device = resolve_device(args.device)
+        path = args.clip or weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr), lm=None)[1]
+        clip_model, preprocess = load_clip(path, device)
+    report = evaluate(args.captions, args.refs, args.field, args.strip_prompt, args.tokenizer, clip_model,
+                      preprocess, device, args.image_root, args.skip)
+    print(json.dumps(report.to_dict()) if args.json else report.table())
+    if args.per_image:
+        from .dataset import finite
+
+        with open(args.per_image, "w", encoding="utf-8") as f:
+            for name, scores in report.per_image.items():
+                f.write(json.dumps(finite({"image": name, **scores})) + "\n")
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_route(argv))
+    if args.command == "eval":
+        return _evaluate(args)
+    cfg = _config(args)
+    if not 1 <= args.batch_size <= 64:
+        raise InputError(f"--batch-size must be between 1 and 64, got {args.batch_size}")
+    return _arithmetic(args, cfg) if args.command == "arithmetic" else _dataset(args, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,6 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
     lm_path: a Hugging Face causal-LM directory (config, weights, tokenizer files).
     clip_path: an OpenAI CLIP checkpoint: TorchScript archive or state dict (`clip.load(path)`).
     """
-    import clip
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if lm_dtype not in LM_DTYPES:
@@ -81,10 +80,19 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load the language model from {lm_path}: {e}; {GET_WEIGHTS}") from None
     lm.to(dev).eval()
+    clip_model, preprocess = load_clip(clip_path, dev)
+    return lm, tokenizer, clip_model, preprocess, dev
+
+
+def load_clip(clip_path: str, device=None):
+    """(clip_model, preprocess) from an OpenAI CLIP checkpoint (fp16 on a GPU, as clip.load gives it)."""
+    import clip
+
+    dev = resolve_device(device)
+    check_clip_file(clip_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            clip_model, preprocess = clip.load(clip_path, device=dev, jit=False)
+            return clip.load(clip_path, device=dev, jit=False)
         except (RuntimeError, OSError, KeyError, ValueError) as e:
             raise InputError(f"cannot load CLIP from {clip_path}: {e}; {GET_WEIGHTS}") from None
-    return lm, tokenizer, clip_model, preprocess, dev

@@ -1,16 +1,20 @@
-"""Several images at once: batches of images x beams rows, spread over model replicas.
+"""Several devices at once: one model replica per device, each taking the next job when free.
 
-One replica per device (the authors' --multi_gpu became --devices); each takes the next batch
-when it is free. Results come back in input order.
+(The authors' --multi_gpu became --devices.) Results come back in job order, as a stream: at
+most two jobs per replica are in flight, so a job list of any length runs in bounded memory.
 """
 from __future__ import annotations
 
+import collections
 import queue
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .engine import CaptionResult, Progress, ZeroCap
 from .errors import InputError
+
+Job = TypeVar("Job")
+Out = TypeVar("Out")
 
 
 class Replicas:
@@ -24,30 +28,39 @@ class Replicas:
              exact: bool = False) -> "Replicas":
         return cls([ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, exact=exact) for d in devices])
 
-    def caption(self, images: Sequence, config, batch_size: int = 8,
-                progress: Progress | None = None, names: Sequence[str] | None = None) -> Iterator[CaptionResult]:
-        """Caption images in batches of `batch_size`, yielding one result per image, in order."""
-        names = list(names) if names is not None else None
-        batches = [
-            (list(images[i:i + batch_size]), names[i:i + batch_size] if names else None)
-            for i in range(0, len(images), batch_size)
-        ]
+    def map(self, work: Callable[[ZeroCap, Job], Out], jobs: Iterable[Job]) -> Iterator[Out]:
+        """work(engine, job) for every job, on the next free replica; results in job order."""
         if len(self.engines) == 1:
-            for imgs, nms in batches:
-                yield from self.engines[0].caption(imgs, config=config, progress=progress, names=nms)
+            for job in jobs:
+                yield work(self.engines[0], job)
             return
         free: queue.Queue[ZeroCap] = queue.Queue()
         for e in self.engines:
             free.put(e)
 
-        def work(batch):
+        def run(job):
             engine = free.get()
             try:
-                return engine.caption(batch[0], config=config, progress=progress, names=batch[1])
+                return work(engine, job)
             finally:
                 free.put(engine)
 
         with ThreadPoolExecutor(max_workers=len(self.engines)) as pool:
-            futures = [pool.submit(work, b) for b in batches]
-            for f in futures:
-                yield from f.result()
+            pending: collections.deque = collections.deque()
+            for job in jobs:
+                pending.append(pool.submit(run, job))
+                if len(pending) >= 2 * len(self.engines):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def caption(self, images: Sequence, config, batch_size: int = 8, progress: Progress | None = None,
+                names: Sequence[str] | None = None) -> Iterator[CaptionResult]:
+        """Caption images in batches of `batch_size`, yielding one result per image, in order."""
+        images, names = list(images), list(names) if names else None
+
+        def work(engine: ZeroCap, part: slice) -> list[CaptionResult]:
+            return engine.caption(images[part], config=config, progress=progress, names=names[part] if names else None)
+
+        for results in self.map(work, [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]):
+            yield from results

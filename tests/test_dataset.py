@@ -1,0 +1,196 @@
+"""Captioning datasets: inputs, the resumable JSONL output, streaming, and `zerocap caption` over folders."""
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from zerocap import InputError
+from zerocap.cli import main
+from zerocap.dataset import Results, find_inputs, run_job
+from zerocap.parallel import Replicas
+
+FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def folder(tmp_path, images):
+    """a/ with 2 images and a sub-folder with 1 more, plus a text file named .jpg and a note."""
+    root = tmp_path / "a"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(images[0], root / "x0.png")
+    shutil.copy(images[1], root / "x1.PNG")
+    shutil.copy(images[2], root / "sub" / "x2.png")
+    (root / "bad.jpg").write_text("not a picture")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def test_inputs_from_files_folders_patterns_lists_and_urls(folder, tmp_path, monkeypatch):
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"# a comment\n\n{folder / 'x0.png'}\nhttps://example.com/cat.jpg\n")
+    monkeypatch.chdir(tmp_path)
+    got = find_inputs(["a", "a/**/*.png", "missing.png"], "list.txt")
+    assert got == ["a/bad.jpg", "a/x0.png", "a/x1.PNG", "a/sub/x2.png", "missing.png", str(folder / "x0.png"),
+                   "https://example.com/cat.jpg"]  # each once, in order; a folder's files sorted
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a/x0.png\na/sub/x2.png\n"))
+    assert find_inputs([], "-") == ["a/x0.png", "a/sub/x2.png"]
+    with pytest.raises(InputError, match="no file matches 'b/\\*.png'"):
+        find_inputs(["b/*.png"])
+    with pytest.raises(InputError, match="cannot read the list nope.txt"):
+        find_inputs([], "nope.txt")
+
+
+def record(name, error=None):
+    return {"image": name, "error": error} if error else {"image": name, "best_mixed": f"Image of {name}"}
+
+
+def test_results_resume_repair_and_retry(tmp_path):
+    path = tmp_path / "out.jsonl"
+    r = Results(str(path))
+    for rec in (record("a"), record("b", "not an image: b"), record("c")):
+        r.write(rec)
+    r.close()
+    with open(path, "ab") as f:
+        f.write(b'{"image": "d", "best_mi')  # a crash mid-line
+    r = Results(str(path))
+    assert r.done == {"a", "c"} and r.failed == {"b"} and "d" not in r
+    r.write(record("d"))
+    r.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [x["image"] for x in lines] == ["a", "b", "c", "d"]  # the cut line is gone, d once
+    r = Results(str(path), retry_failed=True)
+    assert r.failed == set() and "b" not in r
+    r.close()
+    assert [json.loads(line)["image"] for line in path.read_text().splitlines()] == ["a", "c", "d"]
+
+
+def test_results_refuse_a_foreign_file_and_a_second_writer(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"image": "a"}\nhello\n{"image": "b"}\n')
+    with pytest.raises(InputError, match="line 2: not a result line"):
+        Results(str(path))
+    path.write_text("")
+    first = Results(str(path))
+    with pytest.raises(InputError, match="being written by another job"):
+        Results(str(path))
+    first.close()
+
+
+def test_run_job_streams_each_record_as_its_batch_is_done(tmp_path):
+    """A record is written before later batches run: a 100,000-image job holds one batch at a time."""
+    events = []
+
+    def batches(chunks):
+        for chunk in chunks:
+            events.append(("batch", list(chunk)))
+            yield [record(n, "bad" if n == "n3" else None) for n in chunk]
+
+    results = Results(str(tmp_path / "o.jsonl"))
+    results.write(record("n0"))
+    summary = run_job([f"n{i}" for i in range(6)], batches, lambda r: events.append(("emit", r["image"])),
+                      results, batch_size=2)
+    assert events == [("batch", ["n1", "n2"]), ("emit", "n1"), ("emit", "n2"), ("batch", ["n3", "n4"]),
+                      ("emit", "n3"), ("emit", "n4"), ("batch", ["n5"]), ("emit", "n5")]
+    assert (summary.captioned, summary.failed, summary.skipped) == (4, 1, 1) and summary.failures == ["n3"]
+
+
+def test_replicas_stream_in_order_with_bounded_jobs_in_flight():
+    running, most, lock = [0], [0], threading.Lock()
+
+    def work(engine, job):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.002 * (job % 3))
+        with lock:
+            running[0] -= 1
+        return engine, job
+
+    started = []
+
+    def jobs():
+        for i in range(40):
+            started.append(i)
+            yield i
+
+    stream = Replicas(["gpu0", "gpu1"]).map(work, jobs())
+    first = next(stream)
+    assert first == ("gpu0", 0) or first[1] == 0
+    assert len(started) <= 5  # not the whole job list: at most 2 per replica ahead
+    rest = list(stream)
+    assert [j for _, j in [first] + rest] == list(range(40)) and most[0] <= 2
+    assert {e for e, _ in rest} == {"gpu0", "gpu1"}
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_folder_job_writes_every_image_once_and_goes_on_after_a_bad_file(capsys, folder, lm_dir, clip_file):
+    out = folder.parent / "captions.jsonl"
+    models = ["--lm", lm_dir, "--clip", clip_file]
+    code, stdout, err = run_cli(capsys, "caption", folder, *models, *FAST, "--out", out, "--batch-size", "2")
+    assert code == 1  # one input failed
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(x["image"] for x in lines) == sorted(str(folder / n) for n in ("bad.jpg", "x0.png", "x1.PNG",
+                                                                                  "sub/x2.png"))
+    bad = next(x for x in lines if x["image"].endswith("bad.jpg"))
+    assert bad["error"].startswith("not an image:") and set(bad) == {"image", "error"}
+    good = [x for x in lines if "error" not in x]
+    assert all(x["best_mixed"].startswith("Image of a") and x["timing"]["tokens"] == 2 for x in good)
+    assert stdout == "" and "captioned 3, failed 1;" in err and "not an image" in err
+    # the same command again: nothing to do, nothing written twice
+    code, _, err = run_cli(capsys, "caption", folder, *models, *FAST, "--out", out)
+    assert code == 1 and "captioned 0, failed 0 (+1 earlier, kept), skipped 4 already in" in err
+    assert len(out.read_text().splitlines()) == 4
+    # --retry-failed runs the bad file again (and it fails again, once)
+    (folder / "bad.jpg").write_text("still not a picture")
+    code, _, err = run_cli(capsys, "caption", folder, *models, *FAST, "--out", out, "--retry-failed")
+    assert code == 1 and "captioned 0, failed 1, skipped 3 already in" in err and len(out.read_text().splitlines()) == 4
+
+
+def test_json_lines_on_stdout_include_the_failures(capsys, folder, lm_dir, clip_file):
+    code, stdout, err = run_cli(capsys, "caption", folder / "x0.png", folder / "bad.jpg", "--lm", lm_dir,
+                                "--clip", clip_file, *FAST, "--json")
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 1 and [x["image"] for x in lines] == [str(folder / "x0.png"), str(folder / "bad.jpg")]
+    assert "beams" in lines[0] and lines[1]["error"].startswith("not an image")
+
+
+def test_a_job_killed_part_way_resumes_with_every_image_exactly_once(tmp_path, images, lm_dir, clip_file):
+    """The issue's acceptance: kill the job, rerun it; every good image once, every bad one an error line."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(10):
+        shutil.copy(images[i % 4], folder / f"img{i:02d}.png")
+    for i in range(3):
+        (folder / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "zerocap", "caption", str(folder), "--lm", lm_dir, "--clip", clip_file, *FAST,
+           "--out", str(out), "--batch-size", "1"]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 4):
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    written = out.read_bytes().splitlines()
+    assert 4 <= len(written) < 13, "the job was killed part way"
+    with open(out, "ab") as f:
+        f.write(b'{"image": "' + str(folder / "img09.png").encode() + b'", "beams": [{"te')  # a line cut short
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 1, rerun.stderr  # the broken files failed
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    names = [x["image"] for x in lines]
+    assert sorted(names) == sorted(str(p) for p in folder.iterdir()) and len(names) == len(set(names)) == 13
+    assert {x["image"] for x in lines if "error" in x} == {str(folder / f"broken{i}.png") for i in range(3)}
+    assert f"skipped {len(written)} already in" in rerun.stderr

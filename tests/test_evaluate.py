@@ -1,0 +1,191 @@
+"""`zerocap eval`: COCO metrics against values worked out by hand, CLIP-S against its formula."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from zerocap import InputError
+from zerocap.cli import main
+from zerocap.evaluate import CLIP_PREFIX, evaluate, java_available, read_references, simple_tokens
+
+pytest.importorskip("pycocoevalcap", reason="the COCO metrics need pip install 'zerocap[eval]'")
+
+
+def write_captions(path, captions, errors=()):
+    with open(path, "w") as f:
+        for name, caption in captions.items():
+            f.write(json.dumps({"image": name, "best_mixed": caption, "best_clip": caption.upper(),
+                                "best_fluency": caption, "cond_text": "Image of a"}) + "\n")
+        for name in errors:
+            f.write(json.dumps({"image": name, "error": "not an image"}) + "\n")
+    return str(path)
+
+
+def coco_refs(path, refs: dict, extra=()):
+    images = [{"id": i + 1, "file_name": name} for i, name in enumerate(list(refs) + list(extra))]
+    annotations = [{"image_id": i + 1, "id": 100 * i + j, "caption": c}
+                   for i, name in enumerate(refs) for j, c in enumerate(refs[name])]
+    annotations += [{"image_id": len(refs) + k + 1, "id": 9000 + k, "caption": "unused"} for k in range(len(extra))]
+    json.dump({"images": images, "annotations": annotations}, open(path, "w"))
+    return str(path)
+
+
+def karpathy_refs(path, refs: dict):
+    json.dump({"dataset": "coco", "images": [
+        {"filename": name, "imgid": i, "cocoid": 1000 + i, "split": "test",
+         "sentences": [{"raw": c, "tokens": c.lower().split()} for c in caps]}
+        for i, (name, caps) in enumerate(refs.items())]}, open(path, "w"))
+    return str(path)
+
+
+# a cat sat on a mat  vs  a cat sat on the mat: 1-grams 5/6, 2-grams 3/5, 3-grams 2/4, 4-grams 1/3,
+# equal lengths (brevity penalty 1); BLEU-n is the geometric mean of the first n precisions
+QUICK = ("METEOR", "SPICE")  # the Java programs take seconds to start; tested on their own below
+HAND_BLEU = [5 / 6, (5 / 6 * 3 / 5) ** 0.5, (5 / 6 * 3 / 5 * 2 / 4) ** (1 / 3), (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25]
+
+
+@pytest.mark.parametrize("tokenizer", ["ptb", "simple"])
+def test_bleu_on_a_hand_worked_example(tmp_path, tokenizer):
+    if tokenizer == "ptb" and not java_available():
+        pytest.skip("the PTB tokenizer needs Java")
+    caps = write_captions(tmp_path / "c.jsonl", {"photos/cat.jpg": "A cat sat on a mat."})
+    refs = coco_refs(tmp_path / "r.json", {"cat.jpg": ["a cat sat on the mat"]})
+    report = evaluate(caps, refs, tokenizer=tokenizer, skip=QUICK)
+    assert report.skipped == {"METEOR": "not asked for", "SPICE": "not asked for", "CLIP-S": "not asked for"}
+    got = [report.scores[f"BLEU-{n}"] for n in range(1, 5)]
+    assert got == pytest.approx(HAND_BLEU, abs=1e-6)
+    assert report.per_image["photos/cat.jpg"]["BLEU-4"] == pytest.approx(HAND_BLEU[3], abs=1e-6)
+    assert report.scores["ROUGE-L"] == pytest.approx(_rouge_l("a cat sat on a mat", "a cat sat on the mat"), abs=1e-6)
+
+
+def _rouge_l(c, r, beta=1.2):
+    """ROUGE-L F with pycocoevalcap's beta, from the longest common subsequence."""
+    c, r = c.split(), r.split()
+    table = [[0] * (len(r) + 1) for _ in range(len(c) + 1)]
+    for i, a in enumerate(c):
+        for j, b in enumerate(r):
+            table[i + 1][j + 1] = table[i][j] + 1 if a == b else max(table[i][j + 1], table[i + 1][j])
+    lcs = table[-1][-1]
+    p, rec = lcs / len(c), lcs / len(r)
+    return (1 + beta ** 2) * p * rec / (rec + beta ** 2 * p)
+
+
+def test_both_annotation_formats_give_the_same_report(tmp_path):
+    refs = {"a.jpg": ["a dog runs on grass", "the dog is running"], "b.jpg": ["two birds on a wire"]}
+    caps = write_captions(tmp_path / "c.jsonl", {"a.jpg": "a dog running on the grass", "b.jpg": "birds on a wire"})
+    one = evaluate(caps, coco_refs(tmp_path / "coco.json", refs), tokenizer="simple", skip=QUICK)
+    two = evaluate(caps, karpathy_refs(tmp_path / "karpathy.json", refs), tokenizer="simple", skip=QUICK)
+    assert one.images == two.images == 2 and one.scores == two.scores and one.scores["CIDEr"] > 0
+
+
+def test_missing_and_extra_images_are_counted_and_coco_ids_match(tmp_path):
+    json.dump({"images": [{"id": 42, "file_name": "COCO_val2014_000000000042.jpg"}, {"id": 7, "file_name": "b.jpg"},
+                          {"id": 8, "file_name": "c.jpg"}],
+               "annotations": [{"image_id": 42, "caption": "a red bus"}, {"image_id": 7, "caption": "a tree"},
+                               {"image_id": 8, "caption": "a road"}]}, open(tmp_path / "r.json", "w"))
+    caps = write_captions(tmp_path / "c.jsonl", {"val/000000000042.jpg": "a red bus", "other.jpg": "a cat"},
+                          errors=["broken.jpg"])
+    report = evaluate(caps, str(tmp_path / "r.json"), tokenizer="simple", skip=QUICK)
+    assert report.images == 1 and report.scores["BLEU-1"] == pytest.approx(1.0)
+    assert set(report.per_image) == {"val/000000000042.jpg"}
+    assert report.notes == ["1 error lines in " + caps + " (images that failed) not evaluated",
+                            "1 captioned images have no references, not in the COCO metrics (e.g. other.jpg)",
+                            "2 images of the references were not captioned"]
+    refs_by = read_references(str(tmp_path / "r.json"))
+    assert refs_by.find("img2.png") is None  # a number in a name is not a COCO id
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "has no captions to evaluate"),
+    (json.dumps({"image": "a.jpg", "error": "x"}) + "\n", r"has no captions to evaluate \(1 error lines\)"),
+    ("not json\n", "line 1: not a caption line"),
+])
+def test_captions_files_with_nothing_to_evaluate(tmp_path, content, message):
+    caps = tmp_path / "c.jsonl"
+    caps.write_text(content)
+    with pytest.raises(InputError, match=message):
+        evaluate(str(caps), coco_refs(tmp_path / "r.json", {"a.jpg": ["x"]}), tokenizer="simple")
+
+
+def test_references_in_another_format_are_refused(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"annotations": []}))
+    caps = write_captions(tmp_path / "c.jsonl", {"a.jpg": "x"})
+    with pytest.raises(InputError, match="not COCO caption annotations"):
+        evaluate(caps, str(tmp_path / "r.json"))
+
+
+def test_without_java_what_runs_is_computed_and_the_rest_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on PATH
+    assert not java_available()
+    caps = write_captions(tmp_path / "c.jsonl", {"cat.jpg": "A cat sat on a mat."})
+    refs = coco_refs(tmp_path / "r.json", {"cat.jpg": ["a cat sat on the mat"]})
+    report = evaluate(caps, refs)  # METEOR and SPICE asked for, but there is no Java
+    assert report.tokenizer.startswith("simple (Java not found; not the PTB tokenisation")
+    assert [report.scores[f"BLEU-{n}"] for n in range(1, 5)] == pytest.approx(HAND_BLEU, abs=1e-6)
+    assert report.skipped["METEOR"] == "needs Java (java on PATH)" and report.skipped["SPICE"] == "needs Java (java on PATH)"
+    assert "METEOR" not in report.scores and "skipped METEOR: needs Java" in report.table()
+    with pytest.raises(InputError, match="the PTB tokenizer needs Java"):
+        evaluate(caps, refs, tokenizer="ptb")
+
+
+def test_simple_tokens_split_like_ptb():
+    assert simple_tokens("A man's dog doesn't bark, see?") == "a man 's dog does n't bark see"
+
+
+@pytest.mark.skipif(not java_available(), reason="METEOR needs Java")
+def test_meteor_runs_with_java(tmp_path):
+    caps = write_captions(tmp_path / "c.jsonl", {"cat.jpg": "a cat sat on the mat"})
+    report = evaluate(caps, coco_refs(tmp_path / "r.json", {"cat.jpg": ["a cat sat on the mat"]}), skip=("SPICE",))
+    assert report.scores["METEOR"] == pytest.approx(1.0, abs=0.01) and report.tokenizer == "ptb"
+
+
+def test_clip_s_and_refclip_s_are_the_formula(tmp_path, engine, images):
+    """CLIP-S = 2.5 max(cos(text, image), 0); RefCLIP-S = harmonic mean of it and the best reference
+    similarity (Hessel et al. 2021), computed here directly with the same CLIP."""
+    import clip
+
+    from zerocap.images import load_image
+
+    captions = {images[0]: "a photo of noise", images[1]: "static on a screen"}
+    refs = {os.path.basename(images[0]): ["random coloured pixels", "noise"],
+            os.path.basename(images[1]): ["a grey screen"]}
+    report = evaluate(write_captions(tmp_path / "c.jsonl", captions), coco_refs(tmp_path / "r.json", refs),
+                      tokenizer="simple", clip_model=engine.clip, preprocess=engine.targets.preprocess, skip=QUICK)
+
+    def text(t):
+        f = engine.clip.encode_text(clip.tokenize([CLIP_PREFIX + t]))[0]
+        return f / f.norm()
+
+    with torch.no_grad():
+        for path, caption in captions.items():
+            v = engine.clip.encode_image(engine.targets.preprocess(load_image(path))[None])[0]
+            v = v / v.norm()
+            c = text(caption)
+            clip_s = 2.5 * max(float(c @ v), 0.0)
+            best = max(max(float(c @ text(r)) for r in refs[os.path.basename(path)]), 0.0)
+            ref_s = 2 * clip_s * best / (clip_s + best) if clip_s + best > 0 else 0.0
+            assert report.per_image[path]["CLIP-S"] == pytest.approx(clip_s, abs=1e-5)
+            assert report.per_image[path]["RefCLIP-S"] == pytest.approx(ref_s, abs=1e-5)
+    assert report.scores["CLIP-S"] == pytest.approx(sum(report.per_image[p]["CLIP-S"] for p in captions) / 2)
+    assert not math.isnan(report.scores["RefCLIP-S"])
+
+
+def test_the_command(tmp_path, capsys, images, clip_file, monkeypatch):
+    monkeypatch.setenv("ZEROCAP_OFFLINE", "1")
+    caps = write_captions(tmp_path / "c.jsonl", {images[0]: "a cat sat on a mat"})
+    refs = coco_refs(tmp_path / "r.json", {os.path.basename(images[0]): ["a cat sat on the mat"]})
+    per = tmp_path / "per.jsonl"
+    code = main(["eval", caps, "--refs", refs, "--clip", clip_file, "--device", "cpu", "--tokenizer", "simple",
+                 "--field", "best_clip", "--per-image", str(per), "--skip", "METEOR,SPICE"])
+    out = capsys.readouterr().out
+    assert code == 0 and "1 images, field best_clip" in out and "BLEU-4" in out and "CLIP-S" in out
+    assert json.loads(per.read_text())["image"] == images[0]
+    code = main(["eval", caps, "--refs", refs, "--skip", "CLIP-S,METEOR,SPICE", "--tokenizer", "simple", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["scores"]["BLEU-1"] == pytest.approx(5 / 6) and report["skipped"]["CLIP-S"] == "not asked for"
+    assert main(["eval", str(tmp_path / "none.jsonl"), "--refs", refs, "--skip", "CLIP-S"]) == 2
+    assert "cannot read the captions" in capsys.readouterr().err
+    assert main(["eval", caps, "--refs", refs, "--skip", "BLEU"]) == 2
+    assert "cannot skip BLEU; the metrics that can be skipped: METEOR, SPICE, CLIP-S" in capsys.readouterr().err

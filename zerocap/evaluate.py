@@ -1,0 +1,372 @@
+"""Evaluating captions against references: the COCO caption metrics, and CLIP-S / RefCLIP-S.
+
+- COCO metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) by the standard COCO caption
+  evaluation code, `pycocoevalcap` (pip install 'zerocap[eval]'), with its PTB tokeniser.
+  The tokeniser, METEOR and SPICE are Java programs. Without Java, BLEU, ROUGE-L and CIDEr
+  are computed on text split by `simple_tokens` instead, and the report says so and names
+  what was skipped; `tokenizer="ptb"` refuses to run instead. SPICE also needs Stanford
+  CoreNLP 3.6.0, which pycocoevalcap downloads on first use.
+- CLIP-S and RefCLIP-S (Hessel et al., EMNLP 2021), with CLIP ViT-B/32 and w = 2.5, the
+  caption (and each reference) prefixed "A photo depicts " as in that paper:
+      CLIP-S    = w * max(cos(E_text(c), E_image(v)), 0)
+      RefCLIP-S = harmonic mean of CLIP-S and max(max_r cos(E_text(c), E_text(r)), 0)
+- References: COCO caption annotations (captions_val2014.json: images + annotations) or the
+  Karpathy split (dataset_coco.json: images with sentences), matched to the captions by image
+  file name, else by the COCO id in the file name (COCO_val2014_000000391895.jpg -> 391895).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from .errors import InputError
+
+FIELDS = ("best_mixed", "best_clip", "best_fluency")
+COCO_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+CLIP_W = 2.5
+CLIP_PREFIX = "A photo depicts "
+# what pycocoevalcap's PTB tokeniser drops
+PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+
+
+@dataclass
+class Report:
+    images: int  # evaluated: captioned and with references
+    field: str
+    scores: dict[str, float]  # metric -> corpus score (COCO metrics in [0, 1] as pycocoevalcap gives them)
+    per_image: dict[str, dict[str, float]]  # image -> metric -> score
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why
+    tokenizer: str = "ptb"
+    notes: list[str] = field(default_factory=list)  # unmatched images, failed lines, ...
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "field": self.field, "tokenizer": self.tokenizer, "scores": self.scores,
+                "skipped": self.skipped, "notes": self.notes}
+
+    def table(self) -> str:
+        lines = [f"{self.images} images, field {self.field}, tokenizer {self.tokenizer}",
+                 f"{'metric':<10} {'score':>8}"]
+        for name in COCO_METRICS:
+            if name in self.scores:
+                lines.append(f"{name:<10} {100 * self.scores[name]:8.1f}")
+        for name in ("CLIP-S", "RefCLIP-S"):
+            if name in self.scores:
+                lines.append(f"{name:<10} {self.scores[name]:8.3f}")
+        lines.append("(COCO metrics x 100, as papers report them; CLIP-S and RefCLIP-S on their 0-2.5 scale)")
+        lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+# ---- reading -------------------------------------------------------------------------------------
+def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool = False,
+                  key: str = "image") -> tuple[dict[str, str], int]:
+    """{image: caption} from a captions JSONL (zerocap caption --out), and how many lines were errors."""
+    if field_name not in FIELDS:
+        raise InputError(f"unknown caption field {field_name!r}; choose one of {', '.join(FIELDS)}")
+    captions, errors = {}, 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    name = record[key]
+                except (ValueError, KeyError, TypeError):
+                    raise InputError(f"{path}, line {n}: not a caption line (JSON with {key!r})") from None
+                if "error" in record:
+                    errors += 1
+                    continue
+                caption = record[field_name]
+                if strip_prompt and caption.startswith(record.get("cond_text", "")):
+                    caption = caption[len(record.get("cond_text", "")):]
+                captions[name] = caption.strip()
+    except OSError as e:
+        raise InputError(f"cannot read the captions {path}: {e.strerror}") from None
+    if not captions:
+        raise InputError(f"{path} has no captions to evaluate" + (f" ({errors} error lines)" if errors else ""))
+    return captions, errors
+
+
+@dataclass
+class References:
+    """The reference captions of each image, found by file name or by COCO image id."""
+
+    captions: list[list[str]]  # per reference image
+    by_file: dict[str, int]  # file name -> index
+    by_id: dict[int, int]  # COCO id -> index
+
+    def find(self, name: str) -> int | None:
+        """The image a captioned file is: same file name, else the COCO id its name spells
+        (COCO_val2014_000000391895.jpg or 000000391895.jpg -> 391895)."""
+        base = os.path.basename(name)
+        if base in self.by_file:
+            return self.by_file[base]
+        coco = re.fullmatch(r"(?:COCO_[A-Za-z]+\d*_)?(\d+)", os.path.splitext(base)[0])
+        return self.by_id.get(int(coco.group(1))) if coco else None
+
+
+def read_references(path: str) -> References:
+    """References from either annotation format (see the module docstring); images without any
+    reference caption are left out."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise InputError(f"cannot read the references {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise InputError(f"the references {path} are not JSON: {e}") from None
+    images = data.get("images") if isinstance(data, dict) else None
+    entries: list[tuple[str, list[int], list[str]]] = []  # (file name, ids, captions)
+    try:
+        if isinstance(images, list) and "annotations" in data:  # COCO: captions_val2014.json
+            found: dict[int, list[str]] = {}
+            for a in data["annotations"]:
+                found.setdefault(a["image_id"], []).append(a["caption"])
+            entries = [(im["file_name"], [im["id"]], found.get(im["id"], [])) for im in images]
+        elif isinstance(images, list) and images and "sentences" in images[0]:  # Karpathy: dataset_coco.json
+            entries = [(im["filename"], [im[k] for k in ("cocoid",) if k in im], [s["raw"] for s in im["sentences"]])
+                       for im in images]
+        else:
+            raise InputError(f"{path}: not COCO caption annotations (images + annotations, as captions_val2014.json)"
+                             " nor the Karpathy split (images with sentences, as dataset_coco.json)")
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{path}: an image or annotation lacks {e}; is it COCO or Karpathy-split JSON?") from None
+    entries = [e for e in entries if e[2]]
+    refs = References([e[2] for e in entries], {}, {})
+    for i, (file_name, ids, _) in enumerate(entries):
+        refs.by_file.setdefault(file_name, i)
+        for k in ids:
+            refs.by_id.setdefault(k, i)
+    return refs
+
+
+def match(captions: dict[str, str], references: References) -> tuple[dict[str, list[str]], list[str], int]:
+    """({image: its reference captions}, [captioned images without references], reference images
+    not captioned)."""
+    refs, unmatched, used = {}, [], set()
+    for name in captions:
+        i = references.find(name)
+        if i is None:
+            unmatched.append(name)
+        else:
+            refs[name] = references.captions[i]
+            used.add(i)
+    return refs, unmatched, len(references.captions) - len(used)
+
+
+# ---- COCO metrics -----------------------------------------------------------------------------
+def java_available() -> bool:
+    java = shutil.which("java")
+    if java is None:
+        return False
+    try:
+        return subprocess.run([java, "-version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def simple_tokens(text: str) -> str:
+    """Lower-cased words, PTB-style clitics split off, pycocoevalcap's punctuation dropped."""
+    words = re.findall(r"[a-z0-9]+(?=n't)|n't|'[a-z]+|[a-z0-9]+|[^\sa-z0-9]+", text.lower())
+    return " ".join(w for w in words if w not in PUNCTUATION)
+
+
+SKIPPABLE = ("METEOR", "SPICE", "CLIP-S")  # the slow ones (Java starts, CLIP loads); RefCLIP-S goes with CLIP-S
+
+
+def check_skip(skip) -> None:
+    unknown = sorted(set(skip) - set(SKIPPABLE))
+    if unknown:
+        raise InputError(f"cannot skip {', '.join(unknown)}; the metrics that can be skipped: {', '.join(SKIPPABLE)}")
+
+
+def coco_metrics(captions: dict[str, str], refs: dict[str, list[str]], tokenizer: str = "auto",
+                 skip: tuple[str, ...] = ()) -> tuple[dict, dict, dict, str]:
+    """(corpus scores, per-image scores, skipped metrics with reasons, tokenizer used)."""
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError:
+        raise InputError("the COCO metrics need pycocoevalcap: pip install 'zerocap[eval]'") from None
+    java = java_available()
+    if tokenizer not in ("auto", "ptb", "simple"):
+        raise InputError(f"unknown tokenizer {tokenizer!r}; choose auto, ptb or simple")
+    if tokenizer == "ptb" and not java:
+        raise InputError("the PTB tokenizer needs Java (java on PATH); install a JRE, or use --tokenizer simple")
+    use_ptb = java and tokenizer != "simple"
+    names = sorted(refs)
+    ids = {name: i for i, name in enumerate(names)}
+    if use_ptb:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        with contextlib.redirect_stdout(sys.stderr):
+            tok = PTBTokenizer()
+            gts = tok.tokenize({ids[n]: [{"caption": r} for r in refs[n]] for n in names})
+            res = tok.tokenize({ids[n]: [{"caption": captions[n]}] for n in names})
+        used = "ptb"
+    else:
+        gts = {ids[n]: [simple_tokens(r) for r in refs[n]] for n in names}
+        res = {ids[n]: [simple_tokens(captions[n])] for n in names}
+        used = "simple (" + ("chosen" if tokenizer == "simple" else "Java not found") + "; not the PTB tokenisation"\
+               " of published COCO numbers)"
+    scorers = [(Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]), (Rouge(), ["ROUGE-L"]), (Cider(), ["CIDEr"])]
+    skipped = {m: "not asked for" for m in ("METEOR", "SPICE") if m in skip}
+    if "METEOR" in skipped:
+        pass
+    elif java:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorers.insert(1, (Meteor(), ["METEOR"]))
+    else:
+        skipped["METEOR"] = "needs Java (java on PATH)"
+    spice_why = skipped.get("SPICE") or _spice_unavailable(java)
+    if spice_why is None:
+        from pycocoevalcap.spice.spice import Spice
+
+        scorers.append((Spice(), ["SPICE"]))
+    else:
+        skipped["SPICE"] = spice_why
+    scores, per = {}, {n: {} for n in names}
+    for scorer, metric_names in scorers:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints its counts
+                total, each = scorer.compute_score(gts, res)
+        except (OSError, subprocess.CalledProcessError, ValueError) as e:  # a Java tool that did not run
+            skipped.update({m: f"failed: {e}" for m in metric_names})
+            continue
+        totals = total if isinstance(total, list) else [total]
+        eaches = each if len(metric_names) > 1 else [each]
+        for m, t, e in zip(metric_names, totals, eaches):
+            scores[m] = float(t)
+            for n, v in zip(names, e):
+                per[n][m] = float(v["All"]["f"]) if isinstance(v, dict) else float(v)
+    return scores, per, skipped, used
+
+
+def _spice_unavailable(java: bool) -> str | None:
+    """Why SPICE cannot run here, or None."""
+    if not java:
+        return "needs Java (java on PATH)"
+    import pycocoevalcap.spice as spice_pkg
+
+    jar = os.path.join(os.path.dirname(spice_pkg.__file__), "lib", "stanford-corenlp-3.6.0.jar")
+    if os.path.exists(jar):
+        return None
+    from .weights import offline
+
+    if offline():
+        return ("needs Stanford CoreNLP 3.6.0, which pycocoevalcap downloads on first use (offline mode is on:"
+                " run once online, e.g. python -c 'from pycocoevalcap.spice.spice import Spice; Spice()')")
+    try:
+        from pycocoevalcap.spice.get_stanford_models import get_stanford_models
+
+        with contextlib.redirect_stdout(sys.stderr):
+            get_stanford_models()
+        return None
+    except OSError as e:
+        return f"needs Stanford CoreNLP 3.6.0, which pycocoevalcap downloads on first use; the download failed ({e})"
+
+
+# ---- CLIP-S -----------------------------------------------------------------------------------
+def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], clip_model, preprocess, device,
+                image_root: str | None = None, batch_size: int = 64) -> tuple[dict, dict, list[str]]:
+    """(corpus CLIP-S and RefCLIP-S, per-image scores, images that could not be read)."""
+    import clip
+    import torch
+
+    from .images import load_image
+
+    def text_features(texts):
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids = clip.tokenize([CLIP_PREFIX + t for t in texts[i:i + batch_size]], truncate=True).to(device)
+            f = clip_model.encode_text(ids).float()
+            out.append(f / f.norm(dim=-1, keepdim=True))
+        return torch.cat(out)
+
+    names, pixels, unreadable = [], [], []
+    image_feats = []
+    with torch.no_grad():
+        for name in captions:
+            path = name if image_root is None or os.path.isabs(name) else os.path.join(image_root, name)
+            try:
+                pixels.append(preprocess(load_image(path, name)))
+            except InputError as e:
+                unreadable.append(f"{name}: {e}")
+                continue
+            names.append(name)
+            if len(pixels) == batch_size:
+                image_feats.append(clip_model.encode_image(torch.stack(pixels).to(device, clip_model.dtype)).float())
+                pixels = []
+        if pixels:
+            image_feats.append(clip_model.encode_image(torch.stack(pixels).to(device, clip_model.dtype)).float())
+        if not names:
+            return {}, {}, unreadable
+        v = torch.cat(image_feats)
+        v = v / v.norm(dim=-1, keepdim=True)
+        c = text_features([captions[n] for n in names])
+        clip_s = CLIP_W * (c * v).sum(-1).clamp(min=0)  # (n,)
+        per = {n: {"CLIP-S": float(s)} for n, s in zip(names, clip_s)}
+        scores = {"CLIP-S": float(clip_s.mean())}
+        with_refs = [i for i, n in enumerate(names) if n in refs]
+        if with_refs:
+            flat = [(i, r) for i in with_refs for r in refs[names[i]]]
+            r = text_features([t for _, t in flat])
+            owner = torch.tensor([i for i, _ in flat], device=r.device)
+            sims = (r * c[owner]).sum(-1)  # each reference against its image's caption
+            best = torch.full((len(names),), -1.0, device=r.device).scatter_reduce(0, owner, sims, "amax")
+            best = best.clamp(min=0)
+            ref_s = torch.where((clip_s + best) > 0, 2 * clip_s * best / (clip_s + best), torch.zeros_like(best))
+            for i in with_refs:
+                per[names[i]]["RefCLIP-S"] = float(ref_s[i])
+            scores["RefCLIP-S"] = float(ref_s[with_refs].mean())
+    return scores, per, unreadable
+
+
+def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed", strip_prompt: bool = False,
+             tokenizer: str = "auto", clip_model=None, preprocess=None, device="cpu", image_root: str | None = None,
+             skip: tuple[str, ...] = ()) -> Report:
+    """The report for a captions file against a references file (CLIP-S when a CLIP model is given);
+    `skip`: metrics of SKIPPABLE not to compute."""
+    check_skip(skip)
+    captions, errors = read_captions(captions_path, field_name, strip_prompt)
+    refs, unmatched, uncaptioned = match(captions, read_references(refs_path))
+    notes = []
+    if errors:
+        notes.append(f"{errors} error lines in {captions_path} (images that failed) not evaluated")
+    if unmatched:
+        notes.append(f"{len(unmatched)} captioned images have no references, not in the COCO metrics"
+                     f" (e.g. {unmatched[0]})")
+    if uncaptioned:
+        notes.append(f"{uncaptioned} images of the references were not captioned")
+    if not refs and clip_model is None:
+        raise InputError(f"none of the {len(captions)} captioned images is in {refs_path}: match them by file name"
+                         " or COCO id")
+    scores, per, skipped, used = ({}, {n: {} for n in refs}, {}, "none") if not refs else \
+        coco_metrics(captions, refs, tokenizer, tuple(skip))
+    if clip_model is not None and "CLIP-S" not in skip:
+        clip_s, clip_per, unreadable = clip_scores(captions, refs, clip_model, preprocess, device, image_root)
+        scores.update(clip_s)
+        for name, values in clip_per.items():
+            per.setdefault(name, {}).update(values)
+        if unreadable:
+            notes.append(f"CLIP-S: {len(unreadable)} images could not be read (e.g. {unreadable[0]});"
+                         " --image-root sets the folder relative names are in")
+    else:
+        skipped["CLIP-S"] = "not asked for"
+    for name, values in per.items():
+        for k, v in values.items():
+            if not math.isfinite(v):
+                values[k] = None
+    return Report(len(refs), field_name, scores, per, skipped, used, notes)
