@@ -1,8 +1,9 @@
 """Cog runner for ZeroCap: check the inputs, call the `zerocap` package, shape the output.
 
-Modes (the paper's four uses, `zerocap.MODES`): caption, knowledge ("Image of" names places and
+Modes (`zerocap.MODES`): the paper's four uses -- caption, knowledge ("Image of" names places and
 people), ocr ("Image of text that says"), arithmetic (a weighted sum of images and texts, e.g.
-woman + king - man). Optional inputs left empty take the mode's preset value.
+woman + king - man) -- and video (a clip captioned from its frames). Optional inputs left empty
+take the mode's preset value.
 
 The `Input(...)` declarations are literals: `cog build` parses this file statically to write the
 schema that coglet validates requests against and Replicate shows (tests/test_cog_schema.py checks
@@ -47,10 +48,11 @@ class Output(BaseModel):
     clip_scores: list[float]  # cosine similarity of each beam's text with the target
     perplexities: list[float]  # GPT-2 perplexity of each beam's text; -1 when undefined
     mode: str
-    target: str  # what was captioned: the image's file name, or the arithmetic expression
+    target: str  # what was captioned: the file name, or the arithmetic expression
     cond_text: str
     tokens: int  # decoding steps run
     seconds: float  # decoding time, reranking included
+    frame_times: list[float]  # mode video: the frames (seconds) the caption describes; else empty
 
 
 # ---- checking a request against the declarations ------------------------------------------------
@@ -187,12 +189,14 @@ class Predictor(BaseRunner):
     @checked_inputs
     def run(
         self,
-        mode: str = Input(default="caption", choices=["caption", "knowledge", "ocr", "arithmetic"], description="caption: describe the image. knowledge: name the place or person ('Image of'). ocr: read the text in it ('Image of text that says'). arithmetic: describe a weighted sum of images and texts, e.g. woman + king - man."),  # noqa: E501
+        mode: str = Input(default="caption", choices=["caption", "knowledge", "ocr", "arithmetic", "video"], description="caption: describe the image. knowledge: name the place or person ('Image of'). ocr: read the text in it ('Image of text that says'). arithmetic: describe a weighted sum of images and texts, e.g. woman + king - man. video: describe what the frames of a clip share."),  # noqa: E501
         image: Optional[Path] = Input(default=None, description="The image (a URL or data URL; JPEG, PNG, WebP, GIF, BMP or TIFF; at most 80 MP). For caption, knowledge and ocr; in arithmetic, the first image term."),  # noqa: E501
         images: Optional[list[Path]] = Input(default=None, description="arithmetic: the images to combine (URLs or data URLs), after `image` if given; at most 16 images and texts together."),  # noqa: E501
         image_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per image term (image first, then images), each in [-10, 10], e.g. 1, 1, -1; empty = all 1."),  # noqa: E501
         texts: Optional[list[str]] = Input(default=None, description="arithmetic: texts to add to the target, e.g. 'a crown'."),  # noqa: E501
         text_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per text, each in [-10, 10]; empty = all 1."),  # noqa: E501
+        video: Optional[Path] = Input(default=None, description="video: the clip (a URL or data URL; MP4, MOV, MKV, WebM, AVI, ...; frames of at most 80 MP)."),  # noqa: E501
+        frames: int = Input(default=8, ge=1, le=32, description="video: frames spread evenly over the clip; the caption describes their mean CLIP embedding."),  # noqa: E501
         cond_text: Optional[str] = Input(default=None, max_length=300, description="Prompt the caption continues; empty = the mode's ('Image of a'; knowledge 'Image of'; ocr 'Image of text that says')."),  # noqa: E501
         beam_size: int = Input(default=5, ge=1, le=20, description="Beams kept; more = slower, more varied."),
         max_tokens: int = Input(default=15, ge=1, le=40, description="Tokens generated at most."),
@@ -210,7 +214,7 @@ class Predictor(BaseRunner):
         forbidden_factor: float = Input(default=20.0, ge=1.0, le=100.0, description="Damping of bare numbers and ( ) , ! : newline."),  # noqa: E501
     ) -> Output:
         knobs = {name: value for name, value in locals().items() if name in SERVED_KNOBS}
-        terms = check_terms(mode, image, images, image_weights, texts, text_weights)
+        terms = check_terms(mode, image, images, image_weights, texts, text_weights, video)
         cfg = self.model.check(preset(mode, **{**knobs, "cond_text": cond_text or None}))
 
         start = time.perf_counter()
@@ -223,6 +227,9 @@ class Predictor(BaseRunner):
                 result = self.model.arithmetic(terms["images"], terms["image_weights"], terms["texts"],
                                                terms["text_weights"], config=cfg, progress=progress,
                                                names=terms["names"])
+            elif mode == "video":
+                result = self.model.video([terms["video"]], frames=frames, config=cfg, progress=progress,
+                                          names=[terms["name"]])[0]
             else:
                 result = self.model.caption([terms["image"]], config=cfg, progress=progress,
                                             names=[terms["name"]])[0]
@@ -251,12 +258,23 @@ class Predictor(BaseRunner):
             cond_text=cfg.cond_text,
             tokens=result.tokens,
             seconds=seconds,
+            frame_times=result.frame_times or [],
         )
 
 
-def check_terms(mode, image, images, image_weights, texts, text_weights) -> dict:
+def check_terms(mode, image, images, image_weights, texts, text_weights, video=None) -> dict:
     """Which inputs each mode takes, with names for the files; InputError naming what is wrong."""
     images, texts = list(images or []), list(texts or [])
+    if mode == "video":
+        extra = [n for n, v in (("image", image), ("images", images), ("image_weights", image_weights),
+                                ("texts", texts), ("text_weights", text_weights)) if v]
+        if extra:
+            raise InputError(f"mode video takes `video` (and `frames`); {', '.join(extra)} are for the image modes")
+        if video is None:
+            raise InputError("mode video needs `video`")
+        return {"video": video, "name": sent_name(video, "video")}
+    if video is not None:
+        raise InputError(f"`video` is for mode=video; mode {mode} takes images")
     if mode != "arithmetic":
         extra = [n for n, v in (("images", images), ("image_weights", image_weights), ("texts", texts),
                                 ("text_weights", text_weights)) if v]

@@ -317,3 +317,23 @@ def test_setup_rejects_a_corrupted_download(tmp_path, lm_dir, clip_file):
     finally:
         s.stop()
         hub.close()
+
+
+def test_video_mode(server, images, tmp_path):
+    av = pytest.importorskip("av")
+    path = str(tmp_path / "clip.mkv")
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in images[:2]]
+    with av.open(path, "w") as c:
+        s = c.add_stream("ffv1", rate=4)
+        s.height, s.width, s.pix_fmt = frames[0].shape[0], frames[0].shape[1], "bgr0"
+        for i in range(8):
+            for packet in s.encode(av.VideoFrame.from_ndarray(frames[i // 4], format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    out = server.predict(mode="video", video=data_uri(path, "video/x-matroska"), frames=4, **SMALL)
+    assert_output(out, "video", "Image of a", 2)
+    assert out["output"]["frame_times"] == [0.25, 0.75, 1.25, 1.75] and out["output"]["target"] == "video"
+    bad = server.predict(mode="video", video=data_uri(b"\x00\x00\x00\x18ftypmp42 truncated", "video/mp4"), **SMALL)
+    assert_failed(server, bad, "video")
+    assert "InputError" in bad["error"] and "Traceback" not in bad["error"]

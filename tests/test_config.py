@@ -8,7 +8,7 @@ from zerocap.config import DEFAULTS, FIELD_TYPES, KNOBS, describe_knob
 
 
 def test_presets_change_only_what_the_authors_readme_changes():
-    assert MODES == tuple(PRESETS) == ("caption", "knowledge", "ocr", "arithmetic")
+    assert MODES == tuple(PRESETS) == ("caption", "knowledge", "ocr", "arithmetic", "video")
     assert preset("caption") == DEFAULTS
     assert preset("ocr", end_factor=None).end_factor == 1.04  # None keeps the preset's value
     assert preset("ocr", end_factor=1.2).end_factor == 1.2
@@ -102,7 +102,7 @@ def test_every_cog_input_agrees_with_the_table():
 
     inputs = cog_inputs()
     assert inputs["mode"].choices == list(MODES) and inputs["mode"].default == "caption"
-    knobs = set(inputs) - {"mode", "image", "images", "image_weights", "texts", "text_weights"}
+    knobs = set(inputs) - {"mode", "image", "images", "image_weights", "texts", "text_weights", "video", "frames"}
     assert knobs == set(SERVED_KNOBS)  # no knob left out, none invented
     for name in SERVED_KNOBS:
         info, spec = inputs[name], KNOBS[name]

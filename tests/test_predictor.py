@@ -110,8 +110,8 @@ def test_mode_and_terms(predictor, images, inputs, message):
     ({"top_k": 0}, "top_k must be an integer from 1 to 2048, got 0"),
     ({"fusion_factor": float("nan")}, "fusion_factor must be a number from 0 to 1, got NaN"),
     ({"end_factor": 5.0}, "end_factor must be a number from 0.5 to 2, got 5.0"),
-    ({"mode": "haiku"}, "mode must be one of caption, knowledge, ocr, arithmetic, got \"haiku\""),
-    ({"mode": None}, "mode must be one of caption, knowledge, ocr, arithmetic, got null"),
+    ({"mode": "haiku"}, "mode must be one of caption, knowledge, ocr, arithmetic, video, got \"haiku\""),
+    ({"mode": None}, "mode must be one of caption, knowledge, ocr, arithmetic, video, got null"),
     ({"cond_text": "x" * 400}, "cond_text is 400 characters long; at most 300 are allowed"),
     ({"cond_text": "a " * 100}, "cond_text is too long for CLIP"),
     ({"beam_size": 5, "top_k": 3}, "beam_size (5) must not exceed top_k (3)"),
@@ -176,3 +176,47 @@ def test_cancellation_is_reraised(predictor, images, monkeypatch):
     monkeypatch.setattr(predictor.model, "caption", cancel)
     with pytest.raises(CancelationException):
         predictor.run(image=sent(images[0]), **SMALL)
+
+
+@pytest.fixture(scope="module")
+def clip_file_mkv(tmp_path_factory, images):
+    av = pytest.importorskip("av")
+    import numpy as np
+    from PIL import Image
+
+    path = str(tmp_path_factory.mktemp("video") / "clip.mkv")
+    frame = np.asarray(Image.open(images[1]).convert("RGB"))
+    with av.open(path, "w") as c:
+        s = c.add_stream("ffv1", rate=10)
+        s.height, s.width, s.pix_fmt = frame.shape[0], frame.shape[1], "bgr0"
+        for _ in range(10):
+            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path
+
+
+def test_video_mode(predictor, clip_file_mkv, images):
+    out = predictor.run(mode="video", video=sent(clip_file_mkv, "https://x.org/clips/walk.mkv"), frames=4, **SMALL)
+    assert out.mode == "video" and out.target == "walk.mkv" and len(out.frame_times) == 4
+    assert out.frame_times == sorted(out.frame_times) and out.caption.startswith("Image of a")
+    still = predictor.run(image=sent(images[1]), **SMALL)  # every frame is this image
+    assert out.beams == still.beams and still.frame_times == []
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({"mode": "video"}, "mode video needs `video`"),
+    ({"mode": "video", "video": "clip", "image": 0}, "mode video takes `video` (and `frames`); image are for"),
+    ({"mode": "caption", "video": "clip", "image": 0}, "`video` is for mode=video; mode caption takes images"),
+    ({"mode": "video", "video": "clip", "frames": 33}, "frames must be an integer from 1 to 32, got 33"),
+    ({"mode": "video", "video": "/etc/hostname"}, "video: " + RULE),
+    ({"mode": "video", "video": "text"}, "no frames could be read from video"),
+])
+def test_video_inputs(predictor, clip_file_mkv, images, inputs, message, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a video")
+    files = {"clip": sent(clip_file_mkv), 0: sent(images[0]), "text": sent(str(tmp_path / "notes.txt"))}
+    inputs = {k: files.get(v, v) if k in ("image", "video") else v for k, v in inputs.items()}
+    with pytest.raises(InputError) as e:
+        predictor.run(**{**SMALL, **inputs})
+    assert message in str(e.value)

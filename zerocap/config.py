@@ -107,12 +107,14 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
 DEFAULTS = ZeroCapConfig()
 SERVED_KNOBS = [name for name, k in KNOBS.items() if k.serve is not None or k.max_length is not None]  # Cog inputs
 
-# The authors' README commands, as changes to the defaults; the Cog modes are these names.
+# The authors' README commands, as changes to the defaults (and video, captioned like an
+# image); the Cog modes are these names.
 PRESETS: dict[str, dict] = {
     "caption": {},
     "knowledge": {"cond_text": "Image of", "end_factor": 1.04},
     "ocr": {"cond_text": "Image of text that says", "end_factor": 1.04},
     "arithmetic": {"end_factor": 1.06, "fusion_factor": 0.95, "grad_norm_factor": 0.95},
+    "video": {},
 }
 MODES = tuple(PRESETS)
 

@@ -56,6 +56,7 @@ class CaptionResult:
     target: str  # what was captioned
     tokens: int  # decoding steps run
     seconds: float
+    frame_times: list[float] | None = None  # a video's: the frames (seconds) its target averages
 
     @property
     def caption(self) -> str:
@@ -63,6 +64,8 @@ class CaptionResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d["frame_times"] is None:
+            del d["frame_times"]
         d["timing"] = {
             "seconds": d.pop("seconds"),
             "tokens": d.pop("tokens"),
@@ -199,6 +202,24 @@ class ZeroCap:
         terms += [Term(w, text=t) for t, w in zip(texts, check_weights(texts, text_weights, "text"))]
         target = self.targets.combine(terms)[None]
         return self.decode(target, cfg, [" ".join(t.describe() for t in terms)], progress)[0]
+
+    def video(self, videos, frames: int | None = None, every: float | None = None,
+              config: ZeroCapConfig | None = None, progress: Progress | None = None,
+              names: Sequence[str] | None = None, **overrides) -> list[CaptionResult]:
+        """Caption each video file (see zerocap/video.py): `frames` spread evenly (default 8), or a
+        frame `every` so many seconds; each result's `frame_times` says which frames were used."""
+        from .video import video_target
+
+        cfg = self.check((config or ZeroCapConfig()).replace(**overrides))
+        videos = list(videos) if isinstance(videos, (list, tuple)) else [videos]
+        if not videos:
+            raise InputError("give at least one video")
+        names = list(names) if names else [os.fspath(v) for v in videos]
+        sampled = [video_target(self, os.fspath(v), n, frames, every) for v, n in zip(videos, names)]
+        results = self.decode(torch.stack([t for t, _ in sampled]), cfg, names, progress)
+        for result, (_, extra) in zip(results, sampled):
+            result.frame_times = extra["frame_times"]
+        return results
 
     # ---- the decoder ----------------------------------------------------------------------------
     def decode(self, targets: torch.Tensor, cfg: ZeroCapConfig, names: Sequence[str] | None = None,

@@ -93,6 +93,16 @@ class TargetEncoder:
             )
         return total / norm
 
+    @torch.no_grad()
+    def mean(self, embeddings: Sequence[torch.Tensor], name: str = "video") -> torch.Tensor:
+        """Normalised mean of normalised embeddings (the frames of a video).  # (D,)"""
+        if not embeddings:
+            raise InputError(f"{name}: no frames to caption")
+        total = torch.stack(list(embeddings)).mean(dim=0)
+        if total.norm() <= 1e-4:
+            raise InputError(f"{name}: the frames' embeddings cancel out; nothing to caption")
+        return total / total.norm()
+
     def image_target(self, image, name: str = "image") -> torch.Tensor:
         """Normalised CLIP embedding of one image.  # (D,)"""
         return self.combine([Term(1.0, image=image, label=name)])
