@@ -185,3 +185,31 @@ def test_a_png_in_memory_round_trip_is_what_the_file_gives(tmp_path):
     p = tmp_path / "x.png"
     p.write_bytes(buf.getvalue())
     assert np.array_equal(np.asarray(load_image(p)), np.asarray(img))
+
+
+@pytest.mark.slow
+def test_an_arithmetic_target_decodes_one_image_at_a_time(tmp_path, lm_dir, clip_file, images):
+    """Four 80 MP images (8-bit RGB: 240 MB each once decoded): peak memory is that of one, not four."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, warnings
+warnings.filterwarnings("ignore")
+from PIL import Image
+from zerocap import ZeroCap
+paths = []
+for i in range(4):
+    img = Image.new("1", (10_000, 8_000))
+    img.paste(1, (i * 1000, 0, i * 1000 + 3000, 4000))
+    img.save(f"{tmp_path}/big{{i}}.png")
+    paths.append(f"{tmp_path}/big{{i}}.png")
+zc = ZeroCap.load({lm_dir!r}, {clip_file!r}, device="cpu")
+zc.arithmetic([{images[0]!r}, {images[1]!r}], [1, 1], top_k=16, beam_size=2, max_tokens=2)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+zc.arithmetic(paths, [1, 1, -1, 1], top_k=16, beam_size=2, max_tokens=2)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.split()[-1]) < 700  # MB; all four held at once would be over 960
