@@ -130,7 +130,9 @@ def _check_one(name: str, value, kind: type, info: FieldInfo):
         if info.max_length is not None and len(value) > info.max_length:
             raise InputError(f"{name} is {len(value)} characters long; at most {info.max_length} are allowed")
     else:  # int or float
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        if isinstance(value, float) and not math.isfinite(value):  # (an int is finite, however long)
             raise wrong
         if kind is int:
             if value != int(value):

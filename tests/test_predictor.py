@@ -108,6 +108,8 @@ def test_mode_and_terms(predictor, images, inputs, message):
     ({"beam_size": True}, "beam_size must be an integer from 1 to 20, got true"),
     ({"beam_size": 21}, "beam_size must be an integer from 1 to 20, got 21"),
     ({"top_k": 0}, "top_k must be an integer from 1 to 2048, got 0"),
+    ({"top_k": 10 ** 400}, "top_k must be an integer from 1 to 2048, got 1000000000000000000000000000"),
+    ({"stepsize": 10 ** 400}, "stepsize must be a number from 0 to 3, got 1000000000000000000000000000"),
     ({"fusion_factor": float("nan")}, "fusion_factor must be a number from 0 to 1, got NaN"),
     ({"end_factor": 5.0}, "end_factor must be a number from 0.5 to 2, got 5.0"),
     ({"mode": "haiku"}, "mode must be one of caption, knowledge, ocr, arithmetic, video, got \"haiku\""),

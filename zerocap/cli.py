@@ -232,8 +232,9 @@ def _print(d: dict) -> None:
     out.flush()
 
 
-def _emit(as_json: bool, quiet: bool):
-    """What to do with each record as it is done: stdout (text or JSON lines), failures on stderr."""
+def _emit(as_json: bool, quiet: bool, bar=None):
+    """What to do with each record as it is done: stdout (text or JSON lines), failures on stderr
+    (above the progress bar, if there is one)."""
     from .dataset import finite
 
     def emit(record: dict) -> None:
@@ -241,7 +242,11 @@ def _emit(as_json: bool, quiet: bool):
             sys.stdout.write(json.dumps(finite(record)) + "\n")
             sys.stdout.flush()
         elif "error" in record:
-            print(f"zerocap: error: {record['error']}", file=sys.stderr)
+            message = f"zerocap: error: {record['error']}"
+            if bar is not None:
+                bar.write(message, file=sys.stderr)
+            else:
+                print(message, file=sys.stderr)
         elif not quiet:
             _print(record)
 
@@ -254,7 +259,7 @@ def _bar(unit: str):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True, delay=0.5)  # run_job sets the total
 
 
 def _target(args):
@@ -292,22 +297,24 @@ def _dataset(args, cfg) -> int:
 
     quiet_transformers()
     results = Results(args.out, key, args.retry_failed) if args.out else None
-    bar = _bar(key[:3])
+    bar = _bar("img" if key == "image" else "clip")
     try:
         if args.ray is None:
             from .parallel import Replicas
 
             replicas = Replicas.load(lm_path, clip_path, devices, lm_dtype=args.lm_dtype, exact=args.exact)
             cfg = replicas.engines[0].check(cfg)
+            tokens = None if bar is None else lambda step, total, best: bar.set_postfix_str(f"token {step}/{total}")
 
             def batches(chunks):
-                return replicas.map(lambda engine, chunk: caption_batch(engine, chunk, cfg, target, key), chunks)
+                return replicas.map(lambda engine, chunk: caption_batch(engine, chunk, cfg, target, key,
+                                                                        progress=tokens), chunks)
         else:
             from .ray_job import ray_batches
 
             batches = ray_batches(args.ray, args.actors, lm_path, clip_path, cfg, args.exact, args.lm_dtype,
                                   args.batch_size, target, key)
-        summary = run_job(names, batches, _emit(args.json, quiet=results is not None), results,
+        summary = run_job(names, batches, _emit(args.json, quiet=results is not None, bar=bar), results,
                           args.batch_size, key, bar)
     finally:
         if bar is not None:

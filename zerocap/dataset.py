@@ -194,10 +194,10 @@ def image_target(engine, source: str, name: str):
 
 
 def caption_batch(engine, names: list[str], cfg, target: Target = image_target, key: str = "image",
-                  sources: list[str] | None = None) -> list[dict]:
+                  sources: list[str] | None = None, progress=None) -> list[dict]:
     """Result records for one batch: each input's target (an error record when it fails), then
     one decode of the good ones together. sources: where each input is read from (default: its
-    name; a Ray worker gets absolute paths)."""
+    name; a Ray worker gets absolute paths); progress: the engine's per-token callback."""
     import torch
 
     records: list[dict | None] = [None] * len(names)
@@ -212,7 +212,7 @@ def caption_batch(engine, names: list[str], cfg, target: Target = image_target, 
         targets.append(t)
         extras.append(extra)
     if good:
-        results = engine.decode(torch.stack(targets), cfg, [names[i] for i in good])
+        results = engine.decode(torch.stack(targets), cfg, [names[i] for i in good], progress)
         for i, result, extra in zip(good, results, extras):
             records[i] = {key: names[i], **result.to_dict(), **extra}
     return records

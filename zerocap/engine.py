@@ -114,12 +114,7 @@ class ZeroCap:
         self.exact = exact
 
         self.bos = tokenizer.bos_token or ""
-        if bos_prefix is None:  # the authors prefix BOS for GPT-2, not for GPT-Neo
-            bos_prefix = getattr(lm.config, "model_type", "") == "gpt2"
-        self.prompt_prefix = self.bos if bos_prefix else ""
-        self.max_positions = getattr(lm.config, "n_positions", None) or getattr(
-            lm.config, "max_position_embeddings", 1024
-        )
+        self.prompt_prefix, self.max_positions = prompt_facts(lm.config, tokenizer, bos_prefix)
 
         vocab = lm.get_output_embeddings().weight.shape[0]
         self.vocab_size = vocab
@@ -152,26 +147,8 @@ class ZeroCap:
 
     def check(self, cfg: ZeroCapConfig) -> ZeroCapConfig:
         """Validate `cfg` and check it against these models; InputError says what is wrong."""
-        cfg.validate()
-        if cfg.top_k > self.vocab_size:
-            raise InputError(f"top_k ({cfg.top_k}) must not exceed the LM vocabulary ({self.vocab_size})")
-        if not self.prompt_prefix and not cfg.cond_text:
-            raise InputError("cond_text must not be empty: this LM has no BOS prefix to start from")
-        n_prompt = len(self.prompt_ids(cfg))
-        if n_prompt + cfg.max_tokens > self.max_positions:
-            raise InputError(
-                f"cond_text is too long for the LM: {n_prompt} prompt tokens + max_tokens {cfg.max_tokens}"
-                f" exceed its {self.max_positions} positions"
-            )
-        n_clip = len(self.candidates.encode(cfg.cond_text))
-        if n_clip > CONTEXT_LENGTH - 3:
-            raise InputError(
-                f"cond_text is too long for CLIP: {n_clip} CLIP tokens; at most {CONTEXT_LENGTH - 3}"
-                " leave room for a generated word"
-            )
-        if not self.tokenizer.encode(cfg.end_token, add_special_tokens=False):
-            raise InputError(f"end_token {cfg.end_token!r} gives no LM token")
-        return cfg
+        return check_config(cfg, self.tokenizer, self.vocab_size, self.prompt_prefix, self.max_positions,
+                            self.candidates.encode)
 
     def prompt_ids(self, cfg: ZeroCapConfig) -> list[int]:
         return self.tokenizer.encode(self.prompt_prefix + cfg.cond_text, add_special_tokens=False)
@@ -301,6 +278,40 @@ class ZeroCap:
         best_ppl = min(range(len(out)), key=lambda j: ppls[j])
         return CaptionResult(out, caption[best_clip], caption[best_ppl], caption[0], cfg.cond_text, name,
                              steps, seconds)
+
+
+def prompt_facts(lm_config, tokenizer, bos_prefix: bool | None = None) -> tuple[str, int]:
+    """(prompt prefix, positions) of an LM: the authors prefix BOS for GPT-2, not for GPT-Neo."""
+    if bos_prefix is None:
+        bos_prefix = getattr(lm_config, "model_type", "") == "gpt2"
+    positions = getattr(lm_config, "n_positions", None) or getattr(lm_config, "max_position_embeddings", 1024)
+    return (tokenizer.bos_token or "") if bos_prefix else "", positions
+
+
+def check_config(cfg: ZeroCapConfig, tokenizer, vocab_size: int, prompt_prefix: str, max_positions: int,
+                 clip_encode) -> ZeroCapConfig:
+    """Validate `cfg` and check it against an LM's tokenizer and sizes and CLIP's tokenizer
+    (`clip_encode(text) -> ids`): what ZeroCap.check does, without the models' weights."""
+    cfg.validate()
+    if cfg.top_k > vocab_size:
+        raise InputError(f"top_k ({cfg.top_k}) must not exceed the LM vocabulary ({vocab_size})")
+    if not prompt_prefix and not cfg.cond_text:
+        raise InputError("cond_text must not be empty: this LM has no BOS prefix to start from")
+    n_prompt = len(tokenizer.encode(prompt_prefix + cfg.cond_text, add_special_tokens=False))
+    if n_prompt + cfg.max_tokens > max_positions:
+        raise InputError(
+            f"cond_text is too long for the LM: {n_prompt} prompt tokens + max_tokens {cfg.max_tokens}"
+            f" exceed its {max_positions} positions"
+        )
+    n_clip = len(clip_encode(cfg.cond_text))
+    if n_clip > CONTEXT_LENGTH - 3:
+        raise InputError(
+            f"cond_text is too long for CLIP: {n_clip} CLIP tokens; at most {CONTEXT_LENGTH - 3}"
+            " leave room for a generated word"
+        )
+    if not tokenizer.encode(cfg.end_token, add_special_tokens=False):
+        raise InputError(f"end_token {cfg.end_token!r} gives no LM token")
+    return cfg
 
 
 def image_name(image, index: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Iterable, Iterator
 
 from .config import ZeroCapConfig
@@ -56,6 +57,8 @@ def ray_batches(address: str | None, actors: int | None, lm: str, clip: str, cfg
     except ImportError:
         raise InputError("--ray needs Ray Data: pip install 'zerocap[ray]'") from None
 
+    check_without_models(cfg, lm)  # an actor that refuses it would show Ray's tracebacks first
+
     def batches(chunks: Iterable[list[str]]) -> Iterator[list[dict]]:
         names = [name for chunk in chunks for name in chunk]
         if not names:
@@ -75,7 +78,41 @@ def ray_batches(address: str | None, actors: int | None, lm: str, clip: str, cfg
             num_gpus=1 if gpus else 0, num_cpus=1,
             fn_constructor_kwargs=dict(lm=os.path.abspath(lm), clip=os.path.abspath(clip), config=vars(cfg).copy(),
                                        exact=exact, lm_dtype=lm_dtype, target=target, key=key))
-        for row in out.iter_rows():
-            yield [json.loads(row["record"])]
+        try:
+            for row in out.iter_rows():
+                yield [json.loads(row["record"])]
+        except ray.exceptions.RayError as e:  # e.g. an actor's engine refused the config
+            raise _user_error(e) or e
 
     return batches
+
+
+def check_without_models(cfg: ZeroCapConfig, lm: str) -> ZeroCapConfig:
+    """ZeroCap.check on the driver, from the LM's tokenizer and config (no weights loaded)."""
+    import clip
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .engine import check_config, prompt_facts
+    from .loading import check_lm_dir
+
+    check_lm_dir(lm)
+    tokenizer = AutoTokenizer.from_pretrained(lm, local_files_only=True)
+    lm_config = AutoConfig.from_pretrained(lm, local_files_only=True)
+    prefix, positions = prompt_facts(lm_config, tokenizer)
+    return check_config(cfg, tokenizer, lm_config.vocab_size, prefix, positions, clip.clip._tokenizer.encode)
+
+
+def _user_error(error: BaseException) -> InputError | None:
+    """The InputError behind a Ray error, if any: Ray re-raises a worker's exception as its own
+    (a task's keeps it as .cause; an actor that died in its constructor only as text)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, InputError):
+            return InputError(str(cause.args[0]) if cause.args else str(cause))
+        found = re.search(r"zerocap\.errors\.InputError: (.+)", str(error))
+        if found:
+            return InputError(found.group(1).strip())
+        error = error.__cause__ or error.__context__
+    return None
