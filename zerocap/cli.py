@@ -396,5 +396,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `zerocap` command (and python -m zerocap): main(), then exit with its status.
+
+    After a Ctrl-C, CPython exits by SIGINT whenever the KeyboardInterrupt passed through code
+    that C evaluated (some imports do), even though main() caught it; leave with 130 directly.
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
