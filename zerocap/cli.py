@@ -81,7 +81,7 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
                    help="LM precision (default float32; CLIP runs as loaded: fp16 on GPU)")
     m.add_argument("--exact", action="store_true",
                    help="the authors' operation order (CLIP's own encode_text on full rows, one image at a"
-                        " time): in fp32 bit-for-bit their beams on this machine, ~25x slower on a CPU."
+                        " time): in fp32 their scores to the last bit where the kernels match, ~30x slower on a CPU."
                         " Default: the fast form, the same algorithm with different rounding")
     m.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default; older command lines
     m.add_argument("--batch-size", type=_number(int), default=8,

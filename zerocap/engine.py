@@ -88,8 +88,9 @@ class ZeroCap:
     exact=False (the default): the fast form -- CLIP prefix keys/values reused within a step, one
     LM pass per step, GPT-2's written-out one-token step. exact=True: the authors' operation
     order (CLIP's own encode_text on full rows, the LM cache from its own pass, one image at a
-    time), for reproduction: in fp32 its beams are bit-for-bit those of a literal transcription
-    of their code on the same machine. Both are the same algorithm; they differ in rounding.
+    time), for reproduction: in fp32 its scores equal a literal transcription of their code's to
+    the last bit where both run the same kernels (seen with AVX-512), to rounding otherwise. Both
+    forms are the same algorithm and give the same beams on every case compared (README).
     """
 
     def __init__(

@@ -8,7 +8,8 @@ similarities (temperature `clip_temperature`) is the distribution the LM is pull
 
 Two guides compute the same CLIP features of the candidates; the engine picks one for good:
   ExactGuide   CLIP's own `encode_text` on full 77-token rows, every iteration: the authors'
-               operation order, so in fp32 the beams are bit-for-bit theirs on a given CPU;
+               operation order, so in fp32 the scores are theirs to the last bit where the same
+               kernels run (AVX-512 CPUs), to rounding otherwise;
   CachedGuide  each row's prefix is encoded once per step and only the candidates' few suffix
                tokens run, attending to the prefix's keys/values; a candidate's features are kept
                for the step, so later iterations encode only candidates not seen yet.

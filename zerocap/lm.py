@@ -46,9 +46,9 @@ class CachedLM:
     """A frozen Hugging Face causal LM as prefill + one-token steps.
 
     exact: the authors' operation order -- the cache from its own pass over context[:-1] and
-    the generic forward for every step -- so fp32 results are bit-for-bit theirs on a given
-    machine. Otherwise one pass gives both the distribution and the cache, and GPT-2 steps
-    run `gpt2_step` (equal up to rounding).
+    the generic forward for every step -- so fp32 results are theirs to the last bit where the
+    same kernels run, to rounding otherwise. Otherwise one pass gives both the distribution and
+    the cache, and GPT-2 steps run `gpt2_step` (equal up to rounding).
     """
 
     def __init__(self, lm, exact: bool = False):
