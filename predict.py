@@ -271,7 +271,7 @@ def check_terms(mode, image, images, image_weights, texts, text_weights, video=N
         extra = [n for n, v in (("image", image), ("images", images), ("image_weights", image_weights),
                                 ("texts", texts), ("text_weights", text_weights)) if v]
         if extra:
-            raise InputError(f"mode video takes `video` (and `frames`); {', '.join(extra)} are for the image modes")
+            raise InputError(f"mode video takes `video` (and `frames`), not {', '.join(extra)}")
         if video is None:
             raise InputError("mode video needs `video`")
         return {"video": video, "name": sent_name(video, "video")}

@@ -209,7 +209,7 @@ def test_video_mode(predictor, clip_file_mkv, images):
 
 @pytest.mark.parametrize("inputs,message", [
     ({"mode": "video"}, "mode video needs `video`"),
-    ({"mode": "video", "video": "clip", "image": 0}, "mode video takes `video` (and `frames`); image are for"),
+    ({"mode": "video", "video": "clip", "image": 0}, "mode video takes `video` (and `frames`), not image"),
     ({"mode": "caption", "video": "clip", "image": 0}, "`video` is for mode=video; mode caption takes images"),
     ({"mode": "video", "video": "clip", "frames": 33}, "frames must be an integer from 1 to 32, got 33"),
     ({"mode": "video", "video": "/etc/hostname"}, "video: " + RULE),
