@@ -219,7 +219,9 @@ def test_ctrl_c_while_loading_the_models_exits_130_without_a_traceback(images, l
     cmd = [sys.executable, "-m", "zerocap", "caption", images[0], "--lm", lm_dir, "--clip", clip_file, *FAST]
     interrupted = 0
     for delay in (0.3, 1.0, 2.0, 3.0):  # during the imports, and while torch and the models load
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # a shell starts background jobs with Ctrl-C ignored, which the child would inherit
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=120)
