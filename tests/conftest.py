@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-from tiny_models import write_image, write_tiny_clip, write_tiny_gpt2, write_weights  # noqa: E402
+from tiny_models import write_image, write_weights  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -116,7 +116,6 @@ def test_every_cog_input_agrees_with_the_table():
 
 def readme_inputs_table() -> dict:
     import os
-    import re
 
     text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
     section = text.split("### Inputs", 1)[1].split("\n\n", 2)[1]  # the table after the heading

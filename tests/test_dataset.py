@@ -1,7 +1,6 @@
 """Captioning datasets: inputs, the resumable JSONL output, streaming, and `zerocap caption` over folders."""
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -63,7 +63,8 @@ def dockerignored(path: str) -> bool:
 
 
 def test_the_build_context_has_what_the_image_needs_and_nothing_half_done():
-    for needed in ("cog.yaml", "requirements.txt", "predict.py", "zerocap/engine.py", "zerocap/data/forbidden_tokens.json",
+    for needed in ("cog.yaml", "requirements.txt", "predict.py", "zerocap/engine.py",
+                   "zerocap/data/forbidden_tokens.json",
                    "weights/gpt2-medium/model.safetensors", "weights/clip/ViT-B-32.pt", "weights/manifest.json",
                    ".cog/openapi_schema.json"):
         assert not dockerignored(needed), needed

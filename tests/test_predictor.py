@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import predict  # noqa: E402
 
 SMALL = {"beam_size": 2, "max_tokens": 2, "top_k": 16}
-RULE = "send the file as a URL (https://...) or a data URL (data:image/png;base64,...); files on the server are not read"
+RULE = ("send the file as a URL (https://...) or a data URL (data:image/png;base64,...);"
+        " files on the server are not read")
 
 
 @pytest.fixture(scope="module")

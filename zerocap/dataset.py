@@ -118,7 +118,8 @@ class Results:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
-            raise InputError(f"{self.path} is being written by another job; wait for it, or choose another --out") from None
+            raise InputError(f"{self.path} is being written by another job; wait for it, or choose another"
+                             " --out") from None
         return f
 
     def _records(self) -> Iterator[tuple[bytes, dict]]:

@@ -10,7 +10,7 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
-from .engine import CaptionResult, Progress, ZeroCap
+from .engine import ZeroCap
 from .errors import InputError
 
 Job = TypeVar("Job")
@@ -53,14 +53,3 @@ class Replicas:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
-
-    def caption(self, images: Sequence, config, batch_size: int = 8, progress: Progress | None = None,
-                names: Sequence[str] | None = None) -> Iterator[CaptionResult]:
-        """Caption images in batches of `batch_size`, yielding one result per image, in order."""
-        images, names = list(images), list(names) if names else None
-
-        def work(engine: ZeroCap, part: slice) -> list[CaptionResult]:
-            return engine.caption(images[part], config=config, progress=progress, names=names[part] if names else None)
-
-        for results in self.map(work, [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]):
-            yield from results
