@@ -189,3 +189,20 @@ def test_the_command(tmp_path, capsys, images, clip_file, monkeypatch):
     assert "cannot read the captions" in capsys.readouterr().err
     assert main(["eval", caps, "--refs", refs, "--skip", "BLEU"]) == 2
     assert "cannot skip BLEU; the metrics that can be skipped: METEOR, SPICE, CLIP-S" in capsys.readouterr().err
+
+
+def test_clip_s_of_a_long_thin_image_takes_little_memory(tmp_path, engine):
+    """The same bound as captioning: CLIP sees the central part of an image longer than 8:1."""
+    import resource
+
+    from PIL import Image
+
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (400_000, 1), (10, 200, 30)).save(thin)
+    caps = write_captions(tmp_path / "c.jsonl", {str(thin): "a green line"})
+    refs = coco_refs(tmp_path / "r.json", {"thin.png": ["a line"]})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = evaluate(caps, refs, tokenizer="simple", clip_model=engine.clip, preprocess=engine.targets.preprocess,
+                      skip=QUICK)
+    assert "CLIP-S" in report.scores
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # MB

@@ -285,7 +285,7 @@ def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], clip_model
     import clip
     import torch
 
-    from .images import load_image
+    from .images import clip_pixels, load_image
 
     def text_features(texts):
         out = []
@@ -301,7 +301,7 @@ def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], clip_model
         for name in captions:
             path = name if image_root is None or os.path.isabs(name) else os.path.join(image_root, name)
             try:
-                pixels.append(preprocess(load_image(path, name)))
+                pixels.append(clip_pixels(load_image(path, name), preprocess))
             except InputError as e:
                 unreadable.append(f"{name}: {e}")
                 continue

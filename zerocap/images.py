@@ -125,6 +125,11 @@ def _grey(values: np.ndarray, scale: float) -> Image.Image:
     return Image.fromarray(values.astype(np.uint8), mode="L").convert("RGB")
 
 
+def clip_pixels(img: Image.Image, preprocess):
+    """CLIP's input tensor for an 8-bit RGB image: its preprocessing after `bound_aspect`."""
+    return preprocess(bound_aspect(img))
+
+
 def bound_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
     """The central part of an image longer than max_aspect : 1 (see the module docstring)."""
     w, h = img.size

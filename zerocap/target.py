@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError
-from .images import bound_aspect, load_image, to_rgb8
+from .images import clip_pixels, load_image, to_rgb8
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class TargetEncoder:
             image = to_rgb8(image, name or "the image")
         else:
             image = load_image(image, name)
-        pixels = self.preprocess(bound_aspect(image)).unsqueeze(0).to(self.device, self.clip.dtype)
+        pixels = clip_pixels(image, self.preprocess).unsqueeze(0).to(self.device, self.clip.dtype)
         return self.clip.encode_image(pixels)[0]
 
     @torch.no_grad()
