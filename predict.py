@@ -68,9 +68,11 @@ def checked_inputs(run):
 
     cog inspects the wrapped function (it follows the closure), so the schema is run()'s own.
     """
+    declarations = functools.cache(lambda: _declared(run))  # read once, at the first request
+
     @functools.wraps(run)
     def checked(self, **inputs):
-        declared, types = _declared(run)
+        declared, types = declarations()
         unknown = sorted(set(inputs) - set(declared))
         if unknown:
             raise InputError(f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(unknown)};"
