@@ -253,3 +253,21 @@ def test_own_lm_without_clip_needs_only_clip_from_the_weights_folder(capsys, mon
     code, out, err = run(capsys, "caption", images[0], "--lm", lm_dir, *FAST, "--json")
     assert code == 0, err
     assert len(jsonl(out)) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["caption", "{img}", "--retry-failed"], "--retry-failed needs --out FILE"),
+    (["caption", "{img}", "--actors", "2"], "--actors needs --ray and a number from 1 up"),
+    (["caption", "{img}", "--ray", "--actors", "0"], "--actors needs --ray and a number from 1 up"),
+    (["caption", "{img}", "--list", "no-such-list.txt"], "cannot read the list no-such-list.txt"),
+    (["caption", "'no/such/*.png'"], "no file matches"),
+    (["video", "{img}", "--frames", "0"], "frames must be an integer from 1 to 64, got 0"),
+    (["video", "{img}", "--every", "0"], "every must be a number of seconds above 0, got 0.0"),
+    (["video", "{img}", "--every", "nan"], "every must be a number of seconds above 0, got nan"),
+])
+def test_bad_dataset_flags_exit_2_before_the_models_load(capsys, models, images, args, message, monkeypatch):
+    import zerocap.engine
+
+    monkeypatch.setattr(zerocap.engine.ZeroCap, "load", lambda *a, **k: pytest.fail("models loaded"))
+    code, out, err = run(capsys, *[a.format(img=images[0]).strip("'") for a in args], *models, *FAST)
+    assert code == 2 and message in err and "Traceback" not in err
