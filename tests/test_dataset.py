@@ -12,7 +12,9 @@ import pytest
 
 from zerocap import InputError
 from zerocap.cli import main
-from zerocap.dataset import Results, find_inputs, run_job
+from zerocap.jobs.inputs import Input, find_inputs
+from zerocap.jobs.results import ResultsFile
+from zerocap.jobs.run import run_job
 from zerocap.parallel import Replicas
 
 FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "2", "--device", "cpu"]
@@ -36,49 +38,57 @@ def test_inputs_from_files_folders_patterns_lists_and_urls(folder, tmp_path, mon
     listed.write_text(f"# a comment\n\n{folder / 'x0.png'}\nhttps://example.com/cat.jpg\n")
     monkeypatch.chdir(tmp_path)
     got = find_inputs(["a", "a/**/*.png", "missing.png"], "list.txt")
-    assert got == ["a/bad.jpg", "a/x0.png", "a/x1.PNG", "a/sub/x2.png", "missing.png", str(folder / "x0.png"),
-                   "https://example.com/cat.jpg"]  # each once, in order; a folder's files sorted
-    monkeypatch.setattr(sys, "stdin", io.StringIO("a/x0.png\na/sub/x2.png\n"))
-    assert find_inputs([], "-") == ["a/x0.png", "a/sub/x2.png"]
+    # each real file once, under its first spelling, in order; a folder's files sorted
+    assert [i.name for i in got] == ["a/bad.jpg", "a/x0.png", "a/x1.PNG", "a/sub/x2.png", "missing.png",
+                                     "https://example.com/cat.jpg"]
+    assert got[1].source == str(folder / "x0.png") and got[-1].source == "https://example.com/cat.jpg"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a/x0.png\na/sub/x2.png\n")))
+    assert [i.name for i in find_inputs([], "-")] == ["a/x0.png", "a/sub/x2.png"]
     with pytest.raises(InputError, match="no file matches 'b/\\*.png'"):
         find_inputs(["b/*.png"])
     with pytest.raises(InputError, match="cannot read the list nope.txt"):
         find_inputs([], "nope.txt")
 
 
+def item(name):
+    return Input(name, "/data/" + name)
+
+
 def record(name, error=None):
-    return {"image": name, "error": error} if error else {"image": name, "best_mixed": f"Image of {name}"}
+    base = {"image": name, "source": "/data/" + name}
+    return {**base, "error": error} if error else {**base, "best_mixed": f"Image of {name}"}
 
 
 def test_results_resume_repair_and_retry(tmp_path):
     path = tmp_path / "out.jsonl"
-    r = Results(str(path))
+    r = ResultsFile(str(path))
     for rec in (record("a"), record("b", "not an image: b"), record("c")):
         r.write(rec)
     r.close()
     with open(path, "ab") as f:
-        f.write(b'{"image": "d", "best_mi')  # a crash mid-line
-    r = Results(str(path))
-    assert r.done == {"a", "c"} and r.failed == {"b"} and "d" not in r
+        f.write(b'{"zerocap": "captions/1", "image": "d", "best_mi')  # a crash mid-line
+    r = ResultsFile(str(path))
+    assert r.done(item("a")) and r.done(item("c")) and r.failed(item("b")) and item("d") not in r
     r.write(record("d"))
     r.close()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [x["image"] for x in lines] == ["a", "b", "c", "d"]  # the cut line is gone, d once
-    r = Results(str(path), retry_failed=True)
-    assert r.failed == set() and "b" not in r
+    assert all(x["zerocap"] == "captions/1" for x in lines)
+    r = ResultsFile(str(path), retry_failed=True)
+    assert not r.failed(item("b")) and item("b") not in r
     r.close()
     assert [json.loads(line)["image"] for line in path.read_text().splitlines()] == ["a", "c", "d"]
 
 
 def test_results_refuse_a_foreign_file_and_a_second_writer(tmp_path):
     path = tmp_path / "out.jsonl"
-    path.write_text('{"image": "a"}\nhello\n{"image": "b"}\n')
-    with pytest.raises(InputError, match="line 2: not a result line"):
-        Results(str(path))
+    path.write_text(json.dumps({"zerocap": "captions/1", **record("a")}) + "\nhello\n")
+    with pytest.raises(InputError, match="line 2 is not a zerocap captions line"):
+        ResultsFile(str(path))
     path.write_text("")
-    first = Results(str(path))
-    with pytest.raises(InputError, match="being written by another job"):
-        Results(str(path))
+    first = ResultsFile(str(path))
+    with pytest.raises(InputError, match="being written by another zerocap job"):
+        ResultsFile(str(path))
     first.close()
 
 
@@ -89,14 +99,15 @@ def test_run_job_streams_each_record_as_its_batch_is_done(tmp_path):
     def batches(chunks):
         for chunk in chunks:
             events.append(("batch", list(chunk)))
-            yield [record(n, "bad" if n == "n3" else None) for n in chunk]
+            yield [record(i.name, "bad" if i.name == "n3" else None) for i in chunk]
 
-    results = Results(str(tmp_path / "o.jsonl"))
+    results = ResultsFile(str(tmp_path / "o.jsonl"))
     results.write(record("n0"))
-    summary = run_job([f"n{i}" for i in range(6)], batches, lambda r: events.append(("emit", r["image"])),
+    summary = run_job([item(f"n{i}") for i in range(6)], batches, lambda r: events.append(("emit", r["image"])),
                       results, batch_size=2)
-    assert events == [("batch", ["n1", "n2"]), ("emit", "n1"), ("emit", "n2"), ("batch", ["n3", "n4"]),
-                      ("emit", "n3"), ("emit", "n4"), ("batch", ["n5"]), ("emit", "n5")]
+    assert events == [("batch", [item("n1"), item("n2")]), ("emit", "n1"), ("emit", "n2"),
+                      ("batch", [item("n3"), item("n4")]), ("emit", "n3"), ("emit", "n4"), ("batch", [item("n5")]),
+                      ("emit", "n5")]
     assert (summary.captioned, summary.failed, summary.skipped) == (4, 1, 1) and summary.failures == ["n3"]
 
 
@@ -139,11 +150,12 @@ def test_a_folder_job_writes_every_image_once_and_goes_on_after_a_bad_file(capsy
     models = ["--lm", lm_dir, "--clip", clip_file]
     code, stdout, err = run_cli(capsys, "caption", folder, *models, *FAST, "--out", out, "--batch-size", "2")
     assert code == 1  # one input failed
+    assert err.rstrip().endswith(f"results in {out}")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(x["image"] for x in lines) == sorted(str(folder / n) for n in ("bad.jpg", "x0.png", "x1.PNG",
                                                                                   "sub/x2.png"))
     bad = next(x for x in lines if x["image"].endswith("bad.jpg"))
-    assert bad["error"].startswith("not an image:") and set(bad) == {"image", "error"}
+    assert bad["error"].startswith("not an image:") and set(bad) == {"zerocap", "image", "source", "error"}
     good = [x for x in lines if "error" not in x]
     assert all(x["best_mixed"].startswith("Image of a") and x["timing"]["tokens"] == 2 for x in good)
     assert stdout == "" and "captioned 3, failed 1;" in err and "not an image" in err
