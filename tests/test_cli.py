@@ -262,8 +262,11 @@ def test_own_lm_without_clip_needs_only_clip_from_the_weights_folder(capsys, mon
     (["caption", "{img}", "--list", "no-such-list.txt"], "cannot read the list no-such-list.txt"),
     (["caption", "'no/such/*.png'"], "no file matches"),
     (["video", "{img}", "--frames", "0"], "frames must be an integer from 1 to 64, got 0"),
-    (["video", "{img}", "--every", "0"], "every must be a number of seconds above 0, got 0.0"),
-    (["video", "{img}", "--every", "nan"], "every must be a number of seconds above 0, got nan"),
+    (["video", "{img}", "--every", "0"], "every must be a number of seconds from 0.001 up, got 0"),
+    (["video", "{img}", "--every", "nan"], "every must be a number of seconds from 0.001 up, got nan"),
+    (["video", "{img}", "--every", "1e-320"], "every must be a number of seconds from 0.001 up, got 9.99989e-321"),
+    (["caption", "{img}", "--out", "{img}"], "is one of the inputs"),
+    (["caption", "{img}", "--out", "/no/such/folder/x.jsonl"], "the folder /no/such/folder does not exist"),
 ])
 def test_bad_dataset_flags_exit_2_before_the_models_load(capsys, models, images, args, message, monkeypatch):
     import zerocap.engine

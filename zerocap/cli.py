@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 
@@ -96,11 +95,15 @@ def _add_common(p: argparse.ArgumentParser, default_preset: str) -> None:
 
 def _add_dataset(p: argparse.ArgumentParser, what: str) -> None:
     d = p.add_argument_group("datasets")
-    d.add_argument("--list", metavar="FILE", help=f"also the {what}s named in FILE, one path or URL per line ('-':"
-                                                  " standard input)")
+    d.add_argument("--list", metavar="FILE", help=f"also the {what}s named in FILE ('-': standard input): one path or"
+                                                  " URL per line, taken as written; empty lines and lines starting"
+                                                  " with # are skipped")
+    d.add_argument("-0", "--null", action="store_true",
+                   help="--list names are separated by NUL characters (find -print0), with no other rule")
     d.add_argument("--out", metavar="FILE.jsonl",
                    help="write one JSON line per input as soon as it is done; a rerun skips the inputs already"
-                        " in FILE and repairs a last line cut short (resume)")
+                        " in FILE (however spelled) and repairs a last line cut short (resume). FILE must be new,"
+                        " empty, or a zerocap results file")
     d.add_argument("--retry-failed", action="store_true", help="with --out: run again the inputs that have"
                                                                " an error line in FILE")
     d.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -166,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                         " (default: the current folder)")
     ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     ev.add_argument("--json", action="store_true", help="the report as one JSON object")
-    ev.add_argument("--per-image", metavar="FILE.jsonl", help="also write every image's scores to FILE")
+    ev.add_argument("--per-image", metavar="FILE.jsonl", help="also write every image's scores to FILE (new, empty,"
+                                                             " or the per-image file of an earlier eval)")
+    ev.add_argument("--match", choices=["auto", "name", "id"], default="auto",
+                    help="how captions find their references: auto (default) = by file name, else by the COCO id"
+                         " of a COCO-style name (COCO_val2014_000000391895.jpg, 000000391895.jpg); name = file"
+                         " name only; id = the number in any file name (1.jpg -> image id 1)")
     return parser
 
 
@@ -227,19 +235,21 @@ def _print(d: dict) -> None:
     for b in d["beams"]:
         out.write(f"    {b['score']:8.3f}  {b['clip_score']:6.3f}  {b['perplexity']:10.4g}  {b['caption']}\n")
     if d.get("frame_times"):
-        out.write(f"  frames at {', '.join(f'{t:.2f}' for t in d['frame_times'])} s\n")
+        distinct = f"{d['frames']} distinct frames of {d['frames_asked']} asked"
+        out.write(f"  frames at {', '.join(f'{t:.2f}' for t in d['frame_times'])} s ({distinct})\n")
     out.write(f"  {d['timing']['tokens']} tokens in {d['timing']['seconds']:.2f} s\n")
     out.flush()
 
 
-def _emit(as_json: bool, quiet: bool, bar=None):
-    """What to do with each record as it is done: stdout (text or JSON lines), failures on stderr
+def _emit(as_json: bool, quiet: bool, bar=None, key: str | None = None):
+    """What to do with each record as it is done: stdout (text or JSON lines -- a job's marked as
+    its results file's lines are, so that saved output can be resumed), failures on stderr
     (above the progress bar, if there is one)."""
-    from .dataset import finite
+    from .jobs.results import KINDS, dumps, marked
 
     def emit(record: dict) -> None:
         if as_json and not quiet:
-            sys.stdout.write(json.dumps(finite(record)) + "\n")
+            sys.stdout.write(dumps(marked(KINDS[key], record) if key else record) + "\n")
             sys.stdout.flush()
         elif "error" in record:
             message = f"zerocap: error: {record['error']}"
@@ -264,7 +274,7 @@ def _bar(unit: str):
 
 def _target(args):
     """How each input becomes a CLIP target (images; or videos, with the frame options)."""
-    from .dataset import image_target
+    from .jobs.run import image_target
 
     if args.command != "video":
         return image_target, "image", None
@@ -276,28 +286,33 @@ def _target(args):
 
 def _dataset(args, cfg) -> int:
     """caption / video: every input, batched, each result emitted (and written) when done."""
-    from .dataset import IMAGE_EXTENSIONS, Results, caption_batch, find_inputs, is_url, run_job
+    from .jobs.inputs import IMAGE_EXTENSIONS, find_inputs, identify
+    from .jobs.results import ResultsFile
+    from .jobs.run import caption_batch, run_job
 
     target, key, extensions = _target(args)
-    names = find_inputs(list(args.images) + list(getattr(args, "caption_img_path", [])), args.list,
-                        extensions or IMAGE_EXTENSIONS)
-    if not names:
-        raise InputError(f"no {key}s: give {key} files, folders, patterns or URLs, or --list FILE")
-    missing = [n for n in names if not is_url(n) and not os.path.exists(n)]
-    if len(missing) == len(names):  # a typo, most likely: say so before loading the models
-        raise InputError(f"{key} file not found: {missing[0]}" + (f" (nor the {len(missing) - 1} others)"
-                                                                   if len(missing) > 1 else ""))
     if args.retry_failed and not args.out:
         raise InputError("--retry-failed needs --out FILE (the file whose error lines to retry)")
     if args.actors is not None and (args.ray is None or args.actors < 1):
         raise InputError("--actors needs --ray and a number from 1 up")
+    inputs = find_inputs(list(args.images) + list(getattr(args, "caption_img_path", [])), args.list,
+                         extensions or IMAGE_EXTENSIONS, null=args.null)
+    if not inputs:
+        raise InputError(f"no {key}s: give {key} files, folders, patterns or URLs, or --list FILE")
+    missing = [i.name for i in inputs if not i.is_url and not i.exists]
+    if len(missing) == len(inputs):  # a typo, most likely: say so before loading the models
+        raise InputError(f"{key} file not found: {missing[0]}" + (f" (nor the {len(missing) - 1} others)"
+                                                                   if len(missing) > 1 else ""))
     devices = _devices(args)
     lm_path, clip_path = _model_paths(args)
+    # every output is checked (and locked) before any work: never one of the inputs (the list too)
+    not_outputs = inputs + ([identify(args.list)] if args.list not in (None, "-") else [])
+    results = ResultsFile(args.out, key, args.retry_failed, not_outputs) if args.out else None
     from .loading import quiet_transformers
 
     quiet_transformers()
-    results = Results(args.out, key, args.retry_failed) if args.out else None
     bar = _bar("img" if key == "image" else "clip")
+    batches = None
     try:
         if args.ray is None:
             from .parallel import Replicas
@@ -310,17 +325,20 @@ def _dataset(args, cfg) -> int:
                 return replicas.map(lambda engine, chunk: caption_batch(engine, chunk, cfg, target, key,
                                                                         progress=tokens), chunks)
         else:
-            from .ray_job import ray_batches
+            from .jobs.ray_backend import RayBatches
 
-            batches = ray_batches(args.ray, args.actors, lm_path, clip_path, cfg, args.exact, args.lm_dtype,
-                                  args.batch_size, target, key)
-        summary = run_job(names, batches, _emit(args.json, quiet=results is not None, bar=bar), results,
-                          args.batch_size, key, bar)
+            batches = RayBatches(args.ray, args.actors, lm_path, clip_path, cfg, args.exact, args.lm_dtype,
+                                 args.batch_size, target, key)
+        emit = _emit(args.json, quiet=results is not None and not args.json, bar=bar, key=key)
+        summary = run_job(inputs, batches, emit, results, args.batch_size, key, bar,
+                          unit="images" if key == "image" else "videos")
     finally:
         if bar is not None:
             bar.close()
         if results is not None:
             results.close()
+        if hasattr(batches, "close"):
+            batches.close()
     print(f"zerocap: {summary.line(args.out)}", file=sys.stderr)
     return 1 if summary.any_failed else 0
 
@@ -351,9 +369,25 @@ def _arithmetic(args, cfg) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import check_skip, evaluate
+    from .evaluate import check_skip
+    from .jobs.inputs import identify
+    from .jobs.results import ScoresFile
 
     check_skip(args.skip)  # before CLIP loads
+    scores_file = None
+    if args.per_image:  # checked before any work; never the captions or the references
+        scores_file = ScoresFile(args.per_image, [identify(args.captions), identify(args.refs)])
+    try:
+        return _evaluate_into(args, scores_file)
+    finally:
+        if scores_file is not None:
+            scores_file.close(remove_if_new=True)
+
+
+def _evaluate_into(args, scores_file) -> int:
+    from .evaluate import evaluate
+    from .jobs.results import dumps
+
     clip_model = preprocess = device = None
     if "CLIP-S" not in args.skip:
         from . import weights
@@ -363,14 +397,10 @@ def _evaluate(args) -> int:
         path = args.clip or weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr), lm=None)[1]
         clip_model, preprocess = load_clip(path, device)
     report = evaluate(args.captions, args.refs, args.field, args.strip_prompt, args.tokenizer, clip_model,
-                      preprocess, device, args.image_root, args.skip)
-    print(json.dumps(report.to_dict()) if args.json else report.table())
-    if args.per_image:
-        from .dataset import finite
-
-        with open(args.per_image, "w", encoding="utf-8") as f:
-            for name, scores in report.per_image.items():
-                f.write(json.dumps(finite({"image": name, **scores})) + "\n")
+                      preprocess, device, args.image_root, args.skip, args.match)
+    print(dumps(report.to_dict()) if args.json else report.table())
+    if scores_file is not None:
+        scores_file.write({"image": name, **scores} for name, scores in report.per_image.items())
     return 0
 
 
@@ -386,6 +416,11 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not fatal
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
     try:
         return run(argv)
     except InputError as e:  # the user's mistake: one line, no traceback
