@@ -35,7 +35,7 @@ from zerocap.config import SERVED_KNOBS
 from zerocap.loading import quiet_transformers, resolve_device
 
 MAX_TERMS = 16  # images + texts in one arithmetic target
-FILE_RULE = ("send the file as a URL (https://...) or a data URL (data:image/png;base64,...);"
+FILE_RULE = ("send the file as a URL (https://...) or a data URL (data:{mime};base64,...);"
              " files on the server are not read")
 
 
@@ -52,7 +52,9 @@ class Output(BaseModel):
     cond_text: str
     tokens: int  # decoding steps run
     seconds: float  # decoding time, reranking included
-    frame_times: list[float]  # mode video: the frames (seconds) the caption describes; else empty
+    frame_times: list[float]  # mode video: the distinct frames (seconds) the caption describes; else empty
+    frames: int  # mode video: how many distinct frames that is; else 0
+    frames_asked: int  # mode video: frames asked for (times falling on one frame count it once); else 0
 
 
 # ---- checking a request against the declarations ------------------------------------------------
@@ -168,7 +170,8 @@ def server_file(name: str, value) -> str:
         # cog downloads to tempfile.NamedTemporaryFile(suffix=<the URL's file name>): tmpXXXXXXXX<name>
         if os.path.dirname(path) == tmp and os.path.basename(path).startswith("tmp") and os.path.isfile(path):
             return path
-    raise InputError(f"{name}: {FILE_RULE}")
+    mime = "video/mp4" if name.startswith("video") else "image/png"
+    raise InputError(f"{name}: {FILE_RULE.format(mime=mime)}")
 
 
 def sent_name(path: str, fallback: str) -> str:
@@ -263,6 +266,8 @@ class Predictor(BaseRunner):
             tokens=result.tokens,
             seconds=seconds,
             frame_times=result.frame_times or [],
+            frames=len(result.frame_times or []),
+            frames_asked=result.frames_asked or 0,
         )
 
 

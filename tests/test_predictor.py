@@ -204,6 +204,7 @@ def test_video_mode(predictor, clip_file_mkv, images):
     out = predictor.run(mode="video", video=sent(clip_file_mkv, "https://x.org/clips/walk.mkv"), frames=4, **SMALL)
     assert out.mode == "video" and out.target == "walk.mkv" and len(out.frame_times) == 4
     assert out.frame_times == sorted(out.frame_times) and out.caption.startswith("Image of a")
+    assert out.frames == 4 and out.frames_asked == 4
     still = predictor.run(image=sent(images[1]), **SMALL)  # every frame is this image
     assert out.beams == still.beams and still.frame_times == []
 
@@ -213,7 +214,7 @@ def test_video_mode(predictor, clip_file_mkv, images):
     ({"mode": "video", "video": "clip", "image": 0}, "mode video takes `video` (and `frames`), not image"),
     ({"mode": "caption", "video": "clip", "image": 0}, "`video` is for mode=video; mode caption takes images"),
     ({"mode": "video", "video": "clip", "frames": 33}, "frames must be an integer from 1 to 32, got 33"),
-    ({"mode": "video", "video": "/etc/hostname"}, "video: " + RULE),
+    ({"mode": "video", "video": "/etc/hostname"}, "video: " + RULE.replace("data:image/png", "data:video/mp4")),
     ({"mode": "video", "video": "text"}, "no frames could be read from video"),
 ])
 def test_video_inputs(predictor, clip_file_mkv, images, inputs, message, tmp_path):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from zerocap import InputError
 from zerocap.cli import main
-from zerocap.video import MAX_DECODED, frames_at, sample_times
+from zerocap.video import MAX_DECODED, FrameSampler, frames_at, sample_times
 
 av = pytest.importorskip("av")
 FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "2", "--device", "cpu"]
@@ -53,7 +53,8 @@ def test_the_target_is_the_mean_of_the_normalised_frame_embeddings(engine, movin
     from zerocap.video import video_target
 
     target, extra = video_target(engine, moving, "moving.mkv", frames=3)
-    assert extra == {"frame_times": pytest.approx([1 / 3, 1.0, 5 / 3], abs=1e-3)}  # the frames nearest the times
+    assert extra == {"frame_times": pytest.approx([1 / 3, 1.0, 5 / 3], abs=1e-3), "frames": 3,
+                     "frames_asked": 3}  # the frames nearest the times
     embs = [engine.targets.raw_image(Image.fromarray(square(round(t * 12)))) for t in extra["frame_times"]]
     mean = sum(e / e.norm() for e in embs) / 3
     np.testing.assert_allclose(target.numpy(), (mean / mean.norm()).numpy(), rtol=0, atol=1e-6)
@@ -151,3 +152,107 @@ def test_the_command(capsys, moving, tmp_path, lm_dir, clip_file, images):
     assert next(x for x in lines if "error" not in x)["frame_times"] == [0.0, 1.0]
     assert main(["video", moving, *models, "--frames", "2", "--every", "1"]) == 2
     assert "give --frames or --every, not both" in capsys.readouterr().err
+
+
+def mjpeg(path, sizes, fps=4):
+    """An MJPEG clip whose frames have the given (width, height): each packet is its own JPEG, so
+    a small first frame can hide large ones (what a header check alone lets through)."""
+    import io
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=fps)
+        s.width, s.height, s.pix_fmt = sizes[0][0], sizes[0][1], "yuvj420p"
+        c.start_encoding()
+        for i, (w, h) in enumerate(sizes):
+            buf = io.BytesIO()
+            Image.new("RGB", (w, h), (40 * i % 256, 90, 160)).save(buf, "JPEG", quality=30)
+            p = av.Packet(buf.getvalue())
+            p.stream, p.time_base, p.pts, p.dts = s, Fraction(1, fps), i, i
+            c.mux(p)
+    return str(path)
+
+
+def test_a_large_frame_after_a_small_first_one_is_refused_before_it_is_decoded(tmp_path):
+    """The issue's clip: a 64x64 first frame, then frames over 80 MP. FFmpeg refuses each before
+    allocating it (max_pixels), so the process's memory stays where it was."""
+    import resource
+
+    path = mjpeg(tmp_path / "bomb.mkv", [(64, 64)] + [(9000, 9000)] * 3)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match=r"video too large: clip has frames of 81,000,000 pixels \(9000x9000\)"):
+        list(frames_at(path, "clip", frames=4))
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # MB; a frame is 120 MB
+
+
+def test_a_codec_that_may_hold_many_large_frames_is_refused_by_its_worst_case(tmp_path, monkeypatch):
+    """H.264 may hold 16 reference frames and more for reordering: what that costs at the clip's
+    frame size must fit the decoder's budget (here made small, with a small clip)."""
+    import zerocap.video
+
+    clip = write_video(tmp_path / "x.mp4", [square(i, 128, 96) for i in range(6)], codec="libx264",
+                       pix_fmt="yuv420p")
+    assert len(list(frames_at(clip, "x", frames=2))) == 2  # 128x96 x 1.5 bytes x 18 frames = 332 kB: fine
+    monkeypatch.setattr(zerocap.video, "DECODER_BUDGET", 300_000)
+    with pytest.raises(InputError, match=r"video too large to decode within memory: x has 128x96 frames \(yuv420p\)"
+                                         r" and its codec may hold 1[89] of them \(3\d\d kB\); at most 300 kB"):
+        list(frames_at(clip, "x", frames=2))
+    # an intra-only codec holds no other frame: the same budget passes a frame that fits
+    monkeypatch.setattr(zerocap.video, "DECODER_BUDGET", 128 * 96 * 2 * 2)
+    assert len(list(frames_at(mjpeg(tmp_path / "m.mkv", [(128, 96)] * 4), "m", frames=2))) == 2
+
+
+@pytest.mark.slow
+def test_a_real_h264_clip_of_67_mp_frames_stays_within_the_memory_bound(tmp_path):
+    """8192x8192 H.264 with 16 reference frames: decoding it would take 2.3 GB (seen here). It is
+    refused, in a fresh process whose peak memory (VmHWM) grows by far less than 1.5 GB."""
+    import subprocess
+    import sys
+
+    clip = write_video(tmp_path / "big.mp4", [np.full((8192, 8192, 3), 9 * i, np.uint8) for i in range(3)],
+                       fps=4, codec="libx264", pix_fmt="yuv420p", refs="16", preset="ultrafast")
+    code = (
+        "import sys\n"
+        "from zerocap.video import frames_at\n"
+        "from zerocap import InputError\n"
+        "def hwm():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) // 1024\n"
+        "before = hwm()\n"
+        "try:\n"
+        f"    list(frames_at({clip!r}, 'big', frames=3))\n"
+        "except InputError as e:\n"
+        "    print(e)\n"
+        "print(hwm() - before)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    message, grew = out.stdout.strip().splitlines()
+    assert "video too large to decode within memory: big has 8192x8192 frames" in message, out.stderr
+    assert int(grew) < 1500  # MB
+
+
+def test_times_that_fall_on_one_frame_use_it_once_and_the_result_says_so(tmp_path, engine, monkeypatch):
+    """A one-frame clip is decoded once, not once per sampled time; a truncated clip's repeated
+    last frame counts once; the result says how many distinct frames of how many asked."""
+    import zerocap.video
+
+    one = mjpeg(tmp_path / "one.mkv", [(64, 48)])
+    calls = []
+    real = zerocap.video._frame_at
+    monkeypatch.setattr(zerocap.video, "_frame_at", lambda *a: calls.append(a) or real(*a))
+    sampler = FrameSampler(one, "one", frames=8)
+    assert [t for t, _ in sampler] == [0.0] and sampler.asked == 8 and len(calls) == 1
+    long = write_video(tmp_path / "long.mkv", [square(i) for i in range(24)], fps=12)  # 2 s
+    cut = truncated(tmp_path / "cut.mkv", long)  # the header still says 2 s; the frames end early
+    result = engine.video([cut], frames=8, top_k=16, beam_size=2, max_tokens=1)[0]
+    assert result.frame_times == sorted(set(result.frame_times)) and result.frames_asked == 8
+    assert 1 <= len(result.frame_times) < 8
+    d = result.to_dict()
+    assert d["frames"] == len(result.frame_times) and d["frames_asked"] == 8
+
+
+def test_every_is_bounded_below_and_never_overflows():
+    assert sample_times(2.0, every=1.0) == [0.0, 1.0]
+    for every in (1e-320, 0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="every must be a number of seconds from 0.001 up"):
+            sample_times(2.0, every=every)
+    with pytest.raises(InputError, match="a frame every 0.001 s of a 1000000000.0 s clip is"):
+        sample_times(1e9, every=0.001)

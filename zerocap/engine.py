@@ -56,7 +56,8 @@ class CaptionResult:
     target: str  # what was captioned
     tokens: int  # decoding steps run
     seconds: float
-    frame_times: list[float] | None = None  # a video's: the frames (seconds) its target averages
+    frame_times: list[float] | None = None  # a video's: the distinct frames (seconds) its target averages
+    frames_asked: int | None = None  # a video's: the sampled times, which may fall on fewer distinct frames
 
     @property
     def caption(self) -> str:
@@ -65,7 +66,9 @@ class CaptionResult:
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["frame_times"] is None:
-            del d["frame_times"]
+            del d["frame_times"], d["frames_asked"]
+        else:
+            d["frames"] = len(self.frame_times)
         d["timing"] = {
             "seconds": d.pop("seconds"),
             "tokens": d.pop("tokens"),
@@ -196,7 +199,7 @@ class ZeroCap:
         sampled = [video_target(self, os.fspath(v), n, frames, every) for v, n in zip(videos, names)]
         results = self.decode(torch.stack([t for t, _ in sampled]), cfg, names, progress)
         for result, (_, extra) in zip(results, sampled):
-            result.frame_times = extra["frame_times"]
+            result.frame_times, result.frames_asked = extra["frame_times"], extra["frames_asked"]
         return results
 
     # ---- the decoder ----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Captioning a video clip from its frames: sample frames, embed each with CLIP, caption the mean.
 
 ZeroCap's target is any CLIP embedding, so a clip needs no new model. The target is the mean
-of the frames' normalised CLIP image embeddings, normalised again: the caption describes what
-the frames share. There is no temporal modelling (what happens in order, motion).
+of the distinct sampled frames' normalised CLIP image embeddings, normalised again: the caption
+describes what the frames share. There is no temporal modelling (what happens in order, motion).
 
 Frames are decoded with PyAV (FFmpeg's libraries) in a streaming way: for each sampled time
 the decoder seeks to the key frame before it and decodes up to that time, so the work depends
@@ -10,12 +10,23 @@ on the number of frames asked for, not on the clip's length; each frame is embed
 dropped. Frames are taken as decoded, in RGB, with no rotation or EXIF handling.
   frames=N     N frames spread evenly: the frames nearest the middle of each of N equal parts
   every=S      the frames nearest 0, S, 2S, ... seconds (at most MAX_FRAMES)
-Limits, each refused with a message: frames of at most MAX_IMAGE_PIXELS (80 MP), at most
-MAX_FRAMES frames, at most MAX_DECODED frames decoded in all (a clip with too few key frames).
+Each distinct frame is used once: when several sampled times fall on one frame (a short or
+truncated clip, a still), that frame counts once, and the result says how many distinct frames
+the caption describes (`frames`) of those asked for (`frames_asked`).
+
+Bounded memory, whatever the file says: FFmpeg refuses to decode any frame over
+MAX_IMAGE_PIXELS (80 MP), also after a small first frame; and after every packet the decoder's
+worst case -- the frame size in its pixel format times the frames a codec of its kind may hold
+(references and reordering) -- must fit DECODER_BUDGET, checked before that many frames exist.
+Other limits, each refused with a message: at most MAX_FRAMES frames, at most MAX_DECODED
+frames decoded in all (a clip with too few key frames).
 """
 from __future__ import annotations
 
 import math
+import re
+
+from PIL import Image
 
 from .errors import InputError
 from .images import MAX_IMAGE_PIXELS
@@ -23,7 +34,14 @@ from .images import MAX_IMAGE_PIXELS
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".ogv")
 DEFAULT_FRAMES = 8
 MAX_FRAMES = 64
+MIN_EVERY = 0.001  # seconds
 MAX_DECODED = 5000  # frames decoded for one clip, all seeks together
+DECODER_BUDGET = 1_000_000_000  # bytes the decoder's frames may take at worst
+# frames a decoder may hold besides the one it outputs (references + reordering), by codec;
+# intra-only codecs (MJPEG, ProRes, ...) hold none, unknown codecs count as H.264's worst case
+HELD_FRAMES = {"h264": 16, "hevc": 16, "vvc": 16, "vp9": 8, "av1": 8, "vp8": 3, "mpeg1video": 2, "mpeg2video": 2,
+               "mpeg4": 2, "h263": 2, "msmpeg4v3": 2, "wmv3": 2, "vc1": 2, "theora": 2, "ffv1": 1, "png": 1,
+               "apng": 2, "gif": 2}
 
 
 def check_sampling(frames: int | None, every: float | None) -> None:
@@ -31,63 +49,142 @@ def check_sampling(frames: int | None, every: float | None) -> None:
         raise InputError("give --frames or --every, not both")
     if frames is not None and not 1 <= frames <= MAX_FRAMES:
         raise InputError(f"frames must be an integer from 1 to {MAX_FRAMES}, got {frames}")
-    if every is not None and not (math.isfinite(every) and every > 0):
-        raise InputError(f"every must be a number of seconds above 0, got {every}")
+    if every is not None and not (math.isfinite(every) and every >= MIN_EVERY):
+        raise InputError(f"every must be a number of seconds from {MIN_EVERY:g} up, got {every:g}")
 
 
 def sample_times(duration: float, frames: int | None = None, every: float | None = None) -> list[float]:
     """Times (seconds from the clip's start) to take frames at."""
     check_sampling(frames, every)
+    duration = max(0.0, duration) if math.isfinite(duration) else 0.0
     if every is None:
         n = frames or DEFAULT_FRAMES
         return [(i + 0.5) * duration / n for i in range(n)]
+    if duration > every * MAX_FRAMES:  # (compared this way round: no overflow for any every)
+        raise InputError(f"a frame every {every:g} s of a {duration:.1f} s clip is {math.ceil(duration / every):,}"
+                         f" frames; at most {MAX_FRAMES}: give a longer --every, or --frames")
     n = max(1, math.ceil(duration / every))
-    if n > MAX_FRAMES:
-        raise InputError(f"a frame every {every:g} s of a {duration:.1f} s clip is {n} frames; at most {MAX_FRAMES}:"
-                         " give a longer --every, or --frames")
     return [i * every for i in range(n)]
 
 
 def _av():
     try:
         import av
+        import av.logging
     except ImportError:
         raise InputError("video needs PyAV: pip install av") from None
     return av
 
 
-def frames_at(path: str, name: str, frames: int | None = None, every: float | None = None):
-    """Yield (time in seconds from the start, PIL RGB image) for each sampled time, one at a time."""
-    av = _av()
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise InputError(f"not a video: {name} ({getattr(e, 'strerror', None) or e})") from None
-    with container:
-        if not container.streams.video:
-            raise InputError(f"no video stream in {name}")
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
+def _too_large(name: str, width: int, height: int) -> InputError:
+    return InputError(f"video too large: {name} has frames of {width * height:,} pixels ({width}x{height});"
+                      f" at most {MAX_IMAGE_PIXELS:,} pixels (80 MP) are accepted")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+class _Guard:
+    """The memory checks of one clip's decoder (see the module docstring)."""
+
+    def __init__(self, av, stream, name: str):
+        self.av, self.stream, self.name = av, stream, name
+        codec = stream.codec_context.codec
+        self.held = 0 if codec.intra_only else HELD_FRAMES.get(codec.name, 16)
+
+    def check(self) -> None:
+        ctx = self.stream.codec_context
+        width, height = ctx.width or 0, ctx.height or 0
         if width * height > MAX_IMAGE_PIXELS:
-            raise InputError(f"video too large: {name} has frames of {width * height:,} pixels ({width}x{height});"
-                             f" at most {MAX_IMAGE_PIXELS:,} pixels (80 MP) are accepted")
-        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        duration = _duration(container, stream)
-        decoded = 0
+            raise _too_large(self.name, width, height)
+        fmt = ctx.format
+        bits = fmt.padded_bits_per_pixel if fmt is not None else 48
+        frames = 1 + self.held + (ctx.has_b_frames or 0) + 1  # + the frame being output
+        need = width * height * bits // 8 * frames
+        if need > DECODER_BUDGET:
+            raise InputError(
+                f"video too large to decode within memory: {self.name} has {width}x{height} frames"
+                f" ({fmt.name if fmt is not None else 'unknown format'}) and its codec may hold {frames} of them"
+                f" ({_size(need)}); at most {_size(DECODER_BUDGET)}: re-encode it smaller")
+
+    def decode(self, container):
+        """Frames from the container's current position, checking after every packet."""
+        for packet in container.demux(self.stream):
+            try:
+                frames = self.stream.decode(packet)
+            except self.av.error.FFmpegError as e:
+                found = re.search(r"Picture size (\d+)x(\d+) exceeds", str(e))
+                if found:  # FFmpeg's own refusal (max_pixels)
+                    raise _too_large(self.name, int(found.group(1)), int(found.group(2))) from None
+                raise
+            self.check()
+            yield from frames
+
+
+class FrameSampler:
+    """Iterate over (time in seconds from the start, PIL RGB image) of the distinct frames
+    sampled from a clip, one at a time; `asked` is how many sampled times there were."""
+
+    def __init__(self, path: str, name: str, frames: int | None = None, every: float | None = None):
+        check_sampling(frames, every)
+        self.path, self.name, self.frames, self.every = path, name, frames, every
+        self.asked = 0
+
+    def __iter__(self):
+        av = _av()
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)  # FFmpeg's reason then ends up in the exception
         try:
-            for t in sample_times(duration, frames, every):
-                frame, used = _frame_at(container, stream, start + t, start)
-                decoded += used
-                if decoded > MAX_DECODED:
-                    raise InputError(f"cannot sample {name} within {MAX_DECODED} decoded frames (too few key frames);"
-                                     " re-encode it, or ask for fewer frames")
-                if frame is None:
-                    break
-                yield frame.time - start, frame.to_image()
-        except av.error.FFmpegError as e:
-            raise InputError(f"cannot read video {name}: it is truncated or corrupt ({e})") from None
-        if decoded == 0:
-            raise InputError(f"no frames could be read from {name}")
+            with av.logging.Capture():  # ... and not on stderr
+                yield from self._frames(av)
+        finally:
+            av.logging.set_level(level)
+
+    def _frames(self, av):
+        name = self.name
+        try:
+            container = av.open(self.path)
+        except (av.error.FFmpegError, UnicodeDecodeError) as e:
+            raise InputError(f"not a video: {name} ({getattr(e, 'strerror', None) or e})") from None
+        with container:
+            if not container.streams.video:
+                raise InputError(f"no video stream in {name}")
+            stream = container.streams.video[0]
+            stream.codec_context.options = {"max_pixels": str(MAX_IMAGE_PIXELS)}  # FFmpeg refuses larger frames
+            guard = _Guard(av, stream, name)
+            guard.check()  # what the header says, before any frame is decoded
+            start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+            times = sample_times(_duration(container, stream), self.frames, self.every)
+            self.asked = len(times)
+            decoded, used = 0, set()
+            try:
+                for t in times:
+                    frame, count, at_end = _frame_at(container, stream, guard, start + t, start)
+                    decoded += count
+                    if decoded > MAX_DECODED:
+                        raise InputError(f"cannot sample {name} within {MAX_DECODED} decoded frames (too few key"
+                                         " frames); re-encode it, or ask for fewer frames")
+                    if frame is None:
+                        break
+                    if frame.pts not in used:  # each distinct frame once
+                        used.add(frame.pts)
+                        when = frame.time - start
+                        rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3); to_image() copies more
+                        del frame
+                        yield when, Image.fromarray(rgb)
+                        del rgb
+                    if at_end:  # every later time falls on this last frame too
+                        break
+            except av.error.FFmpegError as e:
+                raise InputError(f"cannot read video {name}: it is truncated or corrupt ({e})") from None
+            if decoded == 0:
+                raise InputError(f"no frames could be read from {name}")
+
+
+def frames_at(path: str, name: str, frames: int | None = None, every: float | None = None):
+    """The distinct sampled frames of a clip: (time in seconds from the start, PIL RGB image)."""
+    return iter(FrameSampler(path, name, frames, every))
 
 
 def _duration(container, stream) -> float:
@@ -98,31 +195,35 @@ def _duration(container, stream) -> float:
     return 0.0  # unknown: the first frame
 
 
-def _frame_at(container, stream, t: float, start: float):
-    """(the frame nearest time t -- the last one when t is past the end; frames decoded)."""
+def _frame_at(container, stream, guard: _Guard, t: float, start: float):
+    """(the frame nearest time t -- the last one when t is past the end; frames decoded; whether
+    the clip ended before t)."""
     if t > start:  # else: the first frame, where a newly opened file already is
         container.seek(int(t / stream.time_base), stream=stream, backward=True, any_frame=False)
     last, used = None, 0
-    for frame in container.decode(stream):
+    for frame in guard.decode(container):
         used += 1
         if frame.time is None:
             continue
         if frame.time >= t:
-            return (last if last is not None and t - last.time < frame.time - t else frame), used
+            return (last if last is not None and t - last.time < frame.time - t else frame), used, False
         last = frame
         if used > MAX_DECODED:
-            break
-    return last, used
+            return last, used, False
+    return last, used, True
 
 
 def video_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None):
-    """(normalised mean of the sampled frames' normalised CLIP embeddings, {"frame_times": [...]})."""
-    from .dataset import local_file
+    """(normalised mean of the distinct sampled frames' normalised CLIP embeddings,
+    {"frame_times": [...], "frames": distinct frames used, "frames_asked": sampled times})."""
+    from .download import local_file
 
     with local_file(source) as path:
+        sampler = FrameSampler(path, name, frames, every)
         embeddings, times = [], []
-        for t, image in frames_at(path, name, frames, every):
+        for t, image in sampler:
             e = engine.targets.raw_image(image, name)
             embeddings.append(e / e.norm())
             times.append(round(t, 3))
-    return engine.targets.mean(embeddings, name), {"frame_times": times}
+    extra = {"frame_times": times, "frames": len(times), "frames_asked": sampler.asked}
+    return engine.targets.mean(embeddings, name), extra
