@@ -95,18 +95,54 @@ def test_missing_and_extra_images_are_counted_and_coco_ids_match(tmp_path):
                             "2 images of the references were not captioned"]
     refs_by = read_references(str(tmp_path / "r.json"))
     assert refs_by.find("img2.png") is None  # a number in a name is not a COCO id
+    assert refs_by.find("frames/7.png") is None and refs_by.find("frames/7.png", "id") == 1  # only when asked
 
 
-@pytest.mark.parametrize("content,message", [
-    ("", "has no captions to evaluate"),
-    (json.dumps({"image": "a.jpg", "error": "x"}) + "\n", r"has no captions to evaluate \(1 error lines\)"),
-    ("not json\n", "line 1: not a caption line"),
+@pytest.mark.parametrize("content,message,strip", [
+    ("", "has no captions to evaluate", False),
+    (json.dumps({"image": "a.jpg", "error": "x"}) + "\n", r"has no captions to evaluate \(1 error lines\)", False),
+    ("not json\n", "line 1: not a caption line", False),
+    (json.dumps({"image": ["a.jpg"], "best_mixed": "x"}) + "\n", "line 1: not a caption line", False),
+    (json.dumps({"image": "a.jpg"}) + "\n", r"line 1 \(a.jpg\): no 'best_mixed' caption", False),
+    (json.dumps({"image": "a.jpg", "best_mixed": None}) + "\n", r"line 1 \(a.jpg\): a null instead of a 'best_mixed'",
+     False),
+    (json.dumps({"image": "a.jpg", "best_mixed": None, "cond_text": "x"}) + "\n", "a null instead of", True),
+    (json.dumps({"image": "a.jpg", "best_mixed": 3, "cond_text": None}) + "\n", "a 3 instead of", True),
+    (b"\xff\xfe\x00 not text\n", "line 1: not a caption line", False),
 ])
-def test_captions_files_with_nothing_to_evaluate(tmp_path, content, message):
+def test_captions_files_with_nothing_to_evaluate(tmp_path, content, message, strip):
     caps = tmp_path / "c.jsonl"
-    caps.write_text(content)
+    caps.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(InputError, match=message):
-        evaluate(str(caps), coco_refs(tmp_path / "r.json", {"a.jpg": ["x"]}), tokenizer="simple")
+        evaluate(str(caps), coco_refs(tmp_path / "r.json", {"a.jpg": ["x"]}), tokenizer="simple", strip_prompt=strip)
+
+
+@pytest.mark.parametrize("caption,message", [(None, "is null, not a text"), (5, "is 5, not a text")])
+def test_a_reference_that_is_not_text_is_named(tmp_path, caption, message):
+    json.dump({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "id": 9, "caption": caption}]},
+              open(tmp_path / "r.json", "w"))
+    with pytest.raises(InputError, match=f"the caption of annotation 9 {message}"):
+        evaluate(write_captions(tmp_path / "c.jsonl", {"a.jpg": "x"}), str(tmp_path / "r.json"), tokenizer="simple")
+
+
+def test_ambiguous_and_orphan_references_are_reported_not_scored(tmp_path):
+    """Two captioned images with one file name in different folders match one reference image:
+    at most one of them is it, so neither is scored, and the report says so; so do annotations
+    of unknown images and a bare number taken for a COCO id only when asked."""
+    json.dump({"images": [{"id": 1, "file_name": "x.jpg"}, {"id": 2, "file_name": "y.jpg"}],
+               "annotations": [{"image_id": 1, "caption": "a red bus"}, {"image_id": 2, "caption": "a tree"},
+                               {"image_id": 99, "caption": "lost"}]}, open(tmp_path / "r.json", "w"))
+    caps = write_captions(tmp_path / "c.jsonl", {"a/x.jpg": "a red bus", "b/x.jpg": "a blue car", "y.jpg": "a tree",
+                                                "frames/1.jpg": "a red bus"})
+    report = evaluate(caps, str(tmp_path / "r.json"), tokenizer="simple", skip=QUICK)
+    assert report.images == 1 and set(report.per_image) == {"y.jpg"}
+    notes = " | ".join(report.notes)
+    assert "annotations of 1 image ids that are not among the references' images were ignored" in notes
+    assert "2 captioned images match a reference image that another also matches (e.g. a/x.jpg, b/x.jpg)" in notes
+    assert "1 captioned images have no references" in notes and "frames/1.jpg" in notes
+    by_id = evaluate(caps, str(tmp_path / "r.json"), tokenizer="simple", skip=QUICK, how="id")
+    assert set(by_id.per_image) == {"frames/1.jpg"}  # by id only: 1.jpg is image 1; x.jpg, y.jpg have no id
+    assert by_id.scores["BLEU-1"] == pytest.approx(1.0)  # "a red bus", image 1's reference
 
 
 def test_references_in_another_format_are_refused(tmp_path):
@@ -132,6 +168,8 @@ def test_without_java_what_runs_is_computed_and_the_rest_named(tmp_path, monkeyp
 
 def test_simple_tokens_split_like_ptb():
     assert simple_tokens("A man's dog doesn't bark, see?") == "a man 's dog does n't bark see"
+    # words of any script and decimals stay whole, as the PTB tokeniser keeps them
+    assert simple_tokens("A naïve café, 3.5 km; 1,000 Ärzte.") == "a naïve café 3.5 km 1,000 ärzte"
 
 
 @pytest.mark.skipif(not java_available(), reason="METEOR needs Java")
@@ -180,8 +218,15 @@ def test_the_command(tmp_path, capsys, images, clip_file, monkeypatch):
     code = main(["eval", caps, "--refs", refs, "--clip", clip_file, "--device", "cpu", "--tokenizer", "simple",
                  "--field", "best_clip", "--per-image", str(per), "--skip", "METEOR,SPICE"])
     out = capsys.readouterr().out
-    assert code == 0 and "1 images, field best_clip" in out and "BLEU-4" in out and "CLIP-S" in out
-    assert json.loads(per.read_text())["image"] == images[0]
+    assert code == 0 and "BLEU-4" in out and "CLIP-S" in out
+    assert out.startswith("1 images with references (COCO metrics, RefCLIP-S), 1 images for CLIP-S; field best_clip")
+    line = json.loads(per.read_text())
+    assert line["image"] == images[0] and line["zerocap"] == "scores/1" and "BLEU-4" in line
+    # an eval again into its own per-image file replaces it (it is zerocap's)
+    assert main(["eval", caps, "--refs", refs, "--skip", "CLIP-S,METEOR,SPICE", "--tokenizer", "simple",
+                 "--per-image", str(per)]) == 0
+    capsys.readouterr()
+    assert len(per.read_text().splitlines()) == 1 and "CLIP-S" not in json.loads(per.read_text())
     code = main(["eval", caps, "--refs", refs, "--skip", "CLIP-S,METEOR,SPICE", "--tokenizer", "simple", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["scores"]["BLEU-1"] == pytest.approx(5 / 6) and report["skipped"]["CLIP-S"] == "not asked for"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import InputError
+from .jobs.results import finite
 
 FIELDS = ("best_mixed", "best_clip", "best_fluency")
 COCO_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -46,14 +46,18 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why
     tokenizer: str = "ptb"
     notes: list[str] = field(default_factory=list)  # unmatched images, failed lines, ...
+    clip_images: int = 0  # scored by CLIP-S: every captioned image that could be read, references or not
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "field": self.field, "tokenizer": self.tokenizer, "scores": self.scores,
-                "skipped": self.skipped, "notes": self.notes}
+        return {"images": self.images, "clip_images": self.clip_images, "field": self.field,
+                "tokenizer": self.tokenizer, "scores": self.scores, "skipped": self.skipped, "notes": self.notes}
 
     def table(self) -> str:
-        lines = [f"{self.images} images, field {self.field}, tokenizer {self.tokenizer}",
-                 f"{'metric':<10} {'score':>8}"]
+        counts = f"{self.images} images with references (COCO metrics" + (", RefCLIP-S" if "RefCLIP-S" in self.scores
+                                                                          else "") + ")"
+        if "CLIP-S" in self.scores:
+            counts += f", {self.clip_images} images for CLIP-S"
+        lines = [f"{counts}; field {self.field}, tokenizer {self.tokenizer}", f"{'metric':<10} {'score':>8}"]
         for name in COCO_METRICS:
             if name in self.scores:
                 lines.append(f"{name:<10} {100 * self.scores[name]:8.1f}")
@@ -68,33 +72,48 @@ class Report:
 
 # ---- reading -------------------------------------------------------------------------------------
 def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool = False,
-                  key: str = "image") -> tuple[dict[str, str], int]:
-    """{image: caption} from a captions JSONL (zerocap caption --out), and how many lines were errors."""
+                  key: str = "image") -> tuple[dict[str, str], int, list[str]]:
+    """({image: caption}, error lines, notes) from a captions JSONL (zerocap caption --out)."""
     if field_name not in FIELDS:
         raise InputError(f"unknown caption field {field_name!r}; choose one of {', '.join(FIELDS)}")
-    captions, errors = {}, 0
+    captions, errors, repeated = {}, 0, 0
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
-                    name = record[key]
-                except (ValueError, KeyError, TypeError):
-                    raise InputError(f"{path}, line {n}: not a caption line (JSON with {key!r})") from None
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or not isinstance(record.get(key), str):
+                    raise InputError(f"{path}, line {n}: not a caption line (a JSON object with the {key!r} it"
+                                     " captions, as zerocap caption --out writes)")
+                name = record[key]
                 if "error" in record:
                     errors += 1
                     continue
-                caption = record[field_name]
-                if strip_prompt and caption.startswith(record.get("cond_text", "")):
-                    caption = caption[len(record.get("cond_text", "")):]
+                caption = record.get(field_name)
+                if not isinstance(caption, str):
+                    what = "no" if field_name not in record else f"a {json.dumps(caption)} instead of a"
+                    raise InputError(f"{path}, line {n} ({name}): {what} {field_name!r} caption; every line needs"
+                                     f" one (a string), or choose another --field")
+                prompt = record.get("cond_text")
+                if strip_prompt and isinstance(prompt, str) and caption.startswith(prompt):
+                    caption = caption[len(prompt):]
+                repeated += name in captions
                 captions[name] = caption.strip()
     except OSError as e:
         raise InputError(f"cannot read the captions {path}: {e.strerror}") from None
     if not captions:
         raise InputError(f"{path} has no captions to evaluate" + (f" ({errors} error lines)" if errors else ""))
-    return captions, errors
+    notes = [f"{repeated} images have more than one line in {path}: the last one is scored"] if repeated else []
+    return captions, errors, notes
+
+
+# COCO file names: COCO_val2014_000000391895.jpg (2014), 000000391895.jpg (2017)
+COCO_NAME = re.compile(r"(?:COCO_[A-Za-z]+\d*_)?(\d{12})")
+MATCHES = ("auto", "name", "id")
 
 
 @dataclass
@@ -104,22 +123,35 @@ class References:
     captions: list[list[str]]  # per reference image
     by_file: dict[str, int]  # file name -> index
     by_id: dict[int, int]  # COCO id -> index
+    notes: list[str] = field(default_factory=list)  # what reading them left out or found ambiguous
 
-    def find(self, name: str) -> int | None:
-        """The image a captioned file is: same file name, else the COCO id its name spells
-        (COCO_val2014_000000391895.jpg or 000000391895.jpg -> 391895)."""
+    def find(self, name: str, how: str = "auto") -> int | None:
+        """The reference image of a captioned file. auto: the same file name, else the COCO id of
+        a COCO-style name; name: the file name only; id: the number the file name is (1.jpg -> 1)."""
         base = os.path.basename(name)
-        if base in self.by_file:
+        if how != "id" and base in self.by_file:
             return self.by_file[base]
-        coco = re.fullmatch(r"(?:COCO_[A-Za-z]+\d*_)?(\d+)", os.path.splitext(base)[0])
-        return self.by_id.get(int(coco.group(1))) if coco else None
+        stem = os.path.splitext(base)[0]
+        if how == "auto":
+            coco = COCO_NAME.fullmatch(stem)
+            return self.by_id.get(int(coco.group(1))) if coco else None
+        if how == "id":
+            number = re.fullmatch(r"(?:COCO_[A-Za-z]+\d*_)?0*(\d+)", stem)
+            return self.by_id.get(int(number.group(1))) if number else None
+        return None
+
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{where} is {json.dumps(value)}, not a text; fix the references file")
+    return value
 
 
 def read_references(path: str) -> References:
     """References from either annotation format (see the module docstring); images without any
-    reference caption are left out."""
+    reference caption are left out (and counted in the notes)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             data = json.load(f)
     except OSError as e:
         raise InputError(f"cannot read the references {path}: {e.strerror}") from None
@@ -127,41 +159,65 @@ def read_references(path: str) -> References:
         raise InputError(f"the references {path} are not JSON: {e}") from None
     images = data.get("images") if isinstance(data, dict) else None
     entries: list[tuple[str, list[int], list[str]]] = []  # (file name, ids, captions)
+    notes = []
     try:
         if isinstance(images, list) and "annotations" in data:  # COCO: captions_val2014.json
             found: dict[int, list[str]] = {}
             for a in data["annotations"]:
-                found.setdefault(a["image_id"], []).append(a["caption"])
-            entries = [(im["file_name"], [im["id"]], found.get(im["id"], [])) for im in images]
+                found.setdefault(a["image_id"], []).append(_text(a["caption"], f"{path}: the caption of annotation"
+                                                                               f" {a.get('id', '?')}"))
+            entries = [(_text(im["file_name"], f"{path}: the file_name of image {im.get('id')}"), [im["id"]],
+                        found.get(im["id"], [])) for im in images]
+            orphans = len(set(found) - {im["id"] for im in images})
+            if orphans:
+                notes.append(f"annotations of {orphans} image ids that are not among the references' images were"
+                             " ignored")
         elif isinstance(images, list) and images and "sentences" in images[0]:  # Karpathy: dataset_coco.json
-            entries = [(im["filename"], [im[k] for k in ("cocoid",) if k in im], [s["raw"] for s in im["sentences"]])
+            entries = [(_text(im["filename"], f"{path}: a filename"), [im[k] for k in ("cocoid",) if k in im],
+                        [_text(s["raw"], f"{path}: a sentence of {im['filename']}") for s in im["sentences"]])
                        for im in images]
         else:
             raise InputError(f"{path}: not COCO caption annotations (images + annotations, as captions_val2014.json)"
                              " nor the Karpathy split (images with sentences, as dataset_coco.json)")
     except (KeyError, TypeError) as e:
         raise InputError(f"{path}: an image or annotation lacks {e}; is it COCO or Karpathy-split JSON?") from None
+    empty = sum(1 for e in entries if not e[2])
     entries = [e for e in entries if e[2]]
-    refs = References([e[2] for e in entries], {}, {})
+    refs = References([e[2] for e in entries], {}, {}, notes)
+    repeated = set()
     for i, (file_name, ids, _) in enumerate(entries):
+        if file_name in refs.by_file:
+            repeated.add(file_name)
         refs.by_file.setdefault(file_name, i)
         for k in ids:
-            refs.by_id.setdefault(k, i)
+            if isinstance(k, int):
+                refs.by_id.setdefault(k, i)
+    if empty:
+        notes.append(f"{empty} images of the references have no caption; left out")
+    if repeated:
+        notes.append(f"{len(repeated)} file names belong to more than one reference image (e.g. {min(repeated)}):"
+                     " matched to the first")
     return refs
 
 
-def match(captions: dict[str, str], references: References) -> tuple[dict[str, list[str]], list[str], int]:
+def match(captions: dict[str, str], references: References, how: str = "auto"
+          ) -> tuple[dict[str, list[str]], list[str], int, dict[int, list[str]]]:
     """({image: its reference captions}, [captioned images without references], reference images
-    not captioned)."""
-    refs, unmatched, used = {}, [], set()
+    not captioned, {reference image: the several captioned images that matched it}); an image in
+    that last group is left out, since at most one of them is the image its references describe."""
+    if how not in MATCHES:
+        raise InputError(f"unknown --match {how!r}; choose one of {', '.join(MATCHES)}")
+    found: dict[int, list[str]] = {}
+    unmatched = []
     for name in captions:
-        i = references.find(name)
+        i = references.find(name, how)
         if i is None:
             unmatched.append(name)
         else:
-            refs[name] = references.captions[i]
-            used.add(i)
-    return refs, unmatched, len(references.captions) - len(used)
+            found.setdefault(i, []).append(name)
+    refs = {names[0]: references.captions[i] for i, names in found.items() if len(names) == 1}
+    ambiguous = {i: names for i, names in found.items() if len(names) > 1}
+    return refs, unmatched, len(references.captions) - len(found), ambiguous
 
 
 # ---- COCO metrics -----------------------------------------------------------------------------
@@ -176,8 +232,9 @@ def java_available() -> bool:
 
 
 def simple_tokens(text: str) -> str:
-    """Lower-cased words, PTB-style clitics split off, pycocoevalcap's punctuation dropped."""
-    words = re.findall(r"[a-z0-9]+(?=n't)|n't|'[a-z]+|[a-z0-9]+|[^\sa-z0-9]+", text.lower())
+    """Lower-cased words (any script: naïve, café), decimals whole (3.5, 1,000), PTB-style clitics
+    split off, pycocoevalcap's punctuation dropped."""
+    words = re.findall(r"\d+(?:[.,]\d+)+|[^\W_]+(?=n't)|n't|'[^\W_]+|[^\W_]+|[^\s\w]+|_+", text.lower())
     return " ".join(w for w in words if w not in PUNCTUATION)
 
 
@@ -336,13 +393,19 @@ def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], clip_model
 
 def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed", strip_prompt: bool = False,
              tokenizer: str = "auto", clip_model=None, preprocess=None, device="cpu", image_root: str | None = None,
-             skip: tuple[str, ...] = ()) -> Report:
+             skip: tuple[str, ...] = (), how: str = "auto") -> Report:
     """The report for a captions file against a references file (CLIP-S when a CLIP model is given);
-    `skip`: metrics of SKIPPABLE not to compute."""
+    `skip`: metrics of SKIPPABLE not to compute; `how`: how captions find their references (MATCHES)."""
     check_skip(skip)
-    captions, errors = read_captions(captions_path, field_name, strip_prompt)
-    refs, unmatched, uncaptioned = match(captions, read_references(refs_path))
-    notes = []
+    captions, errors, notes = read_captions(captions_path, field_name, strip_prompt)
+    references = read_references(refs_path)
+    refs, unmatched, uncaptioned, ambiguous = match(captions, references, how)
+    notes += references.notes
+    if ambiguous:
+        names = next(iter(ambiguous.values()))
+        notes.append(f"{sum(map(len, ambiguous.values()))} captioned images match a reference image that another"
+                     f" also matches (e.g. {', '.join(names[:3])}): left out of the COCO metrics, since at most"
+                     " one of them is that image; caption one folder per file, or use --match")
     if errors:
         notes.append(f"{errors} error lines in {captions_path} (images that failed) not evaluated")
     if unmatched:
@@ -352,11 +415,13 @@ def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed",
         notes.append(f"{uncaptioned} images of the references were not captioned")
     if not refs and clip_model is None:
         raise InputError(f"none of the {len(captions)} captioned images is in {refs_path}: match them by file name"
-                         " or COCO id")
+                         " or COCO id (--match)")
     scores, per, skipped, used = ({}, {n: {} for n in refs}, {}, "none") if not refs else \
         coco_metrics(captions, refs, tokenizer, tuple(skip))
+    clip_images = 0
     if clip_model is not None and "CLIP-S" not in skip:
         clip_s, clip_per, unreadable = clip_scores(captions, refs, clip_model, preprocess, device, image_root)
+        clip_images = len(clip_per)
         scores.update(clip_s)
         for name, values in clip_per.items():
             per.setdefault(name, {}).update(values)
@@ -365,8 +430,5 @@ def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed",
                          " --image-root sets the folder relative names are in")
     else:
         skipped["CLIP-S"] = "not asked for"
-    for name, values in per.items():
-        for k, v in values.items():
-            if not math.isfinite(v):
-                values[k] = None
-    return Report(len(refs), field_name, scores, per, skipped, used, notes)
+    per = {name: finite(values) for name, values in per.items()}  # JSON has no NaN
+    return Report(len(refs), field_name, scores, per, skipped, used, notes, clip_images)
