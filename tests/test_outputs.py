@@ -203,3 +203,18 @@ def test_json_with_out_prints_the_lines_and_says_where_they_went(tmp_path, image
                             clip_file, *FAST)
     assert code == 0 and json.loads(stdout)["image"] == images[0] and f"results in {out}" in err
     assert json.loads(out.read_text()) == json.loads(stdout)  # the same line, resumable either way
+
+
+def test_a_reader_that_leaves_early_stops_the_job_quietly(tmp_path, images, lm_dir, clip_file):
+    """zerocap caption ... --json | head -1: the rest is not wanted, and no traceback either."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "zerocap", "caption", *images, "--json", "--lm", lm_dir, "--clip", clip_file, *FAST,
+           "--batch-size", "1"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = job.stdout.readline()
+    job.stdout.close()  # the reader leaves
+    err = job.stderr.read().decode()
+    assert job.wait(timeout=120) == 141 and json.loads(first)["image"] == images[0]
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

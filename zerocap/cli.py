@@ -306,7 +306,8 @@ def _dataset(args, cfg) -> int:
     devices = _devices(args)
     lm_path, clip_path = _model_paths(args)
     # every output is checked (and locked) before any work: never one of the inputs (the list too)
-    not_outputs = inputs + ([identify(args.list)] if args.list not in (None, "-") else [])
+    listed = None if args.list is None else "/dev/stdin" if args.list == "-" else args.list
+    not_outputs = inputs + ([identify(listed)] if listed and os.path.exists(listed) else [])
     results = ResultsFile(args.out, key, args.retry_failed, not_outputs) if args.out else None
     from .loading import quiet_transformers
 
@@ -429,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zerocap: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader left (| head): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def entry() -> None:
