@@ -97,7 +97,7 @@ def main() -> int:
     for n in range(args.cases):
         case = random_case(rng)
         lm, tok, clip_model, preprocess = models(case)
-        engines = {form: ZeroCap(lm, tok, clip_model, preprocess, device="cpu", exact=form == "exact")
+        engines = {form: ZeroCap(lm, tok, clip_model, preprocess, device="cpu", form=form)
                    for form in agree}
         cfg = engines["exact"].check(ZeroCapConfig(**case["cfg"]))
         target = engines["exact"].targets.image_target(images[case["image"]])

@@ -119,7 +119,7 @@ def profile_caption(zc: ZeroCap, image, cfg: ZeroCapConfig, device) -> str:
     launches = sum(e.count for e in events if "LaunchKernel" in e.key)
     kernel_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3
     ops = compute_ops(prof.events())
-    lines = [f"Profile of one caption ({'fast' if not zc.exact else 'exact'} form; the profiler adds overhead): "
+    lines = [f"Profile of one caption ({zc.form.name} form; the profiler adds overhead): "
              f"{wall:.3f} s wall, {sum(ops.values())} compute ops (innermost non-view aten ops), "
              f"{launches} kernel launches, {kernel_ms:.1f} ms of GPU kernels.\n",
              "| region | calls | compute ops | CPU ms (incl. waits) | GPU ms |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -171,24 +171,24 @@ def main() -> int:
     images = random_images(max(args.batch, 1))
     rows = []
 
-    def engine_for(exact):
-        return ZeroCap(lm, tok, clip_model, preprocess, device=device, exact=exact)
+    def engine_for(form):
+        return ZeroCap(lm, tok, clip_model, preprocess, device=device, form=form)
 
-    variants = [("engine, fast form (default)", False, None)]
+    variants = [("engine, fast form (default)", "fast", None)]
     if clip_model.dtype == torch.float32 and args.lm_dtype == "float32":
-        variants.append(("engine, exact form (--exact)", True, None))
+        variants.append(("engine, exact form (--form exact)", "exact", None))
     # experiments, not product code: the fast form with its GPT-2 step under torch.compile
-    variants += [(f"engine, fast form, GPT-2 step torch.compile({m})", False, m) for m in args.compile if m]
+    variants += [(f"engine, fast form, GPT-2 step torch.compile({m})", "fast", m) for m in args.compile if m]
     target = None
     results = {}
     notes = []
-    for name, exact, compile_mode in variants:
-        zc = engine_for(exact)
+    for name, form, compile_mode in variants:
+        zc = engine_for(form)
         try:
             if compile_mode:
                 from zerocap.lm import gpt2_step
 
-                zc.cached_lm.step = torch.compile(gpt2_step, mode=compile_mode, dynamic=True)
+                zc.lm_adapter.step = torch.compile(gpt2_step, mode=compile_mode, dynamic=True)
             _, warm = timed(lambda: zc.caption(images[:1], config=cfg.replace(max_tokens=2)), device)  # warm-up
         except Exception as e:  # a failed experiment is reported, not fatal
             notes.append(f"{name}: failed: {type(e).__name__}: {str(e)[:300]}")
@@ -212,7 +212,7 @@ def main() -> int:
     if not args.no_reference:
         from reference_decoder import ReferenceDecoder
 
-        zc = engine_for(True)
+        zc = engine_for("exact")
         ref = ReferenceDecoder(lm, tok, clip_model, zc.forbidden.nonzero()[:, 0].tolist(), cfg, device=device)
         (ref_texts, _), ref_seconds = timed(lambda: ref.run(target[None], cfg.cond_text), device)
         print(f"reference decoder: {ref_seconds:.3f} s/caption", flush=True)
@@ -224,12 +224,12 @@ def main() -> int:
         rows.append(("reference decoder (tests/)", ref_seconds, ref_seconds / res.tokens, 1.0, None, "—"))
 
     # throughput: a batch of images decoded together, fast form
-    zc = engine_for(False)
+    zc = engine_for("fast")
     batch = images[: args.batch]
     _, batch_seconds = timed(lambda: zc.caption(batch, config=cfg), device)
     print(f"batch of {len(batch)}: {batch_seconds:.2f} s = {len(batch) / batch_seconds:.2f} captions/s", flush=True)
 
-    profile_table = profile_caption(engine_for(False), images[0], cfg, device) if args.profile else ""
+    profile_table = profile_caption(engine_for("fast"), images[0], cfg, device) if args.profile else ""
     print(profile_table, flush=True)
 
     size = "tiny test models" if args.tiny else "GPT-2 medium + CLIP ViT-B/32 (random weights)"

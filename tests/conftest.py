@@ -48,4 +48,4 @@ def exact_engine(lm_dir, clip_file):
     """The exact form (the authors' operation order) on the same models."""
     from zerocap import ZeroCap
 
-    return ZeroCap.load(lm_dir, clip_file, device="cpu", exact=True)
+    return ZeroCap.load(lm_dir, clip_file, device="cpu", form="exact")

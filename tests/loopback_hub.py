@@ -4,7 +4,7 @@ import http.server
 import os
 import threading
 
-from zerocap import weights
+from zerocap import families
 
 
 class Hub:
@@ -12,7 +12,7 @@ class Hub:
 
     def __init__(self, lm_dir, clip_file):
         self.files, self.etags, self.requests = {}, {}, []
-        self.serve_lm(lm_dir, weights.HF_REPO)
+        self.serve_lm(lm_dir, families.DEFAULT.repo)
         clip = open(clip_file, "rb").read()
         self.clip_sha = hashlib.sha256(clip).hexdigest()
         self.files[f"/clip/{self.clip_sha}/ViT-B-32.pt"] = clip

@@ -30,7 +30,7 @@ PREFIXES = [
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_rows_equal_clip_tokenize(engine, prefix):
-    ct = engine.candidates
+    ct = engine.scorer.candidates
     rng = random.Random(hash(prefix) % 1000)
     special = [50256, 13, 82, 338, 220, 198, 11, 6, 1101, 447, 4210, 764, 290]  # EOS . s 's space \n , ' ...
     ids = special + [rng.randrange(len(ct.strings)) for _ in range(300)]
@@ -41,7 +41,7 @@ def test_rows_equal_clip_tokenize(engine, prefix):
 
 
 def test_rows_for_several_beams_at_once(engine):
-    ct = engine.candidates
+    ct = engine.scorer.candidates
     prefixes = [ct.prefix(p) for p in ("Image of a", "Image of a dog", "x'")]
     top = torch.randint(0, len(ct.strings), (3, 64), generator=torch.Generator().manual_seed(0))
     for p, rows, toks in zip(prefixes, full_rows(ct, prefixes, top), top.tolist()):
@@ -50,7 +50,7 @@ def test_rows_for_several_beams_at_once(engine):
 
 def test_every_lm_token_alone_after_a_prompt(engine):
     """All 50,257 GPT-2 tokens after a typical prefix, in chunks (covers every piece table row)."""
-    ct = engine.candidates
+    ct = engine.scorer.candidates
     p = ct.prefix("Image of a red")
     n = len(ct.strings)
     for start in range(0, n, 4096):
@@ -63,7 +63,7 @@ def test_every_lm_token_alone_after_a_prompt(engine):
 
 def test_prefix_cached_features_match_encode_text(engine):
     """The fast path's CLIP features equal CLIP's own encode_text up to fp32 rounding."""
-    ct, scorer = engine.candidates, engine.scorer
+    ct, scorer = engine.scorer.candidates, engine.scorer
     prefixes = [ct.prefix(t) for t in ("Image of a dog", "Image of a " + "long " * 80, "naïve café")]
     top = torch.randint(0, len(ct.strings), (3, 40), generator=torch.Generator().manual_seed(1))
     top[:, 0] = 82  # "s": continues the last word
@@ -82,7 +82,7 @@ def test_prefix_cached_features_match_encode_text(engine):
     full = scorer.encode_full(prefix_rows, shared, suffix, eot)
     for r, p in enumerate(prefixes):
         ids = clip.tokenize([p.text + ct.strings[t] for t in top[r].tolist()], truncate=True)
-        ref = engine.clip.encode_text(ids)
+        ref = engine.scorer.clip.encode_text(ids)
         ref = ref / ref.norm(dim=-1, keepdim=True)
         assert torch.equal(full[r], ref)  # bit for bit
         torch.testing.assert_close(fast[r], ref, rtol=1e-4, atol=1e-5)
@@ -91,9 +91,9 @@ def test_prefix_cached_features_match_encode_text(engine):
 
 def test_features_are_reused_within_a_step(engine):
     """Only candidates unseen in the step are encoded; the rest come from earlier iterations."""
-    from zerocap.guide import StepFeatures
+    from zerocap.scorer import StepFeatures
 
-    ct, scorer = engine.candidates, engine.scorer
+    ct, scorer = engine.scorer.candidates, engine.scorer
     prefixes = [ct.prefix(t) for t in ("Image of a dog", "Image of a")]
     prefix_rows = ct.pad([p.row for p in prefixes])
     cache = scorer.encode_prefix(prefix_rows)

@@ -23,7 +23,7 @@ _REFERENCE: dict = {}
 def reference(engine, target, cfg, key, bos_prefix=True):
     """The reference decoder's (texts, scores), computed once per key for both forms."""
     if key not in _REFERENCE:
-        ref = ReferenceDecoder(engine.lm, engine.tokenizer, engine.clip, engine.forbidden.nonzero()[:, 0].tolist(),
+        ref = ReferenceDecoder(engine.lm, engine.tokenizer, engine.scorer.clip, engine.forbidden.nonzero()[:, 0].tolist(),
                                cfg, bos_prefix=bos_prefix)
         _REFERENCE[key] = ref.run(target[None], cfg.cond_text)
     return _REFERENCE[key]
@@ -41,7 +41,7 @@ def engines(engine, exact_engine):
 
 
 def load(lm, clip, form):
-    return ZeroCap.load(lm, clip, device="cpu", exact=form == "exact")
+    return ZeroCap.load(lm, clip, device="cpu", form=form)
 
 
 CASES = {
@@ -103,7 +103,7 @@ def test_other_seeds_and_sizes_match_reference(other_sizes, images, form):
 @pytest.mark.parametrize("form", FORMS)
 def test_gpt_neo_without_bos_prefix_matches_reference(tmp_path_factory, images, clip_file, form):
     engine = load(write_tiny_gpt_neo(str(tmp_path_factory.mktemp("neo"))), clip_file, form)
-    assert engine.prompt_prefix == "" and engine.cached_lm.step is None  # GPT-Neo: the generic forward
+    assert engine.prompt_prefix == "" and engine.lm_adapter.step is None  # GPT-Neo: the generic forward
     zc = ZeroCapConfig(**SMALL)
     result = engine.caption([images[2]], config=zc)[0]
     target = engine.targets.image_target(images[2])
@@ -137,7 +137,7 @@ def test_prompt_near_clips_77_tokens_matches_reference(engines, images, form, si
     engine = engines[form]
     monkeypatch.setattr(engine.scorer, "single_pass_tokens", single_pass_tokens)
     cfg = ZeroCapConfig(cond_text="Image of a " + "big " * 68 + "red", top_k=32, beam_size=2, max_tokens=4)
-    assert len(engine.candidates.encode(cfg.cond_text)) == 72
+    assert len(engine.scorer.candidates.encode(cfg.cond_text)) == 72
     result = engine.caption([images[1]], config=cfg)[0]
     target = engine.targets.image_target(images[1])
     assert_same(result, reference(engine, target, cfg, ("tiny", "77 tokens")))
@@ -167,8 +167,8 @@ def test_torchscript_clip_archive_loads_like_the_state_dict(tmp_path, lm_dir, cl
     torch.jit.save(traced, archive)
     a = ZeroCap.load(lm_dir, archive, device="cpu")
     b = ZeroCap.load(lm_dir, clip_file, device="cpu")
-    for name, tensor in a.clip.state_dict().items():  # the same weights, hence the same model
-        assert torch.equal(tensor, b.clip.state_dict()[name]), name
+    for name, tensor in a.scorer.clip.state_dict().items():  # the same weights, hence the same model
+        assert torch.equal(tensor, b.scorer.clip.state_dict()[name]), name
 
 
 @pytest.mark.slow

@@ -190,15 +190,15 @@ def test_clip_s_and_refclip_s_are_the_formula(tmp_path, engine, images):
     refs = {os.path.basename(images[0]): ["random coloured pixels", "noise"],
             os.path.basename(images[1]): ["a grey screen"]}
     report = evaluate(write_captions(tmp_path / "c.jsonl", captions), coco_refs(tmp_path / "r.json", refs),
-                      tokenizer="simple", clip_model=engine.clip, preprocess=engine.targets.preprocess, skip=QUICK)
+                      tokenizer="simple", scorer=engine.scorer, skip=QUICK)
 
     def text(t):
-        f = engine.clip.encode_text(clip.tokenize([CLIP_PREFIX + t]))[0]
+        f = engine.scorer.clip.encode_text(clip.tokenize([CLIP_PREFIX + t]))[0]
         return f / f.norm()
 
     with torch.no_grad():
         for path, caption in captions.items():
-            v = engine.clip.encode_image(engine.targets.preprocess(load_image(path))[None])[0]
+            v = engine.scorer.clip.encode_image(engine.targets.preprocess(load_image(path))[None])[0]
             v = v / v.norm()
             c = text(caption)
             clip_s = 2.5 * max(float(c @ v), 0.0)
@@ -247,7 +247,7 @@ def test_clip_s_of_a_long_thin_image_takes_little_memory(tmp_path, engine):
     caps = write_captions(tmp_path / "c.jsonl", {str(thin): "a green line"})
     refs = coco_refs(tmp_path / "r.json", {"thin.png": ["a line"]})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    report = evaluate(caps, refs, tokenizer="simple", clip_model=engine.clip, preprocess=engine.targets.preprocess,
+    report = evaluate(caps, refs, tokenizer="simple", scorer=engine.scorer,
                       skip=QUICK)
     assert "CLIP-S" in report.scores
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # MB

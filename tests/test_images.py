@@ -152,7 +152,7 @@ def test_the_central_part_holds_what_clip_sees(engine):
     rng = np.random.default_rng(0)
     wide = Image.fromarray(rng.integers(0, 256, (20, 2000, 3), dtype=np.uint8))
     cut = engine.targets.raw_image(wide)
-    whole = engine.targets.clip.encode_image(engine.targets.preprocess(wide)[None])[0]
+    whole = engine.scorer.clip.encode_image(engine.targets.preprocess(wide)[None])[0]
     cos = float(cut @ whole / (cut.norm() * whole.norm()))
     assert cos > 0.99
 

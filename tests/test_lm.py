@@ -1,18 +1,20 @@
-"""The LM adapter: GPT-2's written-out step equals the generic Hugging Face forward over the same cache."""
+"""The LM adapters: GPT-2's written-out step equals the generic Hugging Face forward over the same cache."""
 import torch
 
-from zerocap.lm import CachedLM
+from zerocap.families import GPT2, GPT_NEO, family_of
+from zerocap.lm import ExactLM, FastLM
 
 
 def cache_and_last(lm, rows=3, length=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     context = torch.randint(0, lm.config.vocab_size, (rows, length), generator=g)
-    _, past = CachedLM(lm).prefill(context)
+    _, past = FastLM(lm).prefill(context)
     return past, context[:, -1:]
 
 
 def test_gpt2_step_matches_the_generic_forward_with_gradients(engine):
-    fast, generic = CachedLM(engine.lm), CachedLM(engine.lm, exact=True)
+    assert family_of(engine.lm.config) is GPT2
+    fast, generic = FastLM(engine.lm, GPT2.fast_step(engine.lm)), ExactLM(engine.lm)
     assert fast.step is not None and generic.step is None
     past, last = cache_and_last(engine.lm)
     grads = []
@@ -31,12 +33,12 @@ def test_exact_prefill_takes_the_cache_from_its_own_pass(engine):
     """The authors' order: the cache of context[:-1] from a pass over context[:-1]; the fast form
     slices it from the pass over the whole context. Causal attention makes them equal up to rounding."""
     context = torch.randint(0, engine.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
-    p_fast, fast = CachedLM(engine.lm).prefill(context)
-    p_exact, exact = CachedLM(engine.lm, exact=True).prefill(context)
+    p_fast, fast = FastLM(engine.lm).prefill(context)
+    p_exact, exact = ExactLM(engine.lm).prefill(context)
     assert fast.shape == exact.shape == (2, 2, 2, 4, 5, 16)  # (layers, k/v, rows, heads, T-1, head_dim)
     torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)  # O(1) values, GEMMs of other shapes
     torch.testing.assert_close(p_fast, p_exact)
-    assert CachedLM(engine.lm).prefill(context[:, :1])[1] is None  # one token: nothing to cache
+    assert FastLM(engine.lm).prefill(context[:, :1])[1] is None  # one token: nothing to cache
 
 
 def test_other_models_keep_the_generic_forward(tmp_path):
@@ -45,7 +47,7 @@ def test_other_models_keep_the_generic_forward(tmp_path):
     from tiny_models import write_tiny_gpt_neo
 
     neo = AutoModelForCausalLM.from_pretrained(write_tiny_gpt_neo(str(tmp_path / "neo")))
-    assert CachedLM(neo).step is None
+    assert family_of(neo.config) is GPT_NEO and GPT_NEO.fast_step(neo) is None
     past, last = cache_and_last(neo)
-    out = CachedLM(neo).next_logits(last, past)
+    out = FastLM(neo).next_logits(last, past)
     assert out.shape == (3, neo.config.vocab_size) and out.dtype == torch.float32

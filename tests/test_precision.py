@@ -18,8 +18,8 @@ def half_clip_engine(lm_dir, clip_file, lm_dtype="float32"):
 
 def test_fp16_clip_defaults_to_the_fast_form_and_its_features_match_fp32(lm_dir, clip_file, engine):
     zc = half_clip_engine(lm_dir, clip_file)
-    assert zc.clip.dtype == torch.float16 and not zc.exact
-    ct = zc.candidates
+    assert zc.scorer.dtype == torch.float16 and zc.form.name == "fast"
+    ct = zc.scorer.candidates
     prefixes = [ct.prefix(t) for t in ("Image of a dog", "Image of a")]
     top = torch.randint(0, len(ct.strings), (2, 40), generator=torch.Generator().manual_seed(3))
     top[:, 0] = 82  # "s": continues the last word
@@ -28,7 +28,7 @@ def test_fp16_clip_defaults_to_the_fast_form_and_its_features_match_fp32(lm_dir,
     half = zc.scorer.encode_candidates(zc.scorer.encode_prefix(rows), shared, suffix, eot)
     assert half.dtype == torch.float16
     for r, p in enumerate(prefixes):
-        ref = engine.clip.encode_text(clip.tokenize([p.text + ct.strings[t] for t in top[r].tolist()]))
+        ref = engine.scorer.clip.encode_text(clip.tokenize([p.text + ct.strings[t] for t in top[r].tolist()]))
         ref = ref / ref.norm(dim=-1, keepdim=True)
         torch.testing.assert_close(half[r].float(), ref, rtol=0, atol=1e-2)
 

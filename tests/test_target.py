@@ -3,15 +3,17 @@ import pytest
 import torch
 
 from zerocap import InputError
-from zerocap.target import check_weights
+from zerocap.modes import TERMS_KIND
 
 
 def test_weights_must_match_images():
-    with pytest.raises(InputError, match=r"got 3 image\(s\) but 2 image weight\(s\)"):
-        check_weights(["a", "b", "c"], [1, -1])
-    with pytest.raises(InputError, match="must be a finite number"):
-        check_weights(["a"], [float("nan")])
-    assert check_weights(["a", "b"], None) == [1.0, 1.0]
+    with pytest.raises(InputError, match=r"got 3 image\(s\) but 2 image weights"):
+        TERMS_KIND.weights([1, -1], 3, "image")
+    with pytest.raises(InputError, match=r"image weights must be finite numbers, got \[nan\]"):
+        TERMS_KIND.weights([float("nan")], 1, "image")
+    with pytest.raises(InputError, match=r"image_weights must be numbers from -10 to 10, got \[11\]"):
+        TERMS_KIND.weights([11], 1, "image", "image_weights", served=True)
+    assert TERMS_KIND.weights(None, 2, "image") == [1.0, 1.0]
 
 
 def test_same_image_plus_and_minus_is_rejected(engine, images):

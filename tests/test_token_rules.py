@@ -78,26 +78,26 @@ def gpt2_strings():
 def test_the_rule_on_gpt2s_vocabulary_is_the_authors_list_plus_two():
     """The rule, applied to the real GPT-2 vocabulary, gives 919 ids: the authors' 917 (the list the
     package ships, copied from ../shared) and two long numbers their list lacks."""
-    from zerocap.token_rules import forbidden_by_rule, forbidden_ids_for, gpt2_forbidden_ids
+    from zerocap.families import forbidden_by_rule, forbidden_ids, gpt2_forbidden_ids
 
     strings = gpt2_strings()
     rule, authors = set(forbidden_by_rule(strings)), set(gpt2_forbidden_ids())
     assert len(authors) == 917 and authors < rule
     assert sorted(strings[i] for i in rule - authors) == ["200000", "66666666"]
-    assert sorted(forbidden_ids_for(strings)) == sorted(authors)  # GPT-2's vocabulary: the authors' list
+    assert sorted(forbidden_ids(strings)) == sorted(authors)  # GPT-2's vocabulary: the authors' list
     marks = {strings[i] for i in authors if not strings[i].isdigit()}
     assert marks == {"(", ")", ",", "!", ":", "\n"}
     assert all(not strings[i].startswith(" ") for i in authors)
 
 
 def test_the_rule_on_another_vocabulary():
-    from zerocap.token_rules import forbidden_ids_for
+    from zerocap.families import forbidden_ids
 
     vocab = ["a", "0", "07", "12", " 12", "(", ":", "\n", "½", "٣", "x1", ")"]
-    assert forbidden_ids_for(vocab) == [1, 3, 5, 6, 7, 11]  # no leading zero, no space, ASCII digits only
+    assert forbidden_ids(vocab) == [1, 3, 5, 6, 7, 11]  # no leading zero, no space, ASCII digits only
 
 
 def test_the_engine_pushes_down_the_authors_list(engine):
-    from zerocap.token_rules import gpt2_forbidden_ids
+    from zerocap.families import gpt2_forbidden_ids
 
     assert sorted(engine.forbidden.nonzero()[:, 0].tolist()) == sorted(gpt2_forbidden_ids())

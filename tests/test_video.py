@@ -52,7 +52,8 @@ def test_frames_spread_evenly_or_every_few_seconds(moving):
 def test_the_target_is_the_mean_of_the_normalised_frame_embeddings(engine, moving):
     from zerocap.video import video_target
 
-    target, extra = video_target(engine, moving, "moving.mkv", frames=3)
+    target, frames_used = video_target(engine, moving, "moving.mkv", frames=3)
+    extra = frames_used.to_dict()
     assert extra == {"frame_times": pytest.approx([1 / 3, 1.0, 5 / 3], abs=1e-3), "frames": 3,
                      "frames_asked": 3}  # the frames nearest the times
     embs = [engine.targets.raw_image(Image.fromarray(square(round(t * 12)))) for t in extra["frame_times"]]
@@ -67,7 +68,7 @@ def test_a_still_video_captions_like_its_frame_as_an_image(engine, tmp_path, ima
     as_image = engine.caption([images[0]], top_k=32, beam_size=3, max_tokens=4)[0]
     assert [b.text for b in as_video.beams] == [b.text for b in as_image.beams]
     assert [b.score for b in as_video.beams] == pytest.approx([b.score for b in as_image.beams], rel=1e-5)
-    assert len(as_video.frame_times) == 5 and as_video.target == clip and as_video.to_dict()["frame_times"]
+    assert len(as_video.details.times) == 5 and as_video.target == clip and as_video.to_dict()["frame_times"]
     assert "frame_times" not in as_image.to_dict()
 
 
@@ -129,7 +130,7 @@ def test_too_many_frames_or_too_much_decoding_is_refused(moving, tmp_path):
     long = write_video(tmp_path / "long.mp4", [np.full((16, 16, 3), i % 256, np.uint8) for i in range(6000)],
                        fps=100, codec="libx264", pix_fmt="yuv420p", g="100000", keyint_min="100000",
                        sc_threshold="0")
-    with pytest.raises(InputError, match=f"cannot sample long within {MAX_DECODED} decoded frames"):
+    with pytest.raises(InputError, match=f"cannot sample long within {MAX_DECODED:,} decoded frames"):
         list(frames_at(long, "long", frames=8))
 
 
@@ -243,10 +244,10 @@ def test_times_that_fall_on_one_frame_use_it_once_and_the_result_says_so(tmp_pat
     long = write_video(tmp_path / "long.mkv", [square(i) for i in range(24)], fps=12)  # 2 s
     cut = truncated(tmp_path / "cut.mkv", long)  # the header still says 2 s; the frames end early
     result = engine.video([cut], frames=8, top_k=16, beam_size=2, max_tokens=1)[0]
-    assert result.frame_times == sorted(set(result.frame_times)) and result.frames_asked == 8
-    assert 1 <= len(result.frame_times) < 8
+    times = result.details.times
+    assert times == sorted(set(times)) and result.details.asked == 8 and 1 <= len(times) < 8
     d = result.to_dict()
-    assert d["frames"] == len(result.frame_times) and d["frames_asked"] == 8
+    assert d["frames"] == len(times) and d["frames_asked"] == 8 and d["frame_times"] == times
 
 
 def test_every_is_bounded_below_and_never_overflows():

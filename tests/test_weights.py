@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from loopback_hub import Hub
-from zerocap import weights
+from zerocap import families, weights
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def test_download_verifies_writes_manifest_and_is_idempotent(hub, tmp_path, lm_d
 
 
 def test_corrupted_file_is_rejected_by_checksum(hub, tmp_path):
-    path = f"/{weights.HF_REPO}/resolve/main/model.safetensors"
+    path = f"/{families.DEFAULT.repo}/resolve/main/model.safetensors"
     hub.files[path] = hub.files[path][:-10] + b"0123456789"  # same size, wrong bytes
     root = str(tmp_path / "w")
     with pytest.raises(ValueError, match="checksum mismatch for .*model.safetensors"):

@@ -9,10 +9,12 @@ import warnings as _warnings
 # OpenAI CLIP imports pkg_resources, which warns on every import.
 _warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from .config import MODES, PRESETS, ZeroCapConfig, preset  # noqa: E402
+from .config import PRESETS, ZeroCapConfig, preset  # noqa: E402
 from .errors import InputError  # noqa: E402
+from .forms import FORMS  # noqa: E402
+from .modes import MODES  # noqa: E402
 
-__all__ = ["ZeroCap", "ZeroCapConfig", "CaptionResult", "Beam", "InputError", "MODES", "PRESETS", "preset"]
+__all__ = ["ZeroCap", "ZeroCapConfig", "CaptionResult", "Beam", "InputError", "MODES", "PRESETS", "FORMS", "preset"]
 __version__ = "0.1.0"
 
 _ENGINE = {"ZeroCap", "CaptionResult", "Beam"}

@@ -1,17 +1,20 @@
-"""Every knob of the ZeroCap decoder in one table, and the paper's presets.
+"""Every knob of the ZeroCap decoder in one table, and the presets (the modes' knob changes).
 
 Each field of `ZeroCapConfig` carries the paper's default, the range the decoder accepts, one
 line of help and, for the Cog container, the narrower range a request may ask for (bounded work
-per prediction). `validate()` and the command line's flags and help read this table. The Cog
-inputs in predict.py restate it as literals (`cog build` parses predict.py statically, so they
-cannot read it); tests/test_knobs.py checks that they agree.
+per prediction). `validate()`, the command line's flags and help, and `cog_description()` read
+this table. The Cog inputs in predict.py restate it as literals (`cog build` parses predict.py
+statically, so they cannot read it), and the README's inputs table restates the help lines;
+tests/test_config.py holds both to it, word for word. The presets are the modes' (modes.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from . import modes as _modes
 from .errors import InputError
 
 
@@ -50,15 +53,17 @@ def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tup
 class ZeroCapConfig:
     cond_text: str = knob("Image of a", "prompt the caption continues; a caption is cond_text + the generated text",
                           max_length=300)
-    beam_size: int = knob(5, "beams kept by the length-normalised beam search", 1, 100, serve=(1, 20))
+    beam_size: int = knob(5, "beams kept by the length-normalised beam search (at most top_k); more = slower, more varied", 1, 100,
+                          serve=(1, 20))
     max_tokens: int = knob(15, "tokens generated at most (the authors' --target_seq_length)", 1, 100, serve=(1, 40))
-    num_iterations: int = knob(5, "gradient steps on the LM's key/value cache per token (0 = plain LM)", 0, 50,
+    num_iterations: int = knob(5, "gradient steps on the LM's key/value cache per token (0 = the plain LM)", 0, 50,
                                serve=(0, 20))
-    top_k: int = knob(512, "candidate tokens scored by CLIP per beam and iteration", 1, 8192, serve=(1, 2048))
+    top_k: int = knob(512, "candidate tokens scored by CLIP per beam and iteration (at least beam_size)", 1, 8192,
+                     serve=(1, 2048))
     clip_temperature: float = knob(0.01, "softmax temperature over the candidates' CLIP similarities", 0.0, 10.0,
                                    lo_open=True, serve=(0.001, 1.0))
     clip_scale: float = knob(1.0, "weight of the CLIP loss", 0.0, 100.0, serve=(0.0, 10.0))
-    ce_scale: float = knob(0.2, "weight of the fluency loss KL(shifted LM || plain LM)", 0.0, 100.0, serve=(0.0, 5.0))
+    ce_scale: float = knob(0.2, "weight of the fluency loss: the shifted LM's KL divergence from the plain LM", 0.0, 100.0, serve=(0.0, 5.0))
     stepsize: float = knob(0.3, "step size of the context shift", 0.0, 10.0, serve=(0.0, 3.0))
     grad_norm_factor: float = knob(0.9, "the gradient is divided by its norm to this power", 0.0, 2.0,
                                    serve=(0.0, 2.0))
@@ -107,16 +112,20 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
 DEFAULTS = ZeroCapConfig()
 SERVED_KNOBS = [name for name, k in KNOBS.items() if k.serve is not None or k.max_length is not None]  # Cog inputs
 
-# The authors' README commands, as changes to the defaults (and video, captioned like an
-# image); the Cog modes are these names.
-PRESETS: dict[str, dict] = {
-    "caption": {},
-    "knowledge": {"cond_text": "Image of", "end_factor": 1.04},
-    "ocr": {"cond_text": "Image of text that says", "end_factor": 1.04},
-    "arithmetic": {"end_factor": 1.06, "fusion_factor": 0.95, "grad_norm_factor": 0.95},
-    "video": {},
-}
-MODES = tuple(PRESETS)
+class _Presets(Mapping):
+    """mode name -> its knob changes, read live from the modes (modes.py)."""
+
+    def __getitem__(self, name: str) -> dict:
+        return _modes.MODES[name].preset
+
+    def __iter__(self):
+        return iter(_modes.MODES)
+
+    def __len__(self) -> int:
+        return len(_modes.MODES)
+
+
+PRESETS = _Presets()
 
 
 def preset(name: str, **overrides) -> ZeroCapConfig:
@@ -124,6 +133,21 @@ def preset(name: str, **overrides) -> ZeroCapConfig:
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return ZeroCapConfig(**PRESETS[name]).replace(**overrides).validate()
+
+
+def cog_description(name: str) -> str:
+    """The Cog input's description of a served knob: its help line as a sentence, and, when a
+    mode changes it, what an empty value means. predict.py restates it as a literal."""
+    spec = KNOBS[name]
+    text = spec.help[0].upper() + spec.help[1:] + "."
+    if preset_dependent(name):
+        text += f" Empty = the mode's ({_preset_values(name)})."
+    return text
+
+
+def _preset_values(name: str) -> str:
+    others = "; ".join(f"{mode} {changes[name]!r}" for mode, changes in PRESETS.items() if name in changes)
+    return f"default {getattr(DEFAULTS, name)!r}" + (f"; {others}" if others else "")
 
 
 def preset_dependent(name: str) -> bool:
@@ -137,7 +161,5 @@ def describe_knob(name: str) -> str:
     parts = [spec.help]
     if spec.range is not None:
         parts.append(spec.range.describe(kind is int))
-    default = getattr(DEFAULTS, name)
-    others = "; ".join(f"{mode} {changes[name]!r}" for mode, changes in PRESETS.items() if name in changes)
-    parts.append(f"default {default!r}" + (f"; {others}" if others else ""))
+    parts.append(_preset_values(name))
     return ", ".join(parts)

@@ -10,11 +10,10 @@ from typing import Callable
 import torch
 from torch.profiler import record_function
 
-from .lm import CachedLM
 
 
 def shift_context(
-    lm: CachedLM,
+    lm,  # lm.py's adapter: next_logits(last, past)
     past: torch.Tensor,  # (L, 2, R, H, T-1, hd)
     last: torch.Tensor,  # (R, 1)
     p0: torch.Tensor,  # (R, V) the plain LM's next-token probs

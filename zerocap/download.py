@@ -7,10 +7,13 @@ import tempfile
 from typing import Iterator
 
 from .errors import InputError
-from .jobs.inputs import is_url
+from .limits import DOWNLOAD_BYTES
 
-MAX_DOWNLOAD_BYTES = 200_000_000  # a URL in a job: larger downloads are refused
 DOWNLOAD_TIMEOUT = 60  # seconds without data before a download is given up
+
+
+def is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
 
 
 @contextlib.contextmanager
@@ -30,8 +33,8 @@ def local_file(source: str) -> Iterator[str]:
                 got = 0
                 for block in r.iter_content(1 << 20):
                     got += len(block)
-                    if got > MAX_DOWNLOAD_BYTES:
-                        raise InputError(f"cannot download {source}: larger than {MAX_DOWNLOAD_BYTES:,} bytes")
+                    if got > DOWNLOAD_BYTES.hi:
+                        raise InputError(f"cannot download {source}: {DOWNLOAD_BYTES.said} are accepted")
                     f.write(block)
         except requests.RequestException as e:
             raise InputError(f"cannot download {source}: {e}") from None

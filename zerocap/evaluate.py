@@ -336,42 +336,38 @@ def _spice_unavailable(java: bool) -> str | None:
 
 
 # ---- CLIP-S -----------------------------------------------------------------------------------
-def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], clip_model, preprocess, device,
-                image_root: str | None = None, batch_size: int = 64) -> tuple[dict, dict, list[str]]:
-    """(corpus CLIP-S and RefCLIP-S, per-image scores, images that could not be read)."""
-    import clip
+def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], scorer, image_root: str | None = None,
+                batch_size: int = 64) -> tuple[dict, dict, list[str]]:
+    """(corpus CLIP-S and RefCLIP-S, per-image scores, images that could not be read), through
+    the scorer (scorer.py); one image decoded at a time, batches of prepared inputs."""
     import torch
 
-    from .images import clip_pixels, load_image
+    from .images import load_image
 
     def text_features(texts):
-        out = []
-        for i in range(0, len(texts), batch_size):
-            ids = clip.tokenize([CLIP_PREFIX + t for t in texts[i:i + batch_size]], truncate=True).to(device)
-            f = clip_model.encode_text(ids).float()
-            out.append(f / f.norm(dim=-1, keepdim=True))
+        out = [scorer.normalised(scorer.text_features([CLIP_PREFIX + t for t in texts[i:i + batch_size]]).float())
+               for i in range(0, len(texts), batch_size)]
         return torch.cat(out)
 
-    names, pixels, unreadable = [], [], []
+    names, prepared, unreadable = [], [], []
     image_feats = []
     with torch.no_grad():
         for name in captions:
             path = name if image_root is None or os.path.isabs(name) else os.path.join(image_root, name)
             try:
-                pixels.append(clip_pixels(load_image(path, name), preprocess))
+                prepared.append(scorer.prepare_image(load_image(path, name)))
             except InputError as e:
                 unreadable.append(f"{name}: {e}")
                 continue
             names.append(name)
-            if len(pixels) == batch_size:
-                image_feats.append(clip_model.encode_image(torch.stack(pixels).to(device, clip_model.dtype)).float())
-                pixels = []
-        if pixels:
-            image_feats.append(clip_model.encode_image(torch.stack(pixels).to(device, clip_model.dtype)).float())
+            if len(prepared) == batch_size:
+                image_feats.append(scorer.prepared_features(prepared).float())
+                prepared = []
+        if prepared:
+            image_feats.append(scorer.prepared_features(prepared).float())
         if not names:
             return {}, {}, unreadable
-        v = torch.cat(image_feats)
-        v = v / v.norm(dim=-1, keepdim=True)
+        v = scorer.normalised(torch.cat(image_feats))
         c = text_features([captions[n] for n in names])
         clip_s = CLIP_W * (c * v).sum(-1).clamp(min=0)  # (n,)
         per = {n: {"CLIP-S": float(s)} for n, s in zip(names, clip_s)}
@@ -392,10 +388,11 @@ def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], clip_model
 
 
 def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed", strip_prompt: bool = False,
-             tokenizer: str = "auto", clip_model=None, preprocess=None, device="cpu", image_root: str | None = None,
-             skip: tuple[str, ...] = (), how: str = "auto") -> Report:
-    """The report for a captions file against a references file (CLIP-S when a CLIP model is given);
-    `skip`: metrics of SKIPPABLE not to compute; `how`: how captions find their references (MATCHES)."""
+             tokenizer: str = "auto", scorer=None, image_root: str | None = None, skip: tuple[str, ...] = (),
+             how: str = "auto") -> Report:
+    """The report for a captions file against a references file (CLIP-S when a scorer -- CLIP,
+    scorer.py -- is given); `skip`: metrics of SKIPPABLE not to compute; `how`: how captions find
+    their references (MATCHES)."""
     check_skip(skip)
     captions, errors, notes = read_captions(captions_path, field_name, strip_prompt)
     references = read_references(refs_path)
@@ -413,14 +410,14 @@ def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed",
                      f" (e.g. {unmatched[0]})")
     if uncaptioned:
         notes.append(f"{uncaptioned} images of the references were not captioned")
-    if not refs and clip_model is None:
+    if not refs and scorer is None:
         raise InputError(f"none of the {len(captions)} captioned images is in {refs_path}: match them by file name"
                          " or COCO id (--match)")
     scores, per, skipped, used = ({}, {n: {} for n in refs}, {}, "none") if not refs else \
         coco_metrics(captions, refs, tokenizer, tuple(skip))
     clip_images = 0
-    if clip_model is not None and "CLIP-S" not in skip:
-        clip_s, clip_per, unreadable = clip_scores(captions, refs, clip_model, preprocess, device, image_root)
+    if scorer is not None and "CLIP-S" not in skip:
+        clip_s, clip_per, unreadable = clip_scores(captions, refs, scorer, image_root)
         clip_images = len(clip_per)
         scores.update(clip_s)
         for name, values in clip_per.items():

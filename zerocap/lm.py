@@ -1,8 +1,11 @@
 """The language model seen as a key/value cache: prefill, then one-token steps over a stacked cache.
 
-This is where an LM family plugs in. Any Hugging Face causal LM with a KV cache works through
-the generic forward; GPT-2 also has a written-out one-token step (`gpt2_step`) on the stacked
-cache, with no masks or cache objects (about half the kernels of the generic forward).
+Two adapters, one per form (forms.py picks): `FastLM` takes the distribution and the cache from one
+pass and runs its family's written-out one-token step when there is one (families.py: GPT-2's
+`gpt2_step`, about half the kernels of the generic forward); `ExactLM` follows the authors'
+operation order -- the cache from its own pass over context[:-1], the generic Hugging Face forward
+for every step -- so fp32 results are theirs to the last bit where the same kernels run. Any
+Hugging Face causal LM with a KV cache runs through the generic forward.
 
 The stacked cache `past` holds the keys/values of every context token but the last:
 (layers, 2 = keys/values, rows, heads, T-1, head_dim).
@@ -14,15 +17,6 @@ import inspect
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
-
-
-def _plain_gpt2(lm) -> bool:
-    """A GPT-2 whose attention and MLP are the standard ones (what `gpt2_step` computes)."""
-    c = lm.config
-    return (getattr(c, "model_type", "") == "gpt2" and hasattr(lm, "transformer")
-            and getattr(c, "activation_function", "") in ("gelu_new", "gelu_pytorch_tanh")
-            and getattr(c, "scale_attn_weights", True) and not getattr(c, "scale_attn_by_inverse_layer_idx", False)
-            and not getattr(c, "reorder_and_upcast_attn", False) and not getattr(c, "add_cross_attention", False))
 
 
 def gpt2_step(lm, last: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
@@ -42,40 +36,22 @@ def gpt2_step(lm, last: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
     return lm.lm_head(tr.ln_f(x))[:, -1, :].float()
 
 
-class CachedLM:
-    """A frozen Hugging Face causal LM as prefill + one-token steps.
+class GenericLM:
+    """A frozen Hugging Face causal LM through its own forward."""
 
-    exact: the authors' operation order -- the cache from its own pass over context[:-1] and
-    the generic forward for every step -- so fp32 results are theirs to the last bit where the
-    same kernels run, to rounding otherwise. Otherwise one pass gives both the distribution and
-    the cache, and GPT-2 steps run `gpt2_step` (equal up to rounding).
-    """
-
-    def __init__(self, lm, exact: bool = False):
+    def __init__(self, lm):
         self.lm = lm
-        self.exact = exact
         params = inspect.signature(lm.forward).parameters
         # transformers >= 5.2x calls the cache argument `cache`; earlier 5.x `past_key_values`
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        # the one-token step of the fast form (None: the generic forward); replaceable, e.g. by
-        # torch.compile(gpt2_step) in the benchmark's experiments
-        self.step = gpt2_step if not exact and _plain_gpt2(lm) else None
+        self.step = None  # a written-out one-token step, or None: the generic forward
 
     def _cache_out(self, out):
         return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
-    @torch.no_grad()
-    def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Context (R, T) -> (plain next-token probs (R, V) fp32, past (L, 2, R, H, T-1, hd) or None)."""
-        out = self.lm(context, use_cache=True)
-        p0 = torch.softmax(out.logits[:, -1, :].float(), dim=-1)
-        if context.shape[1] == 1:
-            return p0, None
-        if self.exact:  # a second pass, as the authors do (another matrix shape, other rounding)
-            layers = self._cache_out(self.lm(context[:, :-1], use_cache=True)).layers
-            return p0, torch.stack([torch.stack([layer.keys, layer.values]) for layer in layers])
-        layers = self._cache_out(out).layers
-        return p0, torch.stack([torch.stack([layer.keys[..., :-1, :], layer.values[..., :-1, :]]) for layer in layers])
+    @staticmethod
+    def _stack(layers, keep: slice = slice(None)) -> torch.Tensor:
+        return torch.stack([torch.stack([layer.keys[..., keep, :], layer.values[..., keep, :]]) for layer in layers])
 
     def next_logits(self, last: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
         """Logits (R, V) fp32 of the token after `last` (R, 1) given the cache `past`."""
@@ -85,3 +61,34 @@ class CachedLM:
         if past is not None:
             kwargs[self._cache_arg] = DynamicCache(ddp_cache_data=[(kv[0], kv[1]) for kv in past])
         return self.lm(last, use_cache=True, **kwargs).logits[:, -1, :].float()
+
+
+    @torch.no_grad()
+    def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Context (R, T) -> (plain next-token probs (R, V) fp32, past (L, 2, R, H, T-1, hd) or None)."""
+        out = self.lm(context, use_cache=True)
+        p0 = torch.softmax(out.logits[:, -1, :].float(), dim=-1)
+        return p0, (self._past(out, context) if context.shape[1] > 1 else None)
+
+    def _past(self, out, context: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FastLM(GenericLM):
+    """One pass gives both the distribution and the cache; one-token steps run `step` (the
+    family's written-out step for this model) when there is one. Equal to ExactLM up to rounding."""
+
+    def __init__(self, lm, step=None):
+        super().__init__(lm)
+        self.step = step  # replaceable, e.g. by torch.compile(gpt2_step) in the benchmark's experiments
+
+    def _past(self, out, context):
+        return self._stack(self._cache_out(out).layers, slice(None, -1))
+
+
+class ExactLM(GenericLM):
+    """The authors' operation order: the cache from its own pass over context[:-1] (another
+    matrix shape, other rounding), the generic forward for every step."""
+
+    def _past(self, out, context):
+        return self._stack(self._cache_out(self.lm(context[:, :-1], use_cache=True)).layers)

@@ -7,11 +7,9 @@ import torch
 
 
 @torch.no_grad()
-def clip_similarities(clip_model, clip_tokenize, texts: list[str], target: torch.Tensor) -> list[float]:
-    """Cosine similarity of each text's CLIP embedding with the normalised target (D,)."""
-    ids = clip_tokenize(texts, truncate=True).to(target.device)
-    feats = clip_model.encode_text(ids)
-    feats = feats / feats.norm(dim=-1, keepdim=True)
+def clip_similarities(scorer, texts: list[str], target: torch.Tensor) -> list[float]:
+    """Cosine similarity of each text's embedding (the scorer's) with the normalised target (D,)."""
+    feats = scorer.normalised(scorer.text_features(texts))
     return (feats @ target.to(feats.dtype)).float().tolist()
 
 

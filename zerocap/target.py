@@ -5,7 +5,6 @@ embeddings of several images (and texts), normalised once at the end.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -13,7 +12,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError
-from .images import clip_pixels, load_image, to_rgb8
+from .images import load_image, to_rgb8
 
 
 @dataclass(frozen=True)
@@ -30,50 +29,29 @@ class Term:
         return f"{self.weight:+g} x {what}"
 
 
-def check_weights(images: Sequence, weights: Sequence[float] | None, what: str = "image") -> list[float]:
-    """Weights for `images` (all 1 when None): same count, finite numbers."""
-    if weights is None:
-        return [1.0] * len(images)
-    if len(weights) != len(images):
-        raise InputError(
-            f"got {len(images)} {what}(s) but {len(weights)} {what} weight(s); give one weight per {what}"
-        )
-    out = []
-    for w in weights:
-        try:
-            w = float(w)
-        except (TypeError, ValueError):
-            raise InputError(f"{what} weight {w!r} is not a number") from None
-        if not math.isfinite(w):
-            raise InputError(f"{what} weight must be a finite number, got {w}")
-        out.append(w)
-    return out
-
-
 class TargetEncoder:
-    """Turns images and texts into normalised CLIP target vectors."""
+    """Turns images and texts into normalised target vectors through the scorer (scorer.py)."""
 
-    def __init__(self, clip_model, clip_preprocess, clip_tokenize, device):
-        self.clip = clip_model
-        self.preprocess = clip_preprocess
-        self.tokenize = clip_tokenize
-        self.device = torch.device(device)
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    @property
+    def preprocess(self):
+        return self.scorer.preprocess
 
     @torch.no_grad()
     def raw_image(self, image, name: str | None = None) -> torch.Tensor:
-        """Raw (unnormalised) CLIP embedding of one image (a path or a PIL image).  # (D,)"""
+        """Raw (unnormalised) embedding of one image (a path or a PIL image).  # (D,)"""
         if isinstance(image, Image.Image):
             image = to_rgb8(image, name or "the image")
         else:
             image = load_image(image, name)
-        pixels = clip_pixels(image, self.preprocess).unsqueeze(0).to(self.device, self.clip.dtype)
-        return self.clip.encode_image(pixels)[0]
+        return self.scorer.image_features([image])[0]
 
     @torch.no_grad()
     def raw_text(self, text: str) -> torch.Tensor:
-        """Raw CLIP embedding of one text (truncated at 77 tokens).  # (D,)"""
-        ids = self.tokenize([text], truncate=True).to(self.device)
-        return self.clip.encode_text(ids)[0]
+        """Raw embedding of one text.  # (D,)"""
+        return self.scorer.text_features([text])[0]
 
     @torch.no_grad()
     def combine(self, terms: Sequence[Term]) -> torch.Tensor:

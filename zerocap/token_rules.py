@@ -4,43 +4,11 @@ Each rule scales a logit away from or towards zero depending on its sign, so tha
 means the same thing for positive and negative logits. Every rule reads the current value,
 so a token hit by two rules gets both.
 
-Forbidden tokens: the paper's decoder pushes down bare numbers and a few marks. For GPT-2's
-vocabulary (GPT-Neo's too) the list is the authors' own, 917 ids. For another vocabulary the
-list comes from the rule that describes theirs: a token whose text is ASCII digits only, with
-no leading space and no leading zero ("0" itself included), or one of ( ) , ! : and newline.
-On GPT-2's vocabulary that rule gives 919 ids: the authors' 917 plus "200000" and "66666666",
-which their list lacks.
+Which tokens are forbidden is the LM family's rule (families.py).
 """
 from __future__ import annotations
 
-import json
-from importlib import resources
-from typing import Sequence
-
 import torch
-
-MARKS = ("(", ")", ",", "!", ":", "\n")
-
-
-def gpt2_forbidden_ids() -> list[int]:
-    """The authors' 917 GPT-2 token ids."""
-    text = resources.files("zerocap").joinpath("data/forbidden_tokens.json").read_text()
-    return json.loads(text)["ids"]
-
-
-def forbidden_by_rule(token_strings: Sequence[str]) -> list[int]:
-    """Ids of bare integers (ASCII digits, no leading space, no leading zero but "0") and marks."""
-    return [i for i, s in enumerate(token_strings)
-            if s in MARKS or (s.isascii() and s.isdigit() and (s == "0" or not s.startswith("0")))]
-
-
-def is_gpt2_vocabulary(token_strings: Sequence[str]) -> bool:
-    return len(token_strings) == 50257 and list(token_strings[:3]) == ["!", '"', "#"]
-
-
-def forbidden_ids_for(token_strings: Sequence[str]) -> list[int]:
-    """The authors' list for GPT-2's vocabulary, the rule (see above) for any other."""
-    return gpt2_forbidden_ids() if is_gpt2_vocabulary(token_strings) else forbidden_by_rule(token_strings)
 
 
 def _damp(logits: torch.Tensor, mask: torch.Tensor, factor: float) -> torch.Tensor:

@@ -25,18 +25,19 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from PIL import Image
 
 from .errors import InputError
-from .images import MAX_IMAGE_PIXELS
+from .limits import DECODED_FRAMES, DECODER_MEMORY, EVERY, FRAMES, PIXELS
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".ogv")
 DEFAULT_FRAMES = 8
-MAX_FRAMES = 64
-MIN_EVERY = 0.001  # seconds
-MAX_DECODED = 5000  # frames decoded for one clip, all seeks together
-DECODER_BUDGET = 1_000_000_000  # bytes the decoder's frames may take at worst
+MAX_FRAMES = FRAMES.hi
+MAX_DECODED = DECODED_FRAMES.hi  # frames decoded for one clip, all seeks together
+DECODER_BUDGET = DECODER_MEMORY.hi  # bytes the decoder's frames may take at worst
+MAX_IMAGE_PIXELS = PIXELS.hi
 # frames a decoder may hold besides the one it outputs (references + reordering), by codec;
 # intra-only codecs (MJPEG, ProRes, ...) hold none, unknown codecs count as H.264's worst case
 HELD_FRAMES = {"h264": 16, "hevc": 16, "vvc": 16, "vp9": 8, "av1": 8, "vp8": 3, "mpeg1video": 2, "mpeg2video": 2,
@@ -47,10 +48,10 @@ HELD_FRAMES = {"h264": 16, "hevc": 16, "vvc": 16, "vp9": 8, "av1": 8, "vp8": 3, 
 def check_sampling(frames: int | None, every: float | None) -> None:
     if frames is not None and every is not None:
         raise InputError("give --frames or --every, not both")
-    if frames is not None and not 1 <= frames <= MAX_FRAMES:
-        raise InputError(f"frames must be an integer from 1 to {MAX_FRAMES}, got {frames}")
-    if every is not None and not (math.isfinite(every) and every >= MIN_EVERY):
-        raise InputError(f"every must be a number of seconds from {MIN_EVERY:g} up, got {every:g}")
+    if frames is not None and not FRAMES.allows(frames):
+        raise InputError(f"frames must be {FRAMES.said}, got {frames}")
+    if every is not None and not (math.isfinite(every) and EVERY.allows(every)):
+        raise InputError(f"every must be {EVERY.said}, got {every:g}")
 
 
 def sample_times(duration: float, frames: int | None = None, every: float | None = None) -> list[float]:
@@ -78,7 +79,7 @@ def _av():
 
 def _too_large(name: str, width: int, height: int) -> InputError:
     return InputError(f"video too large: {name} has frames of {width * height:,} pixels ({width}x{height});"
-                      f" at most {MAX_IMAGE_PIXELS:,} pixels (80 MP) are accepted")
+                      f" {PIXELS.said} are accepted")
 
 
 def _size(n: int) -> str:
@@ -163,8 +164,8 @@ class FrameSampler:
                     frame, count, at_end = _frame_at(container, stream, guard, start + t, start)
                     decoded += count
                     if decoded > MAX_DECODED:
-                        raise InputError(f"cannot sample {name} within {MAX_DECODED} decoded frames (too few key"
-                                         " frames); re-encode it, or ask for fewer frames")
+                        raise InputError(f"cannot sample {name} within {DECODED_FRAMES.said} (too few key frames);"
+                                         " re-encode it, or ask for fewer frames")
                     if frame is None:
                         break
                     if frame.pts not in used:  # each distinct frame once
@@ -213,9 +214,20 @@ def _frame_at(container, stream, guard: _Guard, t: float, start: float):
     return last, used, True
 
 
+@dataclass
+class VideoFrames:
+    """What a video's result adds: the distinct frames its caption describes."""
+
+    times: list[float]  # seconds from the clip's start, each distinct frame once
+    asked: int  # sampled times asked for (several may fall on one frame)
+
+    def to_dict(self) -> dict:
+        return {"frame_times": self.times, "frames": len(self.times), "frames_asked": self.asked}
+
+
 def video_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None):
-    """(normalised mean of the distinct sampled frames' normalised CLIP embeddings,
-    {"frame_times": [...], "frames": distinct frames used, "frames_asked": sampled times})."""
+    """(the normalised mean of the clip's distinct sampled frames' normalised CLIP embeddings (D,),
+    the frames as the result's details: VideoFrames)."""
     from .download import local_file
 
     with local_file(source) as path:
@@ -225,5 +237,4 @@ def video_target(engine, source: str, name: str, frames: int | None = None, ever
             e = engine.targets.raw_image(image, name)
             embeddings.append(e / e.norm())
             times.append(round(t, 3))
-    extra = {"frame_times": times, "frames": len(times), "frames_asked": sampler.asked}
-    return engine.targets.mean(embeddings, name), extra
+    return engine.targets.mean(embeddings, name), VideoFrames(times, sampler.asked)

@@ -19,12 +19,10 @@ import sys
 import time
 from typing import Callable
 
+from . import families
 from .errors import InputError
 
-# Language models the folder can hold: subfolder -> Hugging Face repo
-LMS = {"gpt2-medium": "openai-community/gpt2-medium", "gpt-neo-125M": "EleutherAI/gpt-neo-125m"}
-LM_DIR = "gpt2-medium"  # the default
-HF_REPO = LMS[LM_DIR]
+LM_DIR = families.DEFAULT.folder  # the default LM's subfolder (GPT-2 medium)
 HF_REVISION = "main"
 # (file, required): optional files are skipped when the hub does not have them
 LM_FILES = [
@@ -68,9 +66,14 @@ def paths(weights_root: str | None = None, lm: str = LM_DIR) -> tuple[str, str]:
     return os.path.join(r, lm), os.path.join(r, CLIP_FILE)
 
 
+def lms() -> dict[str, str]:
+    """Language models the folder can hold: subfolder -> Hugging Face repo (families.py)."""
+    return families.weight_folders()
+
+
 def _check_lm(lm: str | None) -> None:
-    if lm is not None and lm not in LMS:
-        raise InputError(f"unknown language model {lm!r}; choose one of {', '.join(LMS)}")
+    if lm is not None and lm not in lms():
+        raise InputError(f"unknown language model {lm!r}; choose one of {', '.join(lms())}")
 
 
 def missing(weights_root: str | None = None, lm: str | None = LM_DIR, clip: bool = True) -> list[str]:
@@ -212,7 +215,7 @@ def download(weights_root: str | None = None, hf_endpoint: str | None = None,
     r = weights_root or root()
     endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     old = read_manifest(r)
-    jobs = [(os.path.join(lm, f), f"{endpoint}/{LMS[lm]}/resolve/{HF_REVISION}/{f}", None, req)
+    jobs = [(os.path.join(lm, f), f"{endpoint}/{lms()[lm]}/resolve/{HF_REVISION}/{f}", None, req)
             for f, req in (LM_FILES if lm else [])]
     if clip:
         clip_url = _clip_url()

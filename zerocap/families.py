@@ -1,0 +1,161 @@
+"""Language-model families: all that ZeroCap knows about one kind of causal LM, in one entry.
+
+An entry (`Family`) says:
+  model_types  the Hugging Face `config.model_type` values it covers
+  bos_prefix   whether the prompt starts with the tokenizer's BOS (the authors: GPT-2 yes, GPT-Neo no)
+  forbidden    the token ids the decoder pushes down (see `forbidden_ids`)
+  step         "module:function" of a written-out one-token step on the stacked cache, or None for
+               the generic Hugging Face forward; `step_applies` says which configs it computes
+  folder/repo  where its weights live under weights/ and the Hugging Face repo they come from
+  flag         the authors' --lm_model spelling
+The command line's --lm_model choices and weights.py read this table; adding a family is one
+entry in FAMILIES (tests/test_extending.py adds a toy one). Any other causal LM runs as GENERIC.
+
+`LMFacts` is what the decoder needs of an LM besides its weights -- family, prompt prefix,
+positions, vocabulary -- so a config can be checked without loading the model (Ray's driver).
+
+Forbidden tokens: the paper's decoder pushes down bare numbers and a few marks. For GPT-2's
+vocabulary (GPT-Neo's too) the list is the authors' own, 917 ids. For another vocabulary the
+list comes from the rule that describes theirs: a token whose text is ASCII digits only, with
+no leading space and no leading zero ("0" itself included), or one of ( ) , ! : and newline.
+On GPT-2's vocabulary that rule gives 919 ids: the authors' 917 plus "200000" and "66666666",
+which their list lacks.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable, Sequence
+
+from .errors import InputError
+from .limits import CLIP_PROMPT_TOKENS
+
+MARKS = ("(", ")", ",", "!", ":", "\n")
+
+
+def gpt2_forbidden_ids() -> list[int]:
+    """The authors' 917 GPT-2 token ids."""
+    text = resources.files("zerocap").joinpath("data/forbidden_tokens.json").read_text()
+    return json.loads(text)["ids"]
+
+
+def forbidden_by_rule(token_strings: Sequence[str]) -> list[int]:
+    """Ids of bare integers (ASCII digits, no leading space, no leading zero but "0") and marks."""
+    return [i for i, s in enumerate(token_strings)
+            if s in MARKS or (s.isascii() and s.isdigit() and (s == "0" or not s.startswith("0")))]
+
+
+def is_gpt2_vocabulary(token_strings: Sequence[str]) -> bool:
+    return len(token_strings) == 50257 and list(token_strings[:3]) == ["!", '"', "#"]
+
+
+def forbidden_ids(token_strings: Sequence[str]) -> list[int]:
+    """The authors' list for GPT-2's vocabulary, the rule (see above) for any other."""
+    return gpt2_forbidden_ids() if is_gpt2_vocabulary(token_strings) else forbidden_by_rule(token_strings)
+
+
+def _plain_gpt2(config) -> bool:
+    """A GPT-2 whose attention and MLP are the standard ones (what `gpt2_step` computes)."""
+    return (getattr(config, "activation_function", "") in ("gelu_new", "gelu_pytorch_tanh")
+            and getattr(config, "scale_attn_weights", True) and not getattr(config, "scale_attn_by_inverse_layer_idx", False)
+            and not getattr(config, "reorder_and_upcast_attn", False) and not getattr(config, "add_cross_attention", False))
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    bos_prefix: bool
+    flag: str | None = None  # --lm_model value
+    folder: str | None = None  # weights/<folder>
+    repo: str | None = None  # Hugging Face repo of that folder
+    step: str | None = None  # "module:function" (lm, last, past, positions, mask) -> logits
+    step_applies: Callable = lambda config: True  # the step computes this config's model
+    forbidden: Callable[[Sequence[str]], list[int]] = forbidden_ids
+
+    def fast_step(self, lm) -> Callable | None:
+        """The written-out one-token step for this model, or None (then the generic forward)."""
+        if self.step is None or not hasattr(lm, "config") or not self.step_applies(lm.config):
+            return None
+        module, name = self.step.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+GPT2 = Family("gpt2", ("gpt2",), bos_prefix=True, flag="gpt-2", folder="gpt2-medium",
+              repo="openai-community/gpt2-medium", step="zerocap.lm:gpt2_step", step_applies=_plain_gpt2)
+GPT_NEO = Family("gpt-neo", ("gpt_neo",), bos_prefix=False, flag="gpt-neo", folder="gpt-neo-125M",
+                 repo="EleutherAI/gpt-neo-125m")
+GENERIC = Family("generic", (), bos_prefix=False)
+
+FAMILIES: list[Family] = [GPT2, GPT_NEO]
+DEFAULT = GPT2  # the paper's LM: GPT-2 medium
+
+
+def family_of(lm_config) -> Family:
+    model_type = getattr(lm_config, "model_type", "")
+    return next((f for f in FAMILIES if model_type in f.model_types), GENERIC)
+
+
+def by_flag(flag: str) -> Family:
+    found = next((f for f in FAMILIES if f.flag == flag), None)
+    if found is None:
+        raise InputError(f"unknown --lm_model {flag!r}; choose one of {', '.join(flags())}")
+    return found
+
+
+def flags() -> list[str]:
+    return [f.flag for f in FAMILIES if f.flag]
+
+
+def weight_folders() -> dict[str, str]:
+    """{folder under weights/: Hugging Face repo} of every family that has one."""
+    return {f.folder: f.repo for f in FAMILIES if f.folder and f.repo}
+
+
+@dataclass(frozen=True)
+class LMFacts:
+    """What the decoder needs of an LM besides its weights."""
+
+    family: Family
+    prompt_prefix: str  # BOS for a family that starts prompts with it, else ""
+    positions: int  # the LM's context length
+    vocab_size: int
+
+    def prompt_text(self, cond_text: str) -> str:
+        return self.prompt_prefix + cond_text
+
+    def check(self, cfg, tokenizer, scorer_tokens: Callable[[str], int], scorer_max: int | None):
+        """Validate `cfg` and check it against this LM's tokenizer and sizes and the scorer's
+        (`scorer_tokens(text) -> count`, at most `scorer_max`); InputError says what is wrong.
+        Returns cfg."""
+        cfg.validate()
+        if cfg.top_k > self.vocab_size:
+            raise InputError(f"top_k ({cfg.top_k}) must not exceed the LM vocabulary ({self.vocab_size})")
+        if not self.prompt_prefix and not cfg.cond_text:
+            raise InputError("cond_text must not be empty: this LM has no BOS prefix to start from")
+        n_prompt = len(tokenizer.encode(self.prompt_text(cfg.cond_text), add_special_tokens=False))
+        if n_prompt + cfg.max_tokens > self.positions:
+            raise InputError(
+                f"cond_text is too long for the LM: {n_prompt} prompt tokens + max_tokens {cfg.max_tokens}"
+                f" exceed its {self.positions} positions"
+            )
+        n_clip = scorer_tokens(cfg.cond_text)
+        if scorer_max is not None and n_clip > scorer_max:
+            said = CLIP_PROMPT_TOKENS.said if scorer_max == CLIP_PROMPT_TOKENS.hi else f"at most {scorer_max} tokens"
+            raise InputError(f"cond_text is too long for CLIP: {n_clip} CLIP tokens; {said} leave room for a"
+                             " generated word")
+        if not tokenizer.encode(cfg.end_token, add_special_tokens=False):
+            raise InputError(f"end_token {cfg.end_token!r} gives no LM token")
+        return cfg
+
+
+def lm_facts(lm_config, tokenizer, vocab_size: int | None = None, bos_prefix: bool | None = None) -> LMFacts:
+    """The facts of an LM from its config and tokenizer (and its output size, when loaded)."""
+    family = family_of(lm_config)
+    if bos_prefix is None:
+        bos_prefix = family.bos_prefix
+    positions = getattr(lm_config, "n_positions", None) or getattr(lm_config, "max_position_embeddings", 1024)
+    prefix = (tokenizer.bos_token or "") if bos_prefix else ""
+    return LMFacts(family, prefix, positions, vocab_size or lm_config.vocab_size)

@@ -1,0 +1,51 @@
+"""The two forms of the same algorithm, chosen once: which LM adapter, which CLIP guide, how many
+images decode together. Everything else receives the `Form`; nothing else asks which it is.
+
+  fast   (the default, on every device) one LM pass per step and GPT-2's written-out one-token
+         step; each beam's CLIP prefix encoded once per step and only the candidates' suffix
+         tokens run, a candidate's features kept for the step; every image of a batch in one pass.
+  exact  the authors' operation order: the LM cache from its own pass, the generic forward,
+         CLIP's own encode_text on full 77-token rows, one image at a time (batching changes
+         matrix shapes, hence rounding). In fp32 its scores equal a literal transcription of
+         their code's to the last bit where both run the same kernels (seen with AVX-512).
+Both give the same beams on every case compared (README); they differ in rounding and speed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    help: str
+    exact_lm: bool  # the LM adapter: the authors' two passes and generic forward
+    exact_guide: bool  # the guide: CLIP's own encode_text on full rows
+    max_images: int | None  # images decoded together at most (None: as many as given)
+
+    def lm(self, model, family):
+        """The LM adapter of this form for `model` of `family`."""
+        from .lm import ExactLM, FastLM
+
+        return ExactLM(model) if self.exact_lm else FastLM(model, family.fast_step(model))
+
+    def candidates(self, scorer, prefix_texts: list[str]):
+        """The scorer's candidate features for one decoding step, in this form's way."""
+        return scorer.exact_candidates(prefix_texts) if self.exact_guide else scorer.fast_candidates(prefix_texts)
+
+
+FAST = Form("fast", "one LM pass per step, CLIP prefix keys/values reused, every image in one batch (default)",
+            exact_lm=False, exact_guide=False, max_images=None)
+EXACT = Form("exact", "the authors' operation order, one image at a time: their scores to the last bit where the"
+             " kernels match, ~30x slower on a CPU", exact_lm=True, exact_guide=True, max_images=1)
+FORMS = {f.name: f for f in (FAST, EXACT)}
+
+
+def get(form: "str | Form") -> Form:
+    if isinstance(form, Form):
+        return form
+    if form not in FORMS:
+        raise InputError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    return FORMS[form]

@@ -1,0 +1,311 @@
+"""The scorer: CLIP, the one module that calls its image and text towers.
+
+ZeroCap needs three things of its scorer: an image's embedding (`image_features`), texts'
+embeddings (`text_features`), and -- at every context-shift iteration -- the features of the
+texts `prefix + token` for each beam's top-k candidate tokens (`fast_candidates` /
+`exact_candidates`, which the form picks). Target embeddings (target.py), reranking (rerank.py),
+CLIP-S (evaluate.py) and the guide (guide.py) all go through it.
+
+`TextScorer` is the plain contract: give image and text features and the candidates come from
+decoding each candidate's text (what the authors' code does). `ClipScorer` is OpenAI CLIP with
+two faster candidate paths that skip the text processing:
+  exact   CLIP's own `encode_text` on full 77-token rows built from precomputed pieces
+          (candidates.py): bit-for-bit what clip.tokenize + encode_text give;
+  fast    CLIP's text transformer is causal and reads its features at the EOT position, so a
+          candidate row `shared prefix tokens + suffix + EOT` needs only the suffix positions
+          computed, attending to the prefix's cached keys/values (`encode_prefix` once per
+          step, `encode_candidates` per iteration); a candidate's features are kept for the step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+from .images import clip_pixels
+from .limits import CLIP_PROMPT_TOKENS
+
+
+class TextScorer:
+    """A scorer defined by its embeddings alone (subclass: `model`, `preprocess`, `text_features`,
+    `image_features`, `text_tokens`); candidates are scored through their decoded texts."""
+
+    max_text_tokens: int | None = None  # longest text it reads whole (None: no limit)
+
+    def image_features(self, images: list) -> torch.Tensor:
+        """Raw embeddings (n, D) of 8-bit RGB PIL images."""
+        return self.prepared_features([self.prepare_image(im) for im in images])
+
+    def prepare_image(self, image):
+        """What `prepared_features` takes for one image (CLIP: its pixels, 3 x 224 x 224), so that
+        a batch holds small prepared inputs, not the images."""
+        return image
+
+    def prepared_features(self, prepared: list) -> torch.Tensor:
+        """Raw embeddings (n, D) of prepared images."""
+        raise NotImplementedError
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Raw embeddings (n, D) of texts."""
+        raise NotImplementedError
+
+    def text_tokens(self, text: str) -> int:
+        """How many tokens the scorer reads for `text` (checked against max_text_tokens)."""
+        return 0
+
+    def use_vocabulary(self, token_strings: list[str]) -> None:
+        """The LM's token texts, which the candidates are (called once by the engine)."""
+        self.token_strings = token_strings
+
+    @staticmethod
+    def normalised(x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True)
+
+    def fast_candidates(self, prefix_texts: list[str]) -> "StringCandidates":
+        return StringCandidates(self, prefix_texts)
+
+    def exact_candidates(self, prefix_texts: list[str]) -> "StringCandidates":
+        return StringCandidates(self, prefix_texts)
+
+
+class StringCandidates:
+    """Candidate features of one decoding step from their texts: prefix + the token's text."""
+
+    def __init__(self, scorer: TextScorer, prefix_texts: list[str]):
+        self.scorer, self.prefixes = scorer, prefix_texts
+
+    def features(self, top: torch.Tensor) -> torch.Tensor:
+        """Normalised features (R, K, D) of prefix_r + token for the candidates top (R, K)."""
+        strings = self.scorer.token_strings
+        rows = [[p + strings[t] for t in ids] for p, ids in zip(self.prefixes, top.tolist())]
+        feats = [self.scorer.normalised(self.scorer.text_features(texts)) for texts in rows]
+        return torch.stack(feats)
+
+
+class PrefixCache:
+    """Per-layer keys/values of the beams' prefix rows.  keys[l]: (R, h, P, hd)"""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys = keys
+        self.values = values
+
+
+class ClipScorer(TextScorer):
+    """OpenAI CLIP (`clip.model.CLIP`): both towers, and the text tower in pieces or whole."""
+
+    max_text_tokens = CLIP_PROMPT_TOKENS.hi  # 77 - SOT - EOT - room for a generated word
+
+    def __init__(self, clip_model, preprocess, device=None):
+        import clip  # OpenAI CLIP (PyPI: clip-anytorch)
+
+        self.clip = clip_model.eval().requires_grad_(False)
+        self.model, self.preprocess = self.clip, preprocess
+        self.tokenize = clip.tokenize
+        self.tokenizer = clip.clip._tokenizer
+        self.device = torch.device(device) if device is not None else next(clip_model.parameters()).device
+        self.candidates = None  # candidates.CandidateTokenizer, once the LM's vocabulary is known
+        # up to this many padded suffix tokens run as one pass: on a GPU a pass is launch-bound,
+        # so fewer passes pay; a CPU is compute-bound, so it always pads least (length buckets)
+        on_gpu = next(clip_model.parameters()).device.type == "cuda"
+        self.single_pass_tokens = 16384 if on_gpu else 0
+        self.blocks = list(clip_model.transformer.resblocks)
+        self.heads = self.blocks[0].attn.num_heads
+        self.dtype = clip_model.dtype
+
+    # ---- embeddings -----------------------------------------------------------------------------
+    def prepare_image(self, image) -> torch.Tensor:
+        """CLIP's input pixels of an 8-bit RGB PIL image (images.clip_pixels: CLIP's preprocessing
+        after the aspect bound)."""
+        return clip_pixels(image, self.preprocess)
+
+    @torch.no_grad()
+    def prepared_features(self, prepared: list) -> torch.Tensor:
+        return self.clip.encode_image(torch.stack(prepared).to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Raw embeddings (n, D) of texts, truncated at CLIP's 77 tokens."""
+        return self.clip.encode_text(self.tokenize(texts, truncate=True).to(self.device))
+
+    def text_tokens(self, text: str) -> int:
+        return len(self.candidates.encode(text) if self.candidates is not None else self.tokenizer.encode(text))
+
+    def use_vocabulary(self, token_strings: list[str]) -> None:
+        from .candidates import CandidateTokenizer
+
+        super().use_vocabulary(token_strings)
+        self.candidates = CandidateTokenizer(token_strings, self.tokenizer, self.device)
+
+    def fast_candidates(self, prefix_texts: list[str]) -> "FastCandidates":
+        return FastCandidates(self, prefix_texts)
+
+    def exact_candidates(self, prefix_texts: list[str]) -> "ExactCandidates":
+        return ExactCandidates(self, prefix_texts)
+
+    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.clip.token_embedding(ids).type(self.dtype)
+        return x + self.clip.positional_embedding[positions].type(self.dtype)
+
+    def _qkv(self, block, x):
+        """x (..., L, d) -> q, k, v (..., h, L, hd)"""
+        qkv = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
+        q, k, v = qkv.chunk(3, dim=-1)
+        shape = x.shape[:-1] + (self.heads, -1)
+        return [t.reshape(shape).transpose(-2, -3) for t in (q, k, v)]
+
+    def _finish(self, block, x, attn):
+        """Residual adds of one block; attn (..., h, L, hd)."""
+        attn = attn.transpose(-2, -3).flatten(-2)  # (..., L, d)
+        x = x + F.linear(attn, block.attn.out_proj.weight, block.attn.out_proj.bias)
+        return x + block.mlp(block.ln_2(x))
+
+    @torch.no_grad()
+    def encode_prefix(self, prefix_rows: torch.Tensor) -> PrefixCache:
+        """Keys/values of the prefix rows (R, P): SOT + prefix ids, zero-padded."""
+        P, device = prefix_rows.shape[1], prefix_rows.device
+        x = self._embed(prefix_rows, torch.arange(P, device=device))  # (R, P, d)
+        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+        keys, values = [], []
+        for block in self.blocks:
+            q, k, v = self._qkv(block, x)  # (R, h, P, hd)
+            keys.append(k)
+            values.append(v)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+            x = self._finish(block, x, attn)
+        return PrefixCache(keys, values)
+
+    @torch.no_grad()
+    def encode_full(self, prefix_rows: torch.Tensor, shared: torch.Tensor, suffix: torch.Tensor,
+                    eot_index: torch.Tensor) -> torch.Tensor:
+        """The same features through CLIP's own `encode_text` on full 77-token rows -> (R, K, D).
+
+        Bit-for-bit what `clip.tokenize` + `encode_text` give (the fp32 path): only the text
+        processing is skipped. prefix_rows (R, P): SOT + prefix ids, zero-padded.
+        """
+        R, K, S = suffix.shape
+        dev = suffix.device
+        full = torch.zeros(R, K, 78, dtype=torch.long, device=dev)  # column 77 collects padding
+        P = prefix_rows.shape[1]
+        full[..., :P] = prefix_rows[:, None, :] * (torch.arange(P, device=dev) < shared[..., None])
+        j = torch.arange(S, device=dev)
+        pos = torch.where(j <= eot_index[..., None], shared[..., None] + j, 77)
+        full.scatter_(-1, pos, suffix)
+        feats = torch.cat([self.clip.encode_text(rows) for rows in full[..., :77]])  # one beam at a time
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        return feats.view(R, K, -1)
+
+    @torch.no_grad()
+    def encode_candidates(
+        self, cache: PrefixCache, shared: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor,
+        needed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """L2-normalised features of candidate rows  -> (R, K, D)
+
+        shared (R, K): prefix tokens each row reuses; suffix (R, K, S): its own tokens;
+        eot_index (R, K): where EOT sits in the suffix; needed (R, K): the rows to compute
+        (default all; the others come back as zeros). Up to `single_pass_tokens` padded tokens
+        run as one pass (fewer kernel launches); more run in buckets of similar suffix length
+        (1, 2, 4, 8, ... tokens), so that one long candidate does not pad them all.
+        """
+        R, K, S = suffix.shape
+        dev = suffix.device
+        beam = torch.arange(R, device=dev).repeat_interleave(K)  # (M,)
+        shared, suffix, eot_index = shared.reshape(-1), suffix.reshape(R * K, S), eot_index.reshape(-1)
+        out = torch.zeros(R * K, self.clip.text_projection.shape[1], dtype=self.dtype, device=dev)
+        rows = torch.arange(R * K, device=dev) if needed is None else needed.reshape(-1).nonzero()[:, 0]
+        if rows.numel() == 0:
+            return out.view(R, K, -1)
+        width = int(eot_index[rows].max()) + 1  # the longest needed suffix
+        if rows.numel() * width <= self.single_pass_tokens:
+            groups = [(rows, width)]
+        else:
+            bucket = torch.ceil(torch.log2((eot_index[rows] + 1).float())).long()  # suffix fits 2**bucket
+            groups = [(rows[bucket == b], min(width, 2**b)) for b in torch.unique(bucket).tolist()]
+        for idx, w in groups:
+            f = self._encode_rows(cache, beam[idx], shared[idx], suffix[idx, :w], eot_index[idx])
+            out[idx] = f / f.norm(dim=-1, keepdim=True)
+        return out.view(R, K, -1)
+
+    def _encode_rows(self, cache: PrefixCache, beam, shared, suffix, eot_index) -> torch.Tensor:
+        """Features (M, D) of M rows; beam (M,) picks each row's prefix, suffix (M, S)."""
+        M, S = suffix.shape
+        P = cache.keys[0].shape[-2]
+        dev = suffix.device
+        j = torch.arange(S, device=dev)
+        # padding after EOT may run past CLIP's last position; it never reaches the EOT feature
+        positions = (shared[:, None] + j).clamp(max=self.clip.positional_embedding.shape[0] - 1)
+        x = self._embed(suffix, positions)  # (M, S, d)
+        # suffix position i sees prefix positions < shared and suffix positions <= i
+        see_prefix = (torch.arange(P, device=dev) < shared[:, None])[:, None, None, :].expand(M, 1, S, P)
+        see_suffix = torch.ones(S, S, dtype=torch.bool, device=dev).tril().expand(M, 1, S, S)
+        mask = torch.cat([see_prefix, see_suffix], dim=-1)  # (M, 1, S, P + S)
+        for block, pk, pv in zip(self.blocks, cache.keys, cache.values):
+            q, k, v = self._qkv(block, x)  # (M, h, S, hd)
+            keys = torch.cat([pk[beam], k], dim=-2)  # (M, h, P + S, hd)
+            values = torch.cat([pv[beam], v], dim=-2)
+            x = self._finish(block, x, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+        x = x[torch.arange(M, device=dev), eot_index]  # (M, d)
+        return self.clip.ln_final(x).type(self.dtype) @ self.clip.text_projection  # (M, D)
+
+
+
+class StepFeatures:
+    """CLIP features of the (row, token) candidates met so far in one decoding step.
+
+    Within a step the prefixes are fixed, so a candidate's text, hence its features, depends
+    only on (row, token). The top-k of successive context-shift iterations overlap heavily
+    (3.5x repeats on the tests' random models), so each iteration encodes only the candidates
+    no earlier iteration ranked.
+    """
+
+    def __init__(self, rows: int, vocab: int, device):
+        self.slot = torch.full((rows, vocab), -1, dtype=torch.int32, device=device)  # (R, V) into table
+        self.table: torch.Tensor | None = None  # (n, D)
+
+    def missing(self, top: torch.Tensor) -> torch.Tensor:
+        """(R, K) bool: candidates `top` (R, K) not seen yet."""
+        return self.slot.gather(1, top) < 0
+
+    def update(self, top: torch.Tensor, new: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Store the rows `new` (R, K) of feats (R, K, D); return the features of all of `top`."""
+        r, k = new.nonzero(as_tuple=True)
+        start = 0 if self.table is None else self.table.shape[0]
+        self.slot[r, top[r, k]] = torch.arange(start, start + r.numel(), dtype=torch.int32, device=r.device)
+        fresh = feats[r, k]  # (m, D)
+        self.table = fresh if self.table is None else torch.cat([self.table, fresh])
+        return self.table[self.slot.gather(1, top).long()]  # (R, K, D)
+
+
+class _ClipCandidates:
+    def __init__(self, scorer: ClipScorer, prefix_texts: list[str]):
+        self.scorer, self.candidates = scorer, scorer.candidates
+        self.prefixes = [self.candidates.prefix(t) for t in prefix_texts]
+        self.prefix_rows = self.candidates.pad([p.row for p in self.prefixes])  # (R, P): SOT + prefix ids
+
+
+class ExactCandidates(_ClipCandidates):
+    """CLIP's own `encode_text` on full 77-token rows (the authors' operation order)."""
+
+    def features(self, top: torch.Tensor) -> torch.Tensor:
+        with record_function("zerocap.candidate_rows"):
+            shared, suffix, eot = self.candidates.rows(self.prefixes, top)
+        with record_function("zerocap.clip_candidates"):
+            return self.scorer.encode_full(self.prefix_rows, shared, suffix, eot)
+
+
+class FastCandidates(_ClipCandidates):
+    """Prefix keys/values once per step, only the suffixes per iteration, features kept for the step."""
+
+    def __init__(self, scorer: ClipScorer, prefix_texts: list[str]):
+        super().__init__(scorer, prefix_texts)
+        with record_function("zerocap.clip_prefix"):
+            self.cache = scorer.encode_prefix(self.prefix_rows)
+        self.seen = StepFeatures(len(self.prefixes), len(self.candidates.strings), self.prefix_rows.device)
+
+    def features(self, top: torch.Tensor) -> torch.Tensor:
+        new = self.seen.missing(top)  # (R, K) only candidates no earlier iteration ranked
+        with record_function("zerocap.candidate_rows"):
+            shared, suffix, eot = self.candidates.rows(self.prefixes, top, needed=new)
+        with record_function("zerocap.clip_candidates"):
+            feats = self.scorer.encode_candidates(self.cache, shared, suffix, eot, needed=new)
+        return self.seen.update(top, new, feats)
