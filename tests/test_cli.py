@@ -120,11 +120,12 @@ BAD = [
     (["caption", "{img}", "--fusion-factor", "2"], "fusion_factor must be a number in [0, 1], got 2.0"),
     (["caption", "{img}", "--beam-size", "20", "--top-k", "10"], "beam_size (20) must not exceed top_k (10)"),
     (["caption", "{img}", "--cond-text", "a " * 80], "cond_text is too long for CLIP"),
-    (["caption", "{img}", "--batch-size", "0"], "--batch-size must be between 1 and 64"),
+    (["caption", "{img}", "--batch-size", "0"], "--batch-size must be an integer from 1 to 64, got 0"),
     (["caption", "{img}", "--device", "tpu"], "unknown device 'tpu'"),
-    (["arithmetic", "{img}", "{img2}", "--weights", "1"], "got 2 image(s) but 1 image weight(s)"),
+    (["arithmetic", "{img}", "{img2}", "--weights", "1"], "got 2 image(s) but 1 --weights; give one weight per image"),
     (["arithmetic", "{img}", "{img}", "--weights", "1", "-1"], "(nearly) zero"),
-    (["arithmetic"], "give the IMAGEs"),
+    (["arithmetic"], "mode arithmetic needs images and/or texts to combine, with their weights"),
+    (["arithmetic", "{img}", "--text-weight", "2"], "--text-weight given without texts"),
 ]
 
 
@@ -187,14 +188,14 @@ def test_exact_flag_gives_the_same_beams_the_authors_way(capsys, models, images,
 
     def spy(self, *a, **k):
         init(self, *a, **k)
-        forms.append(self.exact)
+        forms.append(self.form.name)
 
     monkeypatch.setattr(zerocap.engine.ZeroCap, "__init__", spy)
     a = run(capsys, "caption", images[0], *models, *FAST, "--json", "--exact")
     b = run(capsys, "caption", images[0], *models, *FAST, "--json")
-    c = run(capsys, "caption", images[0], *models, *FAST, "--json", "--fast")  # older command lines
+    c = run(capsys, "caption", images[0], *models, *FAST, "--json", "--form", "exact")
     assert a[0] == b[0] == c[0] == 0
-    assert forms == [True, False, False]  # fast unless --exact, on a CPU too
+    assert forms == ["exact", "fast", "exact"]  # fast unless --exact / --form exact, on a CPU too
     texts = [[x["text"] for x in jsonl(r[1])[0]["beams"]] for r in (a, b, c)]
     assert texts[0] == texts[1] == texts[2]
 
@@ -211,6 +212,7 @@ def test_a_bug_is_not_passed_off_as_a_user_error(capsys, models, images, monkeyp
         main(["caption", images[0], *models, *FAST])
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_loading_the_models_exits_130_without_a_traceback(images, lm_dir, clip_file):
     import signal
     import time

@@ -15,7 +15,7 @@ from zerocap.cli import main
 from zerocap.jobs.inputs import Input, find_inputs
 from zerocap.jobs.results import ResultsFile
 from zerocap.jobs.run import run_job
-from zerocap.parallel import Replicas
+from zerocap.jobs.backends import Replicas
 
 FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "2", "--device", "cpu"]
 
@@ -177,6 +177,7 @@ def test_json_lines_on_stdout_include_the_failures(capsys, folder, lm_dir, clip_
     assert "beams" in lines[0] and lines[1]["error"].startswith("not an image")
 
 
+@pytest.mark.slow
 def test_a_job_killed_part_way_resumes_with_every_image_exactly_once(tmp_path, images, lm_dir, clip_file):
     """The issue's acceptance: kill the job, rerun it; every good image once, every bad one an error line."""
     folder = tmp_path / "many"

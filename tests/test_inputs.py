@@ -147,6 +147,7 @@ def test_list_lines_are_names_as_written_and_nul_lists_carry_any_name(tmp_path, 
     assert [i.name for i in find_inputs([], "-", null=True)] == ["#hash.png", "new\nline.png", " lead.png"]
 
 
+@pytest.mark.slow
 def test_a_name_that_is_not_utf8_is_printed_to_a_strict_utf8_terminal(tmp_path, images, lm_dir, clip_file):
     """The images after it used to be lost to a UnicodeEncodeError."""
     import shutil

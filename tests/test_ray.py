@@ -16,6 +16,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_plain_paths_captions_and_resumes(local_ray, tmp_path, images, lm_dir, clip_file, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -39,12 +40,13 @@ def test_ray_gives_the_plain_paths_captions_and_resumes(local_ray, tmp_path, ima
     assert len(lines) == 5  # each image once
 
 
+@pytest.mark.slow
 def test_a_config_the_models_refuse_is_refused_before_ray_starts(capsys, images, lm_dir, clip_file):
     code = main(["caption", images[0], "--lm", lm_dir, "--clip", clip_file, *FAST, "--ray",
                  "--cond-text", "a " * 80])
     assert code == 2 and not ray.is_initialized()
     assert capsys.readouterr().err.strip() == ("zerocap: error: cond_text is too long for CLIP: 80 CLIP tokens;"
-                                               " at most 74 leave room for a generated word")
+                                               " at most 74 CLIP tokens leave room for a generated word")
 
 
 def ray_processes() -> set:

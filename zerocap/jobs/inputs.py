@@ -28,14 +28,11 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from ..download import is_url
 from ..errors import InputError
+from ..images import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 Warn = Callable[[str], None]
-
-
-def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import os
 import re
 from typing import Iterable, Iterator
 
+from .. import modes
 from ..config import ZeroCapConfig
 from ..errors import InputError
 from .inputs import Input
@@ -40,13 +41,13 @@ class Captioner:
         quiet_transformers()
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per actor
-        self.engine = ZeroCap.load(s["lm"], s["clip"], device=device, lm_dtype=s["lm_dtype"], exact=s["exact"])
+        self.engine = ZeroCap.load(s["lm"], s["clip"], device=device, lm_dtype=s["lm_dtype"], form=s["form"])
         self.cfg = self.engine.check(ZeroCapConfig(**s["config"]))
-        self.target, self.key = s["target"], s["key"]
+        self.mode, self.options = modes.get(s["mode"]), s["options"]
 
     def __call__(self, batch: dict) -> dict:
         items = [Input(str(n), str(s)) for n, s in zip(batch["name"], batch["source"])]
-        records = caption_batch(self.engine, items, self.cfg, self.target, self.key)
+        records = caption_batch(self.engine, items, self.mode, self.cfg, self.options)
         return {"record": [dumps(r) for r in records]}
 
 
@@ -55,7 +56,7 @@ def _captioner(**settings) -> type:
 
 
 class RayBatches:
-    """The `batches` of dataset.run_job on Ray; records come in completion order. close() ends
+    """The `batches` of run.run_job on Ray (a backends.py backend); records come in completion order. close() ends
     what this job started: the driver's connection and, for a local Ray, the whole local Ray.
 
     address: None or "local" starts a local Ray (LocalRay); otherwise the cluster's address
@@ -63,7 +64,7 @@ class RayBatches:
     """
 
     def __init__(self, address: str | None, actors: int | None, lm: str, clip: str, cfg: ZeroCapConfig,
-                 exact: bool, lm_dtype: str, batch_size: int, target, key: str):
+                 form: str, lm_dtype: str, batch_size: int, mode, options: dict):
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # read when ray.data is imported; progress is ours
         self.local_ray = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
         try:
@@ -74,7 +75,7 @@ class RayBatches:
         check_without_models(cfg, lm)  # an actor that refuses it would show Ray's tracebacks first
         self.address, self.actors, self.batch_size = address, actors, batch_size
         self.settings = dict(lm=os.path.abspath(lm), clip=os.path.abspath(clip), config=vars(cfg).copy(),
-                             exact=exact, lm_dtype=lm_dtype, target=target, key=key)
+                             form=form, lm_dtype=lm_dtype, mode=mode.name, options=dict(options))
         self.local: LocalRay | None = None
         self.saved_env: dict = {}  # what _connect changed in this process's environment, to restore
 
@@ -224,14 +225,14 @@ def check_without_models(cfg: ZeroCapConfig, lm: str) -> ZeroCapConfig:
     import clip
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..engine import check_config, prompt_facts
+    from ..families import lm_facts
+    from ..limits import CLIP_PROMPT_TOKENS
     from ..loading import check_lm_dir
 
     check_lm_dir(lm)
     tokenizer = AutoTokenizer.from_pretrained(lm, local_files_only=True)
-    lm_config = AutoConfig.from_pretrained(lm, local_files_only=True)
-    prefix, positions = prompt_facts(lm_config, tokenizer)
-    return check_config(cfg, tokenizer, lm_config.vocab_size, prefix, positions, clip.clip._tokenizer.encode)
+    facts = lm_facts(AutoConfig.from_pretrained(lm, local_files_only=True), tokenizer)
+    return facts.check(cfg, tokenizer, lambda text: len(clip.clip._tokenizer.encode(text)), CLIP_PROMPT_TOKENS.hi)
 
 
 def _user_error(error: BaseException) -> InputError | None:

@@ -10,41 +10,29 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from ..download import local_file
 from ..errors import InputError
 from .inputs import Input
 from .results import ResultsFile
 
-# target(engine, source, name) -> (normalised CLIP target (D,), extra fields of the result)
-Target = Callable[..., tuple]
 
-
-def image_target(engine, source: str, name: str):
-    with local_file(source) as path:
-        return engine.targets.image_target(path, name), {}
-
-
-def caption_batch(engine, items: list[Input], cfg, target: Target = image_target, key: str = "image",
+def caption_batch(engine, items: list[Input], mode, cfg, options: dict | None = None,
                   progress=None) -> list[dict]:
-    """Result records for one batch: each input's target (an error record when it fails), then
-    one decode of the good ones together. progress: the engine's per-token callback."""
-    import torch
-
+    """Result records for one batch of a mode's inputs: each input's target (an error record when
+    it fails), then one decode of the good ones together. progress: the per-token callback."""
+    key = mode.kind.name
     records: list[dict | None] = [None] * len(items)
-    good, targets, extras = [], [], []
+    good, targets = [], []
     for i, item in enumerate(items):
         try:
-            t, extra = target(engine, item.source, item.name)
+            targets.append(mode.kind.target(engine, item.source, item.name, **(options or {})))
         except InputError as e:
             records[i] = {key: item.name, "source": item.source, "error": str(e)}
             continue
         good.append(i)
-        targets.append(t)
-        extras.append(extra)
     if good:
-        results = engine.decode(torch.stack(targets), cfg, [items[i].name for i in good], progress)
-        for i, result, extra in zip(good, results, extras):
-            records[i] = {key: items[i].name, "source": items[i].source, **result.to_dict(), **extra}
+        results = engine.decode_targets(targets, cfg, progress)
+        for i, result in zip(good, results):
+            records[i] = {key: items[i].name, "source": items[i].source, **result.to_dict()}
     return records
 
 

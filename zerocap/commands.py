@@ -1,0 +1,183 @@
+"""What each command does once cli.py has parsed it: check everything a user can get wrong,
+then load the models, run, and show the results.
+
+  a mode whose kind makes one result per input (caption, knowledge, ocr, video): a dataset job
+    -- find the inputs, open the results file, run batches on a backend, one record each;
+  a mode whose kind makes one result per request (arithmetic): one request;
+  eval: score a results file against references.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import forms, modes
+from .config import KNOBS, preset
+from .errors import InputError
+from .limits import BATCH_SIZE
+
+
+def run(args) -> int:
+    if args.command == "eval":
+        return evaluate(args)
+    mode = modes.get(args.command)
+    cfg = preset(args.preset or mode.name, **{name: getattr(args, name) for name in KNOBS})
+    if not BATCH_SIZE.allows(args.batch_size):
+        raise InputError(f"--batch-size must be {BATCH_SIZE.said}, got {args.batch_size}")
+    return dataset(args, mode, cfg) if mode.kind.one_per_input else request(args, mode, cfg)
+
+
+# ---- what every decoding command needs -------------------------------------------------------------
+def devices(args) -> list[str]:
+    spec = "all" if args.multi_gpu and not args.devices else args.devices
+    if not spec:
+        return [args.device]
+    if spec == "all":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise InputError("--devices all / --multi_gpu: no CUDA GPU is visible")
+        return [f"cuda:{i}" for i in range(n)]
+    return [d.strip() for d in spec.split(",") if d.strip()]
+
+
+def model_paths(args) -> tuple[str, str]:
+    """(LM folder, CLIP checkpoint): as named by the flags, else from the weights folder, whose
+    missing files are fetched (unless offline) -- only those the flags did not name."""
+    from . import families, weights
+
+    lm = args.lm
+    clip_path = args.clip or (os.path.join(args.clip_checkpoints, "ViT-B-32.pt") if args.clip_checkpoints else None)
+    if lm and clip_path:
+        return lm, clip_path
+    lm_dir = families.by_flag(args.lm_model).folder if args.lm_model else weights.LM_DIR
+    default_lm, default_clip = weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr),
+                                              lm=None if lm else lm_dir, clip=not clip_path)
+    return lm or default_lm, clip_path or default_clip
+
+
+def form(args) -> forms.Form:
+    return forms.get(args.form)
+
+
+# ---- the commands --------------------------------------------------------------------------------
+def dataset(args, mode, cfg) -> int:
+    """A mode with one result per input: every input, batched, each result emitted (and
+    written) when done."""
+    from .jobs.inputs import find_inputs, identify
+    from .jobs.results import ResultsFile
+    from .jobs.run import run_job
+    from .loading import quiet_transformers
+    from .output import emitter, progress_bar
+
+    kind, key = mode.kind, mode.kind.name
+    options = {name: getattr(args, name) for name in kind.job_options}
+    kind.check_options(options)
+    if args.retry_failed and not args.out:
+        raise InputError("--retry-failed needs --out FILE (the file whose error lines to retry)")
+    if args.actors is not None and (args.ray is None or args.actors < 1):
+        raise InputError("--actors needs --ray and a number from 1 up")
+    inputs = find_inputs(list(args.inputs) + list(args.more_inputs), args.list, kind.extensions, null=args.null)
+    if not inputs:
+        raise InputError(f"no {key}s: give {key} files, folders, patterns or URLs, or --list FILE")
+    missing = [i.name for i in inputs if not i.is_url and not i.exists]
+    if len(missing) == len(inputs):  # a typo, most likely: say so before loading the models
+        raise InputError(f"{key} file not found: {missing[0]}" + (f" (nor the {len(missing) - 1} others)"
+                                                                   if len(missing) > 1 else ""))
+    where = devices(args)
+    lm_path, clip_path = model_paths(args)
+    # every output is checked (and locked) before any work: never one of the inputs (the list too)
+    listed = None if args.list is None else "/dev/stdin" if args.list == "-" else args.list
+    not_outputs = inputs + ([identify(listed)] if listed and os.path.exists(listed) else [])
+    results = ResultsFile(args.out, key, args.retry_failed, not_outputs) if args.out else None
+    quiet_transformers()
+    bar = progress_bar("img" if key == "image" else "clip")
+    backend = None
+    try:
+        backend = _backend(args, mode, cfg, options, where, lm_path, clip_path, bar)
+        emit = emitter(args.json, quiet=results is not None and not args.json, bar=bar, key=key)
+        summary = run_job(inputs, backend, emit, results, args.batch_size, key, bar, unit=f"{key}s")
+    finally:
+        if bar is not None:
+            bar.close()
+        if results is not None:
+            results.close()
+        if backend is not None:
+            backend.close()
+    print(f"zerocap: {summary.line(args.out)}", file=sys.stderr)
+    return 1 if summary.any_failed else 0
+
+
+def _backend(args, mode, cfg, options, where, lm_path, clip_path, bar):
+    if args.ray is not None:
+        from .jobs.ray_backend import RayBatches
+
+        return RayBatches(args.ray, args.actors, lm_path, clip_path, cfg, form(args).name, args.lm_dtype,
+                          args.batch_size, mode, options)
+    from .jobs.backends import Local, Replicas
+
+    replicas = Replicas.load(lm_path, clip_path, where, lm_dtype=args.lm_dtype, form=form(args))
+    cfg = replicas.engines[0].check(cfg)
+    tokens = None if bar is None else lambda step, total, best: bar.set_postfix_str(f"token {step}/{total}")
+    return Local(replicas, mode, cfg, options, tokens)
+
+
+def request(args, mode, cfg) -> int:
+    """A mode with one result per request (arithmetic): its inputs checked (and the images
+    probed) before the models load, then one decode."""
+    from .engine import ZeroCap
+    from .images import probe_image
+    from .loading import quiet_transformers
+    from .output import emitter
+
+    files = list(args.inputs) + list(args.more_inputs)
+    request = mode.kind.check(mode, {"images": [modes.Sent(f, f) for f in files] or None, "texts": args.text or None,
+                                     "image_weights": args.weights, "text_weights": args.text_weight}, served=False)
+    for f in files:  # fail fast (each is decoded when it is used)
+        probe_image(f)
+    where = devices(args)
+    lm_path, clip_path = model_paths(args)
+    quiet_transformers()
+    engine = ZeroCap.load(lm_path, clip_path, device=where[0], lm_dtype=args.lm_dtype, form=form(args))
+    results = engine.decode_targets(mode.kind.targets(engine, request), engine.check(cfg))
+    for result in results:
+        emitter(args.json, quiet=False)(result.to_dict())
+    return 0
+
+
+def evaluate(args) -> int:
+    from .evaluate import check_skip
+    from .jobs.inputs import identify
+    from .jobs.results import ScoresFile
+
+    check_skip(args.skip)  # before CLIP loads
+    scores_file = None
+    if args.per_image:  # checked before any work; never the captions or the references
+        scores_file = ScoresFile(args.per_image, [identify(args.captions), identify(args.refs)])
+    try:
+        return _evaluate_into(args, scores_file)
+    finally:
+        if scores_file is not None:
+            scores_file.close(remove_if_new=True)
+
+
+def _evaluate_into(args, scores_file) -> int:
+    from .evaluate import evaluate
+    from .jobs.results import dumps
+
+    scorer = None
+    if "CLIP-S" not in args.skip:
+        from . import weights
+        from .loading import load_clip, resolve_device
+        from .scorer import ClipScorer
+
+        device = resolve_device(args.device)
+        path = args.clip or weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr), lm=None)[1]
+        scorer = ClipScorer(*load_clip(path, device), device)
+    report = evaluate(args.captions, args.refs, args.field, args.strip_prompt, args.tokenizer, scorer,
+                      args.image_root, args.skip, args.match)
+    print(dumps(report.to_dict()) if args.json else report.table())
+    if scores_file is not None:
+        scores_file.write({"image": name, **scores} for name, scores in report.per_image.items())
+    return 0

@@ -1,0 +1,52 @@
+"""How the command line shows results: text or JSON lines on stdout, failures on stderr, a
+progress bar on a terminal."""
+from __future__ import annotations
+
+import sys
+
+from .jobs.results import KINDS, dumps, marked
+
+
+def print_text(d: dict) -> None:
+    """A result record as text on stdout."""
+    out = sys.stdout
+    out.write(f"{d['target']}\n")
+    out.write(f"  best mixed:   {d['best_mixed']}\n  best CLIP:    {d['best_clip']}\n")
+    out.write(f"  best fluency: {d['best_fluency']}\n  beams (score, CLIP similarity, perplexity):\n")
+    for b in d["beams"]:
+        out.write(f"    {b['score']:8.3f}  {b['clip_score']:6.3f}  {b['perplexity']:10.4g}  {b['caption']}\n")
+    if d.get("frame_times"):
+        distinct = f"{d['frames']} distinct frames of {d['frames_asked']} asked"
+        out.write(f"  frames at {', '.join(f'{t:.2f}' for t in d['frame_times'])} s ({distinct})\n")
+    out.write(f"  {d['timing']['tokens']} tokens in {d['timing']['seconds']:.2f} s\n")
+    out.flush()
+
+
+def emitter(as_json: bool, quiet: bool, bar=None, key: str | None = None):
+    """What to do with each record as it is done: stdout (text or JSON lines -- a job's marked as
+    its results file's lines are, so that saved output can be resumed), failures on stderr
+    (above the progress bar, if there is one)."""
+
+    def emit(record: dict) -> None:
+        if as_json and not quiet:
+            sys.stdout.write(dumps(marked(KINDS[key], record) if key else record) + "\n")
+            sys.stdout.flush()
+        elif "error" in record:
+            message = f"zerocap: error: {record['error']}"
+            if bar is not None:
+                bar.write(message, file=sys.stderr)
+            else:
+                print(message, file=sys.stderr)
+        elif not quiet:
+            print_text(record)
+
+    return emit
+
+
+def progress_bar(unit: str):
+    """A progress bar over the inputs on a terminal (done/total, rate, ETA), else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True, delay=0.5)  # run_job sets the total
