@@ -26,11 +26,11 @@ import typing
 from typing import Optional
 
 import torch
-from cog import BaseModel, BaseRunner, CancelationException, Input, Path
+from cog import BaseModel, BaseRunner, Input, Path
 from cog.input import FieldInfo
 from cog.types import URLPath
 
-from zerocap import InputError, preset, weights
+from zerocap import InputError, modes, preset, weights
 from zerocap.config import SERVED_KNOBS
 from zerocap.loading import quiet_transformers, resolve_device
 
@@ -98,7 +98,7 @@ def _unwrap_type(tpe) -> tuple[type, bool, bool]:
 def allowed(info: FieldInfo, kind: type) -> str:
     """What a value of this input may be, in words."""
     if info.choices is not None:
-        return "one of " + ", ".join(map(str, info.choices))
+        return "one of " + ", ".join(map(str, choices(info)))
     if kind is Path:
         return "a URL (https://...) or a data URL (data:...;base64,...) of a file"
     if kind is str:
@@ -144,9 +144,15 @@ def _check_one(name: str, value, kind: type, info: FieldInfo):
             value = int(value)
         if (info.ge is not None and value < info.ge) or (info.le is not None and value > info.le):
             raise wrong
-    if info.choices is not None and value not in info.choices:
+    if info.choices is not None and value not in choices(info):
         raise wrong
     return value
+
+
+def choices(info: FieldInfo) -> list:
+    """The allowed values of an input with choices: for `mode`, the registry's (zerocap.modes), which
+    the literal list restates (a test holds them equal), so a registered mode is taken at once."""
+    return list(modes.MODES) if info.choices == LITERAL_MODES else info.choices
 
 
 def _show(value) -> str:
@@ -160,7 +166,11 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def server_file(name: str, value) -> str:
+class SentFile(str):
+    """The path of a file cog downloaded for this request (checked by server_file)."""
+
+
+def server_file(name: str, value) -> SentFile:
     """The path of a file cog downloaded for this request (from a URL or data URL); InputError
     for anything else -- a path on the server, a number, a file outside cog's download folder --
     with one message that tells nothing about the server's files."""
@@ -169,12 +179,12 @@ def server_file(name: str, value) -> str:
         tmp = os.path.realpath(tempfile.gettempdir())
         # cog downloads to tempfile.NamedTemporaryFile(suffix=<the URL's file name>): tmpXXXXXXXX<name>
         if os.path.dirname(path) == tmp and os.path.basename(path).startswith("tmp") and os.path.isfile(path):
-            return path
+            return SentFile(path)
     mime = "video/mp4" if name.startswith("video") else "image/png"
     raise InputError(f"{name}: {FILE_RULE.format(mime=mime)}")
 
 
-def sent_name(path: str, fallback: str) -> str:
+def sent_name(path: str, fallback: str | None) -> str | None:
     """The file name the user sent (the URL's), from cog's download name; `fallback` for data URLs."""
     original = os.path.basename(path)[len("tmp") + 8:]  # tempfile's prefix + 8 random characters
     return original if original and not original.startswith("file.") else fallback
@@ -197,31 +207,36 @@ class Predictor(BaseRunner):
     def run(
         self,
         mode: str = Input(default="caption", choices=["caption", "knowledge", "ocr", "arithmetic", "video"], description="caption: describe the image. knowledge: name the place or person ('Image of'). ocr: read the text in it ('Image of text that says'). arithmetic: describe a weighted sum of images and texts, e.g. woman + king - man. video: describe what the frames of a clip share."),  # noqa: E501
-        image: Optional[Path] = Input(default=None, description="The image (a URL or data URL; JPEG, PNG, WebP, GIF, BMP or TIFF; at most 80 MP). For caption, knowledge and ocr; in arithmetic, the first image term."),  # noqa: E501
+        image: Optional[Path] = Input(default=None, description="The image (a URL or data URL; JPEG, PNG, WebP, GIF, BMP or TIFF; at most 80,000,000 pixels (80 MP)). For caption, knowledge and ocr; in arithmetic, the first image term."),  # noqa: E501
         images: Optional[list[Path]] = Input(default=None, description="arithmetic: the images to combine (URLs or data URLs), after `image` if given; at most 16 images and texts together."),  # noqa: E501
-        image_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per image term (image first, then images), each in [-10, 10], e.g. 1, 1, -1; empty = all 1."),  # noqa: E501
+        image_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per image term (image first, then images), numbers from -10 to 10, e.g. 1, 1, -1; empty = all 1."),  # noqa: E501
         texts: Optional[list[str]] = Input(default=None, description="arithmetic: texts to add to the target, e.g. 'a crown'."),  # noqa: E501
-        text_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per text, each in [-10, 10]; empty = all 1."),  # noqa: E501
-        video: Optional[Path] = Input(default=None, description="video: the clip (a URL or data URL; MP4, MOV, MKV, WebM, AVI, ...; frames of at most 80 MP)."),  # noqa: E501
-        frames: int = Input(default=8, ge=1, le=32, description="video: frames spread evenly over the clip; the caption describes their mean CLIP embedding."),  # noqa: E501
-        cond_text: Optional[str] = Input(default=None, max_length=300, description="Prompt the caption continues; empty = the mode's ('Image of a'; knowledge 'Image of'; ocr 'Image of text that says')."),  # noqa: E501
-        beam_size: int = Input(default=5, ge=1, le=20, description="Beams kept; more = slower, more varied."),
-        max_tokens: int = Input(default=15, ge=1, le=40, description="Tokens generated at most."),
-        num_iterations: int = Input(default=5, ge=0, le=20, description="Gradient steps on GPT-2's cache per token (0 = plain GPT-2)."),  # noqa: E501
-        top_k: int = Input(default=512, ge=1, le=2048, description="Candidate tokens scored by CLIP per beam and step; at least beam_size."),  # noqa: E501
-        end_factor: Optional[float] = Input(default=None, ge=0.5, le=2.0, description="Boost of the end token '.': higher = shorter captions; empty = the mode's (1.01; knowledge and ocr 1.04; arithmetic 1.06)."),  # noqa: E501
-        end_factor_from: int = Input(default=1, ge=0, le=40, description="First step the end-token boost applies (the paper says 3, the authors' code 1)."),  # noqa: E501
-        fusion_factor: Optional[float] = Input(default=None, ge=0.0, le=1.0, description="Weight of the CLIP-shifted GPT-2 against the plain one; empty = the mode's (0.99; arithmetic 0.95)."),  # noqa: E501
-        grad_norm_factor: Optional[float] = Input(default=None, ge=0.0, le=2.0, description="Gradients are divided by their norm to this power; empty = the mode's (0.9; arithmetic 0.95)."),  # noqa: E501
-        ce_scale: float = Input(default=0.2, ge=0.0, le=5.0, description="Weight of the fluency loss (stay close to plain GPT-2)."),  # noqa: E501
+        text_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per text, numbers from -10 to 10; empty = all 1."),  # noqa: E501
+        video: Optional[Path] = Input(default=None, description="video: the clip (a URL or data URL; MP4, MOV, MKV, WebM, AVI, ...; frames of at most 80,000,000 pixels (80 MP))."),  # noqa: E501
+        frames: int = Input(default=8, ge=1, le=32, description="video: frames spread evenly over the clip, an integer from 1 to 32; the caption describes their mean CLIP embedding."),  # noqa: E501
+        cond_text: Optional[str] = Input(default=None, max_length=300, description="Prompt the caption continues; a caption is cond_text + the generated text. Empty = the mode's (default 'Image of a'; knowledge 'Image of'; ocr 'Image of text that says')."),  # noqa: E501
+        beam_size: int = Input(default=5, ge=1, le=20, description="Beams kept by the length-normalised beam search (at most top_k); more = slower, more varied."),  # noqa: E501
+        max_tokens: int = Input(default=15, ge=1, le=40, description="Tokens generated at most (the authors' --target_seq_length)."),  # noqa: E501
+        num_iterations: int = Input(default=5, ge=0, le=20, description="Gradient steps on the LM's key/value cache per token (0 = the plain LM)."),  # noqa: E501
+        top_k: int = Input(default=512, ge=1, le=2048, description="Candidate tokens scored by CLIP per beam and iteration (at least beam_size)."),  # noqa: E501
+        end_factor: Optional[float] = Input(default=None, ge=0.5, le=2.0, description="End-token boost from end_factor_from on: higher = shorter captions. Empty = the mode's (default 1.01; knowledge 1.04; ocr 1.04; arithmetic 1.06)."),  # noqa: E501
+        end_factor_from: int = Input(default=1, ge=0, le=40, description="First step of the end-token boost (the paper says 3, the authors' code 1)."),  # noqa: E501
+        fusion_factor: Optional[float] = Input(default=None, ge=0.0, le=1.0, description="Next-token probs = shifted^f x plain^(1-f). Empty = the mode's (default 0.99; arithmetic 0.95)."),  # noqa: E501
+        grad_norm_factor: Optional[float] = Input(default=None, ge=0.0, le=2.0, description="The gradient is divided by its norm to this power. Empty = the mode's (default 0.9; arithmetic 0.95)."),  # noqa: E501
+        ce_scale: float = Input(default=0.2, ge=0.0, le=5.0, description="Weight of the fluency loss: the shifted LM's KL divergence from the plain LM."),  # noqa: E501
         clip_scale: float = Input(default=1.0, ge=0.0, le=10.0, description="Weight of the CLIP loss."),
-        stepsize: float = Input(default=0.3, ge=0.0, le=3.0, description="Step size of the cache shift."),
+        stepsize: float = Input(default=0.3, ge=0.0, le=3.0, description="Step size of the context shift."),
         clip_temperature: float = Input(default=0.01, ge=0.001, le=1.0, description="Softmax temperature over the candidates' CLIP similarities."),  # noqa: E501
-        repetition_penalty: float = Input(default=1.0, ge=0.5, le=3.0, description="Damping of the last 4 tokens; 1 = off."),  # noqa: E501
+        repetition_penalty: float = Input(default=1.0, ge=0.5, le=3.0, description="Damping of the last 4 context tokens (1 = off)."),  # noqa: E501
         forbidden_factor: float = Input(default=20.0, ge=1.0, le=100.0, description="Damping of bare numbers and ( ) , ! : newline."),  # noqa: E501
     ) -> Output:
-        knobs = {name: value for name, value in locals().items() if name in SERVED_KNOBS}
-        terms = check_terms(mode, image, images, image_weights, texts, text_weights, video)
+        values = dict(locals())
+        knobs = {name: values[name] for name in SERVED_KNOBS}
+        chosen = modes.get(mode)
+        # an input left at its declared default is not given (frames has one, for video)
+        defaults = _declared(Predictor.run.__wrapped__)[0]
+        given = {name: None if values[name] == defaults[name].default else sent(values[name]) for name in MODE_INPUTS}
+        request = chosen.kind.check(chosen, given)
         cfg = self.model.check(preset(mode, **{**knobs, "cond_text": cond_text or None}))
 
         start = time.perf_counter()
@@ -230,18 +245,8 @@ class Predictor(BaseRunner):
             print(f"token {step}/{total}: {cfg.cond_text}{best[0]}", flush=True)
 
         try:
-            if mode == "arithmetic":
-                result = self.model.arithmetic(terms["images"], terms["image_weights"], terms["texts"],
-                                               terms["text_weights"], config=cfg, progress=progress,
-                                               names=terms["names"])
-            elif mode == "video":
-                result = self.model.video([terms["video"]], frames=frames, config=cfg, progress=progress,
-                                          names=[terms["name"]])[0]
-            else:
-                result = self.model.caption([terms["image"]], config=cfg, progress=progress,
-                                            names=[terms["name"]])[0]
-        except CancelationException:
-            raise
+            targets = chosen.kind.targets(self.model, request)
+            result = self.model.decode_targets(targets, cfg, progress)[0]
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise InputError("out of GPU memory: lower beam_size or top_k, or combine fewer terms") from None
@@ -252,6 +257,7 @@ class Predictor(BaseRunner):
         self.record_metric("tokens_generated", result.tokens)
         self.record_metric("seconds_per_token", result.seconds / max(1, result.tokens))
         self.record_metric("total_seconds", seconds)
+        out = result.to_dict()
         return Output(
             caption=result.best_mixed,
             best_clip=result.best_clip,
@@ -265,46 +271,21 @@ class Predictor(BaseRunner):
             cond_text=cfg.cond_text,
             tokens=result.tokens,
             seconds=seconds,
-            frame_times=result.frame_times or [],
-            frames=len(result.frame_times or []),
-            frames_asked=result.frames_asked or 0,
+            frame_times=out.get("frame_times", []),
+            frames=out.get("frames", 0),
+            frames_asked=out.get("frames_asked", 0),
         )
 
 
-def check_terms(mode, image, images, image_weights, texts, text_weights, video=None) -> dict:
-    """Which inputs each mode takes, with names for the files; InputError naming what is wrong."""
-    images, texts = list(images or []), list(texts or [])
-    if mode == "video":
-        extra = [n for n, v in (("image", image), ("images", images), ("image_weights", image_weights),
-                                ("texts", texts), ("text_weights", text_weights)) if v]
-        if extra:
-            raise InputError(f"mode video takes `video` (and `frames`), not {', '.join(extra)}")
-        if video is None:
-            raise InputError("mode video needs `video`")
-        return {"video": video, "name": sent_name(video, "video")}
-    if video is not None:
-        raise InputError(f"`video` is for mode=video; mode {mode} takes images")
-    if mode != "arithmetic":
-        extra = [n for n, v in (("images", images), ("image_weights", image_weights), ("texts", texts),
-                                ("text_weights", text_weights)) if v]
-        if extra:
-            raise InputError(f"mode {mode} takes `image`; {', '.join(extra)} are for mode=arithmetic")
-        if image is None:
-            raise InputError(f"mode {mode} needs `image`")
-        return {"image": image, "name": sent_name(image, "image")}
-    files = ([image] if image is not None else []) + images
-    if not files and not texts:
-        raise InputError("mode arithmetic needs `image`/`images` and/or `texts`, with their weights, e.g. 1, 1, -1")
-    if len(files) + len(texts) > MAX_TERMS:
-        raise InputError(f"arithmetic takes at most {MAX_TERMS} images and texts together, got {len(files) + len(texts)}")
-    for name, values, count, what in (("image_weights", image_weights, len(files), "image"),
-                                      ("text_weights", text_weights, len(texts), "text")):
-        if values is None:
-            continue
-        if len(values) != count:
-            raise InputError(f"got {count} {what}(s) but {len(values)} {name}; give one weight per {what}")
-        if any(not -10 <= w <= 10 for w in values):
-            raise InputError(f"{name} must be numbers in [-10, 10], got {values}")
-    names = [sent_name(f, f"image {i + 1}") for i, f in enumerate(files)]
-    return {"images": files, "image_weights": image_weights, "texts": texts, "text_weights": text_weights,
-            "names": names}
+LITERAL_MODES = ["caption", "knowledge", "ocr", "arithmetic", "video"]  # the `mode` Input's choices, as declared
+MODE_INPUTS = ("image", "images", "image_weights", "texts", "text_weights", "video", "frames")
+
+
+def sent(value):
+    """A checked file input as modes.Sent (its path, and the name the user sent, if any); lists of
+    files likewise; anything else as it is."""
+    if isinstance(value, list):
+        return [sent(v) for v in value]
+    if isinstance(value, SentFile):
+        return modes.Sent(value, sent_name(value, None))
+    return value

@@ -189,6 +189,7 @@ def test_the_generated_schema_refuses_what_it_declares(server, uris, inputs, fie
     assert any(d["loc"][-1] == field and message in d["msg"] for d in body["detail"]), body
 
 
+@pytest.mark.slow  # a second server, without the schema
 @pytest.mark.parametrize("inputs,message", [
     ({"beam_size": 50}, "beam_size must be an integer from 1 to 20, got 50"),
     ({"beam_size": "x"}, 'beam_size must be an integer from 1 to 20, got "x"'),
@@ -258,6 +259,7 @@ def test_cancel_stops_the_prediction_and_the_server_goes_on(server, uris):
     assert_output(server.predict(image=uris[0], **SMALL), "caption", "Image of a", 2)
 
 
+@pytest.mark.slow
 def test_the_health_check_reports_a_dead_worker(weights_root):
     """A worker killed (out of memory, a driver fault) leaves coglet up but unable to predict; the
     health check says so, for a restart policy or liveness probe to act on (see README)."""
@@ -271,6 +273,7 @@ def test_the_health_check_reports_a_dead_worker(weights_root):
         s.stop()
 
 
+@pytest.mark.slow
 def test_setup_fails_with_a_clear_message_when_weights_are_missing_offline(tmp_path):
     s = Server({"ZEROCAP_WEIGHTS": str(tmp_path / "nothing"), "ZEROCAP_OFFLINE": "1"})
     try:
@@ -287,6 +290,7 @@ def hub_env(hub, root):
             "ZEROCAP_CLIP_URL": f"{hub.url}/clip/{hub.clip_sha}/ViT-B-32.pt"}
 
 
+@pytest.mark.slow
 def test_setup_downloads_missing_weights_then_serves(tmp_path, lm_dir, clip_file, uris):
     from loopback_hub import Hub
 
@@ -303,6 +307,7 @@ def test_setup_downloads_missing_weights_then_serves(tmp_path, lm_dir, clip_file
         hub.close()
 
 
+@pytest.mark.slow
 def test_setup_rejects_a_corrupted_download(tmp_path, lm_dir, clip_file):
     from loopback_hub import Hub
 

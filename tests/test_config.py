@@ -8,7 +8,7 @@ from zerocap.config import DEFAULTS, FIELD_TYPES, KNOBS, describe_knob
 
 
 def test_presets_change_only_what_the_authors_readme_changes():
-    assert MODES == tuple(PRESETS) == ("caption", "knowledge", "ocr", "arithmetic", "video")
+    assert tuple(MODES) == tuple(PRESETS) == ("caption", "knowledge", "ocr", "arithmetic", "video")
     assert preset("caption") == DEFAULTS
     assert preset("ocr", end_factor=None).end_factor == 1.04  # None keeps the preset's value
     assert preset("ocr", end_factor=1.2).end_factor == 1.2
@@ -96,14 +96,21 @@ def cog_inputs() -> dict:
     return {n: p.default for n, p in params.items() if n != "self"}
 
 
-def test_every_cog_input_agrees_with_the_table():
-    """cog's build reads predict.py statically, so its Inputs restate the table as literals."""
-    from zerocap.config import SERVED_KNOBS, preset_dependent
+def test_every_cog_input_restates_the_tables_word_for_word():
+    """cog's build reads predict.py statically, so its Inputs restate the knob table, the modes and
+    the limits as literals: each description is the one the tables give, word for word."""
+    from zerocap.config import SERVED_KNOBS, cog_description, preset_dependent
+    from zerocap.limits import FRAMES
+    from zerocap.modes import cog_descriptions
 
     inputs = cog_inputs()
     assert inputs["mode"].choices == list(MODES) and inputs["mode"].default == "caption"
-    knobs = set(inputs) - {"mode", "image", "images", "image_weights", "texts", "text_weights", "video", "frames"}
+    others = cog_descriptions()
+    knobs = set(inputs) - set(others)
     assert knobs == set(SERVED_KNOBS)  # no knob left out, none invented
+    for name, description in others.items():
+        assert inputs[name].description == description, name
+    assert (inputs["frames"].ge, inputs["frames"].le) == FRAMES.serve
     for name in SERVED_KNOBS:
         info, spec = inputs[name], KNOBS[name]
         # a knob some mode changes defaults to "empty = the mode's"
@@ -111,30 +118,55 @@ def test_every_cog_input_agrees_with_the_table():
         if spec.serve is not None:
             assert (info.ge, info.le) == (spec.serve.lo, spec.serve.hi), name
         assert info.max_length == spec.max_length, name
-        assert info.description, name
+        assert info.description == cog_description(name), name
+
+
+def readme() -> str:
+    import os
+
+    return open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+
+
+def readme_table(heading: str) -> list[list[str]]:
+    """The rows of the first table after `heading` (its header and rule left out)."""
+    lines = readme().split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in lines[start + 2:end]]
 
 
 def readme_inputs_table() -> dict:
-    import os
-
-    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
-    section = text.split("### Inputs", 1)[1].split("\n\n", 2)[1]  # the table after the heading
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()]
-    return {name.strip("`"): (kind, default, allowed) for name, kind, default, allowed, _ in rows
-            if name.startswith("`")}
+    return {name.strip("`"): (kind, default, allowed, does) for name, kind, default, allowed, does
+            in readme_table("### Inputs") if name.startswith("`")}
 
 
-def test_the_readmes_inputs_table_agrees_with_the_table():
+def test_the_readmes_inputs_table_restates_the_tables():
     from zerocap.config import SERVED_KNOBS, preset_dependent
+    from zerocap.limits import FRAMES, PIXELS, TERMS, WEIGHT
 
     table = readme_inputs_table()
-    assert set(cog_inputs()) <= set(table)
+    assert set(cog_inputs()) == set(table)
     for name in SERVED_KNOBS:
-        kind, default, allowed = table[name]
+        kind, default, allowed, does = table[name]
         spec = KNOBS[name]
         want_default = "the mode's" if preset_dependent(name) else f"{getattr(DEFAULTS, name):g}"
         assert default == want_default, name
         if spec.serve is not None:
             assert allowed == f"{spec.serve.lo:g}–{spec.serve.hi:g}", name
             assert kind == ("integer" if FIELD_TYPES[name] is int else "number"), name
+        assert does == spec.help, name  # the knob's help line, word for word
     assert table["mode"][2] == ", ".join(MODES)
+    assert PIXELS.said in table["image"][2] and PIXELS.said in table["video"][2]
+    assert table["images"][2] == TERMS.say(served=True)
+    assert WEIGHT.say(served=True) in table["image_weights"][2] and WEIGHT.say(served=True) in table["text_weights"][2]
+    assert table["frames"][2] == f"{FRAMES.serve[0]}–{FRAMES.serve[1]}"
+
+
+def test_the_readmes_limits_table_is_the_limits_table():
+    """Every limit a user can meet, said once: the README's table is limits.py's, word for word."""
+    from zerocap.limits import LIMITS
+
+    rows = {name.strip("`"): (said, served) for name, said, served, where in readme_table("### Limits")}
+    assert set(rows) == set(LIMITS)
+    for name, limit in LIMITS.items():
+        assert rows[name] == (limit.said, limit.served_said or "—"), name
