@@ -2,16 +2,21 @@ import pytest
 import torch
 
 from zerocap.config import ZeroCapConfig
-from zerocap.token_rules import apply_token_rules
+from zerocap.token_rules import Rules, apply_token_rules
 
 V, END = 10, 3
+
+
+def recent(contexts):
+    return torch.tensor([(c[-4:] * 4)[-4:] for c in contexts])
 
 
 def rules(logits, context, step, forbidden=(), **cfg):
     mask = torch.zeros(V, dtype=torch.bool)
     mask[list(forbidden)] = True
-    return apply_token_rules(torch.tensor(logits), torch.tensor(context), step,
-                             ZeroCapConfig(**cfg), END, mask)
+    n = len(logits)
+    return apply_token_rules(torch.tensor(logits), recent(context),
+                             Rules.of([ZeroCapConfig(**cfg)] * n, [step] * n, [END] * n, "cpu"), mask)
 
 
 def row(**values):
@@ -63,6 +68,22 @@ def test_rules_apply_in_order_to_the_current_value():
 def test_rows_are_independent():
     out = rules(row(t1=2.0) + row(t1=2.0), [[1, 0], [0, 0]], step=2, repetition_penalty=2.0)
     assert out[0, 1].item() == pytest.approx(1.0) and out[1, 1].item() == 2.0
+
+
+def test_rows_of_requests_at_other_steps_with_other_knobs_get_their_own_rules():
+    """Requests decoded together: each row's rules are those it gets alone, bit for bit."""
+    cfgs = [ZeroCapConfig(end_factor=1.3, repetition_penalty=1.7, end_factor_from=2),
+            ZeroCapConfig(end_factor=1.01, forbidden_factor=5.0), ZeroCapConfig(start_end_penalty=2.5)]
+    steps, ends, contexts = [3, 1, 0], [3, 7, 2], [[3, 5, 1], [7, 7], [2]]
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, V, generator=g) * 4
+    forbidden = torch.zeros(V, dtype=torch.bool)
+    forbidden[[1, 6]] = True
+    together = apply_token_rules(logits, recent(contexts), Rules.of(cfgs, steps, ends, "cpu"), forbidden)
+    for i in range(3):
+        alone = apply_token_rules(logits[i:i + 1], recent(contexts[i:i + 1]),
+                                  Rules.of(cfgs[i:i + 1], steps[i:i + 1], ends[i:i + 1], "cpu"), forbidden)
+        assert torch.equal(together[i], alone[0])
 
 
 # --- forbidden tokens ------------------------------------------------------------------------

@@ -53,8 +53,8 @@ def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tup
 class ZeroCapConfig:
     cond_text: str = knob("Image of a", "prompt the caption continues; a caption is cond_text + the generated text",
                           max_length=300)
-    beam_size: int = knob(5, "beams kept by the length-normalised beam search (at most top_k); more = slower, more varied", 1, 100,
-                          serve=(1, 20))
+    beam_size: int = knob(5, "beams kept by the length-normalised beam search (at most top_k); more = slower,"
+                             " more varied", 1, 100, serve=(1, 20))
     max_tokens: int = knob(15, "tokens generated at most (the authors' --target_seq_length)", 1, 100, serve=(1, 40))
     num_iterations: int = knob(5, "gradient steps on the LM's key/value cache per token (0 = the plain LM)", 0, 50,
                                serve=(0, 20))
@@ -63,7 +63,8 @@ class ZeroCapConfig:
     clip_temperature: float = knob(0.01, "softmax temperature over the candidates' CLIP similarities", 0.0, 10.0,
                                    lo_open=True, serve=(0.001, 1.0))
     clip_scale: float = knob(1.0, "weight of the CLIP loss", 0.0, 100.0, serve=(0.0, 10.0))
-    ce_scale: float = knob(0.2, "weight of the fluency loss: the shifted LM's KL divergence from the plain LM", 0.0, 100.0, serve=(0.0, 5.0))
+    ce_scale: float = knob(0.2, "weight of the fluency loss: the shifted LM's KL divergence from the plain LM",
+                           0.0, 100.0, serve=(0.0, 5.0))
     stepsize: float = knob(0.3, "step size of the context shift", 0.0, 10.0, serve=(0.0, 3.0))
     grad_norm_factor: float = knob(0.9, "the gradient is divided by its norm to this power", 0.0, 2.0,
                                    serve=(0.0, 2.0))

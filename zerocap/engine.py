@@ -21,20 +21,17 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.profiler import record_function
 
 from . import forms
-from .beam_search import Beams, first_step
+from .batch import Batch, Request
+from .beam_search import Beams
 from .config import ZeroCapConfig, preset
-from .context_shift import shift_context
 from .errors import InputError
 from .families import lm_facts
-from .guide import Guide
 from .modes import TERMS_KIND, VIDEO, Target
 from .rerank import clip_similarities, perplexities
 from .scorer import ClipScorer, TextScorer
 from .target import TargetEncoder, Term
-from .token_rules import apply_token_rules
 
 # Called after every decoding step with (step, max_tokens, best text so far of each image).
 # It may raise (e.g. a cancellation) to stop decoding between steps.
@@ -77,14 +74,6 @@ class CaptionResult:
             "seconds_per_token": self.seconds / max(1, self.tokens),
         }
         return d
-
-
-def fuse(logits: torch.Tensor, p0: torch.Tensor, fusion_factor: float, images: int) -> torch.Tensor:
-    """Log of shifted^f x plain^(1-f) for rows (R, V), normalised per image as the authors do -> (n, b, V)."""
-    probs = torch.softmax(logits, dim=-1)
-    fused = (probs ** fusion_factor * p0 ** (1 - fusion_factor)).view(images, -1, logits.shape[-1])  # (n, b, V)
-    total = torch.stack([f.sum() for f in fused])  # one scalar per image, summed as the authors do
-    return (fused / total[:, None, None]).log()
 
 
 class ZeroCap:
@@ -194,67 +183,37 @@ class ZeroCap:
 
     def decode_targets(self, targets: Sequence[Target], cfg: ZeroCapConfig,
                        progress: Progress | None = None) -> list[CaptionResult]:
-        """One caption per target (modes.Target), decoded together; each result names its target
-        and carries what its mode adds."""
-        results = self.decode(torch.stack([t.vector for t in targets]), cfg, [t.name for t in targets], progress)
-        for result, target in zip(results, targets):
-            result.details = target.details
-        return results
+        """One caption per target (modes.Target), decoded together (as many at once as the form
+        allows); each result names its target and carries what its mode adds."""
+        requests = [self.request(t, cfg) for t in targets]
+        waiting, batch = list(requests), Batch(self)
+        while waiting or len(batch):
+            while waiting and batch.accepts(waiting[0], self.form.max_images):
+                batch.add(waiting.pop(0))
+            for r in batch.step():
+                if r.error is not None:
+                    raise r.error
+            if progress is not None:
+                live = [r for r in requests if r.beams is not None]
+                progress(max(r.step for r in live), cfg.max_tokens, [self.best_text(r.beams) for r in live])
+        return [self.result(r) for r in requests]
 
-    # ---- the decoder ----------------------------------------------------------------------------
     def decode(self, targets: torch.Tensor, cfg: ZeroCapConfig, names: Sequence[str] | None = None,
                progress: Progress | None = None) -> list[CaptionResult]:
-        """Decode one caption per normalised target (N, D); N images share every LM/CLIP call."""
-        N, most = targets.shape[0], self.form.max_images
-        if most is not None and N > most:  # the form's batching policy (exact: one image at a time)
-            return [r for i in range(0, N, most)
-                    for r in self.decode(targets[i:i + most], cfg, names[i:i + most] if names else None, progress)]
-        start = time.perf_counter()
+        """One caption per normalised target (N, D), decoded together."""
+        names = list(names) if names else [""] * targets.shape[0]
+        return self.decode_targets([Target(t, n) for t, n in zip(targets, names)], cfg, progress)
+
+    # ---- the parts a decoding step asks of the engine (batch.py) ----------------------------------
+    def request(self, target: Target, cfg: ZeroCapConfig, progress=None) -> Request:
+        """A checked config's caption of `target`, ready to join a batch."""
         end_id = self.tokenizer.encode(cfg.end_token, add_special_tokens=False)[0]
-        prompt = torch.tensor(self.prompt_ids(cfg), device=self.device)  # (P,)
-        beams: Beams | None = None
-        steps = torch.full((N,), cfg.max_tokens)  # steps each image took
-        for step in range(cfg.max_tokens):
-            if beams is None:  # one row per image until step 0 picks the beams
-                active, rows = torch.arange(N, device=self.device), prompt.expand(N, 1, -1)
-            else:
-                active = beams.active()
-                generated = beams.tokens[active]  # (n, B, t)
-                rows = torch.cat([prompt.expand(*generated.shape[:2], -1), generated], dim=-1)  # (n, B, P + t)
-            logprobs = self._step_logprobs(rows, targets[active], step, cfg, end_id)  # (n, b, V)
-            if beams is None:
-                beams = first_step(logprobs[:, 0], cfg.beam_size, end_id)
-            else:
-                beams.advance(active, logprobs, end_id)
-            done = beams.done.cpu()
-            steps[done & (steps == cfg.max_tokens)] = step + 1
-            if progress is not None:
-                progress(step + 1, cfg.max_tokens, self._best_texts(beams))
-            if bool(done.all()):
-                break
-        seconds = time.perf_counter() - start
-        return [self._result(beams, i, targets[i], cfg, names[i] if names else "", int(steps[i]), seconds / N)
-                for i in range(N)]
+        return Request(target.vector.to(self.device), cfg, target.name, self.prompt_ids(cfg), end_id, target.details,
+                       progress)
 
-    def _step_logprobs(self, rows: torch.Tensor, targets: torch.Tensor, step: int, cfg: ZeroCapConfig,
-                       end_id: int) -> torch.Tensor:
-        """Fused next-token log-probs (n, b, V) for rows (n images, b beams, T) with targets (n, D)."""
-        n, b, T = rows.shape
-        context = rows.reshape(n * b, T)  # (R, T)
-        last = context[:, -1:]  # (R, 1)
-        with record_function("zerocap.lm_prefill"):
-            p0, past = self.lm_adapter.prefill(context)  # (R, V), (L, 2, R, H, T-1, hd)
-        if past is not None and cfg.num_iterations > 0:
-            candidates = self.form.candidates(self.scorer, self._prefix_texts(context))
-            guide = Guide(candidates, targets.repeat_interleave(b, dim=0), cfg)
-            past = shift_context(self.lm_adapter, past, last, p0, guide.loss, cfg)
-        with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
-            logits = self.lm_adapter.next_logits(last, past)  # (R, V)
-        logits = apply_token_rules(logits, context, step, cfg, end_id, self.forbidden)
-        return fuse(logits, p0, cfg.fusion_factor, n)
-
-    def _prefix_texts(self, context: torch.Tensor) -> list[str]:
-        texts = self.tokenizer.batch_decode(context.tolist(), clean_up_tokenization_spaces=False)
+    def prefix_texts(self, contexts: list[list[int]]) -> list[str]:
+        """Each row's context as text, without the BOS prefix: what CLIP reads."""
+        texts = self.tokenizer.batch_decode(contexts, clean_up_tokenization_spaces=False)
         return [t.replace(self.bos, "") if self.bos else t for t in texts]
 
     def _texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:
@@ -263,24 +222,26 @@ class ZeroCap:
             for row, n in zip(tokens.tolist(), lengths.tolist())
         ]
 
-    def _best_texts(self, beams: Beams) -> list[str]:
-        best = beams.ranked()[:, 0]
-        idx = torch.arange(best.shape[0], device=best.device)
-        return self._texts(beams.tokens[idx, best], beams.lengths[idx, best])
+    def best_text(self, beams: Beams) -> str:
+        """The best beam's text so far, of a request's beams (1, B, ...)."""
+        best = int(beams.ranked()[0, 0])
+        return self._texts(beams.tokens[0, best:best + 1], beams.lengths[0, best:best + 1])[0]
 
-    def _result(self, beams: Beams, i: int, target: torch.Tensor, cfg: ZeroCapConfig, name: str,
-                steps: int, seconds: float) -> CaptionResult:
-        order = beams.ranked()[i]
-        texts = self._texts(beams.tokens[i][order], beams.lengths[i][order])
-        scores = (beams.scores[i] / beams.lengths[i])[order].tolist()
-        sims = clip_similarities(self.scorer, texts, target)
+    def result(self, request: Request) -> CaptionResult:
+        """A finished request's result: its beams reranked by CLIP and by fluency."""
+        beams, cfg = request.beams, request.cfg
+        order = beams.ranked()[0]
+        texts = self._texts(beams.tokens[0][order], beams.lengths[0][order])
+        scores = (beams.scores[0] / beams.lengths[0])[order].tolist()
+        sims = clip_similarities(self.scorer, texts, request.target)
         ppls = perplexities(self.lm, self.tokenizer, texts, self.bos, self.device)
         caption = [cfg.cond_text + t for t in texts]
         out = [Beam(t, c, s, cs, p) for t, c, s, cs, p in zip(texts, caption, scores, sims, ppls)]
         best_clip = max(range(len(out)), key=lambda j: sims[j])
         best_ppl = min(range(len(out)), key=lambda j: ppls[j])
-        return CaptionResult(out, caption[best_clip], caption[best_ppl], caption[0], cfg.cond_text, name,
-                             steps, seconds)
+        seconds = time.perf_counter() - request.joined
+        return CaptionResult(out, caption[best_clip], caption[best_ppl], caption[0], cfg.cond_text, request.name,
+                             request.steps_taken, seconds, request.details)
 
 
 def image_name(image, index: int) -> str:

@@ -59,8 +59,10 @@ def forbidden_ids(token_strings: Sequence[str]) -> list[int]:
 def _plain_gpt2(config) -> bool:
     """A GPT-2 whose attention and MLP are the standard ones (what `gpt2_step` computes)."""
     return (getattr(config, "activation_function", "") in ("gelu_new", "gelu_pytorch_tanh")
-            and getattr(config, "scale_attn_weights", True) and not getattr(config, "scale_attn_by_inverse_layer_idx", False)
-            and not getattr(config, "reorder_and_upcast_attn", False) and not getattr(config, "add_cross_attention", False))
+            and getattr(config, "scale_attn_weights", True)
+            and not getattr(config, "scale_attn_by_inverse_layer_idx", False)
+            and not getattr(config, "reorder_and_upcast_attn", False)
+            and not getattr(config, "add_cross_attention", False))
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """The two forms of the same algorithm, chosen once: which LM adapter, which CLIP guide, how many
 images decode together. Everything else receives the `Form`; nothing else asks which it is.
 
-  fast   (the default, on every device) one LM pass per step and GPT-2's written-out one-token
-         step; each beam's CLIP prefix encoded once per step and only the candidates' suffix
-         tokens run, a candidate's features kept for the step; every image of a batch in one pass.
+  fast   (the default, on every device) each row's LM past kept in a KV cache from step to step,
+         one-token passes only (GPT-2's written-out step); each beam's CLIP prefix encoded once
+         per step and only the candidates' suffix tokens run, a candidate's features kept for
+         the step; every request of a batch in one pass.
   exact  the authors' operation order: the LM cache from its own pass, the generic forward,
-         CLIP's own encode_text on full 77-token rows, one image at a time (batching changes
+         CLIP's own encode_text on full 77-token rows, one request at a time (batching changes
          matrix shapes, hence rounding). In fp32 its scores equal a literal transcription of
          their code's to the last bit where both run the same kernels (seen with AVX-512).
 Both give the same beams on every case compared (README); they differ in rounding and speed.
@@ -36,7 +37,7 @@ class Form:
         return scorer.exact_candidates(prefix_texts) if self.exact_guide else scorer.fast_candidates(prefix_texts)
 
 
-FAST = Form("fast", "one LM pass per step, CLIP prefix keys/values reused, every image in one batch (default)",
+FAST = Form("fast", "LM keys/values kept across steps, CLIP prefix keys/values reused, images in one batch (default)",
             exact_lm=False, exact_guide=False, max_images=None)
 EXACT = Form("exact", "the authors' operation order, one image at a time: their scores to the last bit where the"
              " kernels match, ~30x slower on a CPU", exact_lm=True, exact_guide=True, max_images=1)

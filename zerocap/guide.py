@@ -16,13 +16,13 @@ class Guide:
     """One decoding step's CLIP loss for rows with fixed prefixes and targets.
 
     candidates: the scorer's candidate features for these rows' prefixes (`.features(top)`);
-    targets (R, D): each row's normalised target.
+    targets (R, D): each row's normalised target; temperature: (R, 1), each row's.
     """
 
-    def __init__(self, candidates, targets: torch.Tensor, cfg):
+    def __init__(self, candidates, targets: torch.Tensor, top_k: int, temperature: torch.Tensor):
         self.candidates = candidates
         self.targets = targets[:, None, :]  # (R, 1, D)
-        self.top_k, self.temperature = cfg.top_k, cfg.clip_temperature
+        self.top_k, self.temperature = top_k, temperature
 
     def loss(self, probs: torch.Tensor) -> torch.Tensor:
         """Per-row CLIP loss (R,) of next-token probs (R, V); differentiable in probs."""
