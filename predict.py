@@ -14,6 +14,7 @@ that files come from cog's download of a URL, never from the server's own disk.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -21,16 +22,19 @@ import math
 import os
 import pathlib
 import tempfile
+import threading
 import time
 import typing
 from typing import Optional
 
+import cog
 import torch
 from cog import BaseModel, BaseRunner, Input, Path
 from cog.input import FieldInfo
 from cog.types import URLPath
 
 from zerocap import InputError, modes, preset, weights
+from zerocap.modes import Target
 from zerocap.config import SERVED_KNOBS
 from zerocap.loading import quiet_transformers, resolve_device
 
@@ -73,17 +77,22 @@ def checked_inputs(run):
     declarations = functools.cache(lambda: _declared(run))  # read once, at the first request
 
     @functools.wraps(run)
-    def checked(self, **inputs):
-        declared, types = declarations()
-        unknown = sorted(set(inputs) - set(declared))
-        if unknown:
-            raise InputError(f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(unknown)};"
-                             f" the inputs are: {', '.join(declared)}")
-        values = {name: check_value(name, inputs.get(name, info.default), types[name], info)
-                  for name, info in declared.items()}
-        return run(self, **values)
+    async def checked(self, **inputs):  # async, as run() is: cog.concurrent wants a coroutine function
+        return await run(self, **clean_inputs(inputs, *declarations()))
 
     return checked
+
+
+def clean_inputs(inputs: dict, declared: dict, types: dict) -> dict:
+    """Every declared input, checked (InputError otherwise), its default where not sent.
+
+    (Not a closure of checked(): cog follows the one function in a decorator's closure.)"""
+    unknown = sorted(set(inputs) - set(declared))
+    if unknown:
+        raise InputError(f"unknown input{'s' if len(unknown) > 1 else ''} {', '.join(unknown)};"
+                         f" the inputs are: {', '.join(declared)}")
+    return {name: check_value(name, inputs.get(name, info.default), types[name], info)
+            for name, info in declared.items()}
 
 
 def _unwrap_type(tpe) -> tuple[type, bool, bool]:
@@ -192,19 +201,34 @@ def sent_name(path: str, fallback: str | None) -> str | None:
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        """Load GPT-2 medium and CLIP ViT-B/32 from weights/ (fetch them if missing and online)."""
+        """Load GPT-2 medium and CLIP ViT-B/32 from weights/ (fetch them if missing and online), and
+        start the scheduler that decodes concurrent predictions together."""
         quiet_transformers()
         lm, clip = weights.ensure(weights.root(), log=lambda m: print(m, flush=True))
-        from zerocap import ZeroCap
-
-        self.model = ZeroCap.load(lm, clip, device=resolve_device(os.environ.get("ZEROCAP_DEVICE", "auto")))
         from PIL import Image
 
-        warm = Image.new("RGB", (64, 64), (127, 127, 127))  # first-call kernels and caches
-        self.model.caption([warm], config=self.model.config("caption", beam_size=2, max_tokens=2, top_k=16))
+        from zerocap import ZeroCap
+        from zerocap.scheduler import Scheduler
 
+        self.model = ZeroCap.load(lm, clip, device=resolve_device(os.environ.get("ZEROCAP_DEVICE", "auto")))
+        self.scheduler = Scheduler(self.model, max_batch=max_batch(self.model.device))
+        self.reading = threading.BoundedSemaphore(READING)  # inputs decoded into targets at once
+        warm = Image.new("RGB", (64, 64), (127, 127, 127))  # first-call kernels and caches
+        cfg = self.model.config("caption", beam_size=2, max_tokens=2, top_k=16)
+        self.scheduler.caption(self.model.request(Target(self.model.targets.image_target(warm), "warm-up"), cfg))
+        print(f"ready: up to {self.scheduler.max_batch} predictions decoded together on {self.model.device}",
+              flush=True)
+
+    def healthcheck(self) -> bool:
+        """Unhealthy (with the reason) when the decoding loop stopped or the device broke."""
+        problem = self.scheduler.health()
+        if problem is not None:
+            raise RuntimeError(problem)
+        return True
+
+    @cog.concurrent(max=16)  # slots: $COG_MAX_CONCURRENCY in a built image (README: Concurrency)
     @checked_inputs
-    def run(
+    async def run(
         self,
         mode: str = Input(default="caption", choices=["caption", "knowledge", "ocr", "arithmetic", "video"], description="caption: describe the image. knowledge: name the place or person ('Image of'). ocr: read the text in it ('Image of text that says'). arithmetic: describe a weighted sum of images and texts, e.g. woman + king - man. video: describe what the frames of a clip share."),  # noqa: E501
         image: Optional[Path] = Input(default=None, description="The image (a URL or data URL; JPEG, PNG, WebP, GIF, BMP or TIFF; at most 80,000,000 pixels (80 MP)). For caption, knowledge and ocr; in arithmetic, the first image term."),  # noqa: E501
@@ -238,22 +262,17 @@ class Predictor(BaseRunner):
         given = {name: None if values[name] == defaults[name].default else sent(values[name]) for name in MODE_INPUTS}
         request = chosen.kind.check(chosen, given)
         cfg = self.model.check(preset(mode, **{**knobs, "cond_text": cond_text or None}))
-
         start = time.perf_counter()
 
-        def progress(step: int, total: int, best: list[str]) -> None:
-            print(f"token {step}/{total}: {cfg.cond_text}{best[0]}", flush=True)
+        def read():  # on a worker thread, a few at a time: bounded memory whatever arrives at once
+            with self.reading:
+                return chosen.kind.targets(self.model, request)
 
-        try:
-            targets = chosen.kind.targets(self.model, request)
-            result = self.model.decode_targets(targets, cfg, progress)[0]
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            raise InputError("out of GPU memory: lower beam_size or top_k, or combine fewer terms") from None
-        except MemoryError:
-            raise InputError("out of memory: lower beam_size or top_k, or combine fewer terms") from None
-
+        targets = await asyncio.to_thread(read)
+        result, ticket = await self._decode(self.model.request(targets[0], cfg), cfg)
         seconds = time.perf_counter() - start
+        self.record_metric("batch_size", round(ticket.batch_size, 2))  # predictions it shared its steps with, on average
+        self.record_metric("queue_seconds", round(ticket.waited, 4))  # waiting for a place in the batch
         self.record_metric("tokens_generated", result.tokens)
         self.record_metric("seconds_per_token", result.seconds / max(1, result.tokens))
         self.record_metric("total_seconds", seconds)
@@ -276,7 +295,51 @@ class Predictor(BaseRunner):
             frames_asked=out.get("frames_asked", 0),
         )
 
+    async def _decode(self, request, cfg):
+        """(result, ticket) of a request decoded by the scheduler, with every token's progress in
+        this prediction's logs; a cancelled prediction leaves the batch before the next step."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue = asyncio.Queue()
+        done = loop.create_future()
 
+        def progress(step: int, total: int, best: list[str]) -> None:  # on the scheduler's thread
+            loop.call_soon_threadsafe(lines.put_nowait, f"token {step}/{total}: {cfg.cond_text}{best[0]}")
+
+        def finished(_ticket) -> None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        request.progress = progress
+        ticket = self.scheduler.submit(request)
+        ticket.add_done_callback(finished)
+        try:
+            while not done.done() or not lines.empty():
+                line = asyncio.ensure_future(lines.get())
+                await asyncio.wait({line, done}, return_when=asyncio.FIRST_COMPLETED)
+                if line.done():
+                    print(line.result(), flush=True)
+                else:
+                    line.cancel()
+        except asyncio.CancelledError:
+            ticket.cancel()
+            raise
+        try:
+            return ticket.result(), ticket
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise InputError("out of GPU memory: lower beam_size or top_k, or combine fewer terms") from None
+
+
+def max_batch(device) -> int:
+    """Predictions decoded together ($ZEROCAP_MAX_BATCH; default 16 on a GPU, 8 on a CPU): the
+    others wait for a place, they are never refused."""
+    default = 16 if device.type == "cuda" else 8
+    try:
+        return max(1, int(os.environ.get("ZEROCAP_MAX_BATCH", default)))
+    except ValueError:
+        return default
+
+
+READING = 2  # requests whose inputs are read (decoded, embedded) at once: bounded memory
 LITERAL_MODES = ["caption", "knowledge", "ocr", "arithmetic", "video"]  # the `mode` Input's choices, as declared
 MODE_INPUTS = ("image", "images", "image_weights", "texts", "text_weights", "video", "frames")
 

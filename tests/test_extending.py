@@ -1,5 +1,6 @@
 """Extending zerocap (README, "Extending"): a new input mode, LM family or scorer is one entry or
 one class, and every interface takes it with no edit elsewhere."""
+import asyncio
 import json
 import os
 import sys
@@ -49,10 +50,13 @@ def test_a_new_mode_is_a_command_and_a_container_mode(sketch_mode, capsys, image
     monkeypatch.setenv("ZEROCAP_DEVICE", "cpu")
     p = predict.Predictor()
     p.setup()
-    out = p.run(mode="sketch", image=sent(images[0]), beam_size=2, max_tokens=2, top_k=16)
-    assert out.mode == "sketch" and out.cond_text == "A sketch of" and out.caption.startswith("A sketch of")
-    with pytest.raises(Exception, match="mode sketch takes `image`, not `texts`"):
-        p.run(mode="sketch", image=sent(images[0]), texts=["x"], beam_size=2, max_tokens=2, top_k=16)
+    try:
+        out = asyncio.run(p.run(mode="sketch", image=sent(images[0]), beam_size=2, max_tokens=2, top_k=16))
+        assert out.mode == "sketch" and out.cond_text == "A sketch of" and out.caption.startswith("A sketch of")
+        with pytest.raises(Exception, match="mode sketch takes `image`, not `texts`"):
+            asyncio.run(p.run(mode="sketch", image=sent(images[0]), texts=["x"], beam_size=2, max_tokens=2, top_k=16))
+    finally:
+        p.scheduler.close()
 
 
 @pytest.fixture

@@ -4,8 +4,10 @@ Files reach run() as cog makes them from a URL or data URL (a download into the 
 these tests make them the same way (`sent`). tests/test_cog_server.py sends a few of these
 requests through the real server, with and without the generated schema.
 """
+import asyncio
 import base64
 import os
+import time
 import sys
 import tempfile
 
@@ -32,8 +34,22 @@ def predictor(weights_root):
     mp.setenv("ZEROCAP_DEVICE", "cpu")
     p = predict.Predictor()
     p.setup()
-    yield p
+    yield Sync(p)
+    p.scheduler.close()
     mp.undo()
+
+
+class Sync:
+    """The predictor with run() awaited, as coglet awaits it (one event loop per call here)."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def run(self, **inputs):
+        return asyncio.run(self.predictor.run(**inputs))
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
 
 
 def sent(path, url=None):
@@ -165,12 +181,42 @@ def test_a_bad_image_file_is_named_as_sent(predictor, tmp_path):
 
 
 def test_out_of_memory_fails_the_prediction_with_advice(predictor, images, monkeypatch):
+    """A request that does not fit on its own (the scheduler splits batches first)."""
+    import zerocap.batch
+
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(predictor.model, "decode_targets", oom)
-    with pytest.raises(InputError, match="out of GPU memory: lower beam_size or top_k"):
+    monkeypatch.setattr(zerocap.batch.Batch, "_logprobs", oom)
+    with pytest.raises(InputError, match="out of memory: lower beam_size or top_k"):
         predictor.run(image=sent(images[0]), **SMALL)
+    monkeypatch.undo()
+    assert predictor.run(image=sent(images[0]), **SMALL).caption.startswith("Image of a")  # it goes on
+
+
+def test_a_cancelled_prediction_leaves_the_batch_and_the_next_one_runs(predictor, images):
+    """coglet cancels an async prediction by cancelling its task: the request leaves the batch
+    before the next step (it does not run to its end), and the predictor serves the next one."""
+    import zerocap.batch
+
+    async def cancel_after_a_token():
+        task = asyncio.ensure_future(predictor.predictor.run(image=sent(images[2]), beam_size=2, top_k=16,
+                                                             max_tokens=40))
+        while not predictor.scheduler.batch.requests or predictor.scheduler.batch.requests[0].step < 1:
+            await asyncio.sleep(0.01)
+        request = predictor.scheduler.batch.requests[0]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return request
+
+    request = asyncio.run(cancel_after_a_token())
+    deadline = time.time() + 30
+    while predictor.scheduler.load and time.time() < deadline:
+        time.sleep(0.01)
+    assert predictor.scheduler.load == 0 and request not in predictor.scheduler.batch.requests
+    assert isinstance(request, zerocap.batch.Request) and not request.done  # it left before its end
+    assert predictor.run(image=sent(images[0]), **SMALL).caption.startswith("Image of a")
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +264,18 @@ def test_video_inputs(predictor, clip_file_mkv, images, inputs, message, tmp_pat
     with pytest.raises(InputError) as e:
         predictor.run(**{**SMALL, **inputs})
     assert message in str(e.value)
+
+
+def test_the_health_check_says_when_the_decoder_is_broken(predictor, images, monkeypatch):
+    """coglet calls healthcheck(): healthy while the scheduler and the device work; a device that
+    fails (here a simulated CUDA error) makes it raise with the reason, for /health-check to report."""
+    assert predictor.healthcheck() is True
+    monkeypatch.setattr(predictor.scheduler, "error", "CUDA error: an illegal memory access was encountered")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        predictor.healthcheck()
+    monkeypatch.undo()
+    monkeypatch.setattr(predictor.scheduler._thread, "is_alive", lambda: False)
+    with pytest.raises(RuntimeError, match="the decoding loop has stopped"):
+        predictor.healthcheck()
+    monkeypatch.undo()
+    assert predictor.healthcheck() is True
