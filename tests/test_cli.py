@@ -202,12 +202,12 @@ def test_exact_flag_gives_the_same_beams_the_authors_way(capsys, models, images,
 
 def test_a_bug_is_not_passed_off_as_a_user_error(capsys, models, images, monkeypatch):
     """Only InputError is the user's mistake (one line, exit 2); anything else keeps its traceback."""
-    import zerocap.engine
+    import zerocap.batch
 
     def broken(*a, **k):
         raise ValueError("internal: shapes do not match")
 
-    monkeypatch.setattr(zerocap.engine.ZeroCap, "decode", broken)
+    monkeypatch.setattr(zerocap.batch.Batch, "step", broken)  # in the scheduler's thread
     with pytest.raises(ValueError, match="internal: shapes do not match"):
         main(["caption", images[0], *models, *FAST])
 

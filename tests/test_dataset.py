@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,7 +14,6 @@ from zerocap.cli import main
 from zerocap.jobs.inputs import Input, find_inputs
 from zerocap.jobs.results import ResultsFile
 from zerocap.jobs.run import run_job
-from zerocap.jobs.backends import Replicas
 
 FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "2", "--device", "cpu"]
 
@@ -92,51 +90,62 @@ def test_results_refuse_a_foreign_file_and_a_second_writer(tmp_path):
     first.close()
 
 
-def test_run_job_streams_each_record_as_its_batch_is_done(tmp_path):
-    """A record is written before later batches run: a 100,000-image job holds one batch at a time."""
+def test_run_job_writes_each_record_when_done_and_emits_them_in_input_order(tmp_path):
+    """The backend answers in completion order: the results file gets each line at once (a crash
+    loses nothing done), stdout gets them in the order the inputs were given."""
     events = []
+    order = [2, 0, 1, 4, 3]  # completion order of the five inputs to run
 
-    def batches(chunks):
-        for chunk in chunks:
-            events.append(("batch", list(chunk)))
-            yield [record(i.name, "bad" if i.name == "n3" else None) for i in chunk]
+    def backend(todo):
+        events.append(("todo", [i.name for i in todo]))
+        for k in order:
+            events.append(("done", todo[k].name))
+            yield k, record(todo[k].name, "bad" if todo[k].name == "n3" else None)
 
     results = ResultsFile(str(tmp_path / "o.jsonl"))
     results.write(record("n0"))
-    summary = run_job([item(f"n{i}") for i in range(6)], batches, lambda r: events.append(("emit", r["image"])),
-                      results, batch_size=2)
-    assert events == [("batch", [item("n1"), item("n2")]), ("emit", "n1"), ("emit", "n2"),
-                      ("batch", [item("n3"), item("n4")]), ("emit", "n3"), ("emit", "n4"), ("batch", [item("n5")]),
-                      ("emit", "n5")]
+    summary = run_job([item(f"n{i}") for i in range(6)], backend, lambda r: events.append(("emit", r["image"])),
+                      results)
+    assert events == [("todo", ["n1", "n2", "n3", "n4", "n5"]), ("done", "n3"), ("done", "n1"), ("emit", "n1"),
+                      ("done", "n2"), ("emit", "n2"), ("emit", "n3"), ("done", "n5"), ("done", "n4"),
+                      ("emit", "n4"), ("emit", "n5")]
+    results.close()
+    written = [json.loads(x)["image"] for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert written == ["n0", "n3", "n1", "n2", "n5", "n4"]  # as each was done
     assert (summary.captioned, summary.failed, summary.skipped) == (4, 1, 1) and summary.failures == ["n3"]
 
 
-def test_replicas_stream_in_order_with_bounded_jobs_in_flight():
-    running, most, lock = [0], [0], threading.Lock()
+def test_the_local_backend_keeps_a_bounded_number_in_flight_on_every_engine(lm_dir, clip_file, images):
+    """Two CPU engines, 2 in flight each: never more than 4 requests submitted and unfinished; both
+    engines used; each input's record is its own."""
+    from zerocap import ZeroCap, modes
+    from zerocap.config import ZeroCapConfig
+    from zerocap.jobs.backends import Local
+    from zerocap.jobs.inputs import identify
 
-    def work(engine, job):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.002 * (job % 3))
-        with lock:
-            running[0] -= 1
-        return engine, job
+    engines = [ZeroCap.load(lm_dir, clip_file, device="cpu") for _ in range(2)]
+    backend = Local(engines, modes.get("caption"), ZeroCapConfig(top_k=16, beam_size=2, max_tokens=2), {},
+                    in_flight=2)
+    most, pulled = [0], []
 
-    started = []
+    def inputs():
+        for i in range(10):
+            pulled.append(i)
+            most[0] = max(most[0], sum(s.load for s in backend.schedulers))
+            yield identify(images[i % 4])
 
-    def jobs():
-        for i in range(40):
-            started.append(i)
-            yield i
-
-    stream = Replicas(["gpu0", "gpu1"]).map(work, jobs())
-    first = next(stream)
-    assert first == ("gpu0", 0) or first[1] == 0
-    assert len(started) <= 5  # not the whole job list: at most 2 per replica ahead
-    rest = list(stream)
-    assert [j for _, j in [first] + rest] == list(range(40)) and most[0] <= 2
-    assert {e for e, _ in rest} == {"gpu0", "gpu1"}
+    submitted = []
+    for n, scheduler in enumerate(backend.schedulers):
+        real = scheduler.submit
+        scheduler.submit = lambda request, real=real, n=n: submitted.append(n) or real(request)
+    try:
+        got = dict(backend(inputs()))
+        assert sorted(got) == list(range(10)) and all(got[i]["image"] == images[i % 4] for i in got)
+        assert all("beams" in r for r in got.values())
+        assert most[0] <= 4  # 2 in flight x 2 engines, whatever the inputs ahead
+        assert sorted(set(submitted)) == [0, 1]  # both engines decoded
+    finally:
+        backend.close()
 
 
 def run_cli(capsys, *args):

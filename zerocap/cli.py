@@ -87,7 +87,8 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
     m.add_argument("--exact", dest="form", action="store_const", const=forms.EXACT.name, default=argparse.SUPPRESS,
                    help="the same as --form exact")
     m.add_argument("--batch-size", type=_number(int), default=8,
-                   help=f"images decoded together, {BATCH_SIZE.said} (default 8)")
+                   help=f"inputs decoded together on each device, {BATCH_SIZE.said} (default 8): one that finishes"
+                        " early makes room for the next at once")
     m.add_argument("--json", action="store_true", help="one JSON object per result on stdout (JSONL)")
     a = p.add_argument_group("the authors' flags, accepted so their command lines run")
     a.add_argument("--seed", type=_number(int), default=None,

@@ -97,7 +97,7 @@ def dataset(args, mode, cfg) -> int:
     try:
         backend = _backend(args, mode, cfg, options, where, lm_path, clip_path, bar)
         emit = emitter(args.json, quiet=results is not None and not args.json, bar=bar, key=key)
-        summary = run_job(inputs, backend, emit, results, args.batch_size, key, bar, unit=f"{key}s")
+        summary = run_job(inputs, backend, emit, results, key, bar, unit=f"{key}s")
     finally:
         if bar is not None:
             bar.close()
@@ -115,12 +115,11 @@ def _backend(args, mode, cfg, options, where, lm_path, clip_path, bar):
 
         return RayBatches(args.ray, args.actors, lm_path, clip_path, cfg, form(args).name, args.lm_dtype,
                           args.batch_size, mode, options)
-    from .jobs.backends import Local, Replicas
+    from .jobs.backends import Local
 
-    replicas = Replicas.load(lm_path, clip_path, where, lm_dtype=args.lm_dtype, form=form(args))
-    cfg = replicas.engines[0].check(cfg)
     tokens = None if bar is None else lambda step, total, best: bar.set_postfix_str(f"token {step}/{total}")
-    return Local(replicas, mode, cfg, options, tokens)
+    return Local.load(lm_path, clip_path, where, mode, cfg, options, lm_dtype=args.lm_dtype, form=form(args),
+                      in_flight=args.batch_size, progress=tokens)
 
 
 def request(args, mode, cfg) -> int:

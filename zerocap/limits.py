@@ -38,7 +38,7 @@ EVERY = Limit(0.001, None, "a number of seconds from 0.001 up", "--every")
 DECODED_FRAMES = Limit(None, 5000, "5,000 decoded frames", "frames decoded for one clip, all seeks together")
 DECODER_MEMORY = Limit(None, 1_000_000_000, "at most 1.0 GB",
                        "the frames a clip's decoder may hold at once: frame size x the frames its codec may keep")
-BATCH_SIZE = Limit(1, 64, "an integer from 1 to 64", "--batch-size: images or clips decoded together")
+BATCH_SIZE = Limit(1, 64, "an integer from 1 to 64", "--batch-size: images or clips in flight per device")
 TERMS = Limit(1, None, "at least one image or text", "the terms of an arithmetic target", serve=(1, 16),
               served_said="at most 16 images and texts together")
 WEIGHT = Limit(None, None, "finite numbers", "the weights of arithmetic terms", serve=(-10, 10),

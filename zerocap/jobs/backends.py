@@ -1,76 +1,86 @@
-"""Where a dataset job's batches run, behind one interface: `backend(chunks)` yields each batch's
-records, and `close()` ends what the backend started.
+"""Where a dataset job's inputs are captioned, behind one interface: `backend(inputs)` yields
+(index, record) for each input as soon as it is done, and `close()` ends what it started.
 
-  Local   engines in this process, one per device (the authors' --multi_gpu became --devices);
-          each takes the next batch when free, results come back in batch order, and at most
-          two batches per engine are in flight, so a job list of any length runs in bounded memory
+  Local   engines in this process, one per device (the authors' --multi_gpu became --devices),
+          each with its scheduler (scheduler.py): up to `in_flight` inputs per engine are decoded
+          together, and one that finishes early frees its place for the next at once; each input
+          is read and turned into a target here, one at a time, while the engines decode
   Ray     a Ray Data actor pool (ray_backend.py)
 """
 from __future__ import annotations
 
-import collections
 import queue
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Iterator, Sequence
 
 from ..errors import InputError
-
-Job = TypeVar("Job")
-Out = TypeVar("Out")
+from .inputs import Input
 
 
-class Replicas:
-    """One model replica per device, each taking the next job when free."""
+def error_record(key: str, item: Input, error: Exception) -> dict:
+    return {key: item.name, "source": item.source, "error": str(error)}
 
-    def __init__(self, engines: Sequence):
-        if not engines:
-            raise InputError("need at least one model replica")
-        self.engines = list(engines)
 
-    @classmethod
-    def load(cls, lm: str, clip: str, devices: Sequence[str], lm_dtype: str = "float32", form="fast") -> "Replicas":
-        from ..engine import ZeroCap
-
-        return cls([ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, form=form) for d in devices])
-
-    def map(self, work: Callable, jobs: Iterable[Job]) -> Iterator[Out]:
-        """work(engine, job) for every job, on the next free replica; results in job order."""
-        if len(self.engines) == 1:
-            for job in jobs:
-                yield work(self.engines[0], job)
-            return
-        free: queue.Queue = queue.Queue()
-        for e in self.engines:
-            free.put(e)
-
-        def run(job):
-            engine = free.get()
-            try:
-                return work(engine, job)
-            finally:
-                free.put(engine)
-
-        with ThreadPoolExecutor(max_workers=len(self.engines)) as pool:
-            pending: collections.deque = collections.deque()
-            for job in jobs:
-                pending.append(pool.submit(run, job))
-                if len(pending) >= 2 * len(self.engines):
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+def result_record(key: str, item: Input, result) -> dict:
+    return {key: item.name, "source": item.source, **result.to_dict()}
 
 
 class Local:
-    """Batches on this process's engines (Replicas)."""
+    """Inputs captioned on this process's engines (see the module docstring)."""
 
-    def __init__(self, replicas: Replicas, mode, cfg, options: dict, progress=None):
-        from .run import caption_batch
+    def __init__(self, engines: Sequence, mode, cfg, options: dict, in_flight: int = 8, progress=None):
+        from ..scheduler import Scheduler
 
-        self.replicas = replicas
-        self.work = lambda engine, chunk: caption_batch(engine, chunk, mode, cfg, options, progress)
+        if not engines:
+            raise InputError("need at least one model replica")
+        self.engines = list(engines)
+        self.schedulers = [Scheduler(e, max_batch=in_flight) for e in self.engines]
+        self.mode, self.cfg, self.options = mode, self.engines[0].check(cfg), options
+        self.in_flight, self.progress = in_flight, progress
 
-    def __call__(self, chunks: Iterable[list]) -> Iterator[list[dict]]:
-        return self.replicas.map(self.work, chunks)
+    @classmethod
+    def load(cls, lm: str, clip: str, devices: Sequence[str], mode, cfg, options: dict, lm_dtype: str = "float32",
+             form="fast", in_flight: int = 8, progress=None) -> "Local":
+        from ..engine import ZeroCap
+
+        engines = [ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, form=form) for d in devices]
+        return cls(engines, mode, cfg, options, in_flight, progress)
+
+    def __call__(self, inputs: Iterable[Input]) -> Iterator[tuple[int, dict]]:
+        key = self.mode.kind.name
+        done: queue.Queue = queue.Queue()  # (index, item, ticket) as each finishes
+        outstanding = 0
+
+        def finished():
+            index, item, ticket = done.get()
+            return index, _record(key, item, ticket)
+
+        for index, item in enumerate(inputs):
+            while outstanding >= self.in_flight * len(self.schedulers):  # room first: bounded work in flight
+                yield finished()
+                outstanding -= 1
+            while not done.empty():
+                yield finished()
+                outstanding -= 1
+            scheduler = min(self.schedulers, key=lambda s: s.load)
+            try:
+                target = self.mode.kind.target(scheduler.engine, item.source, item.name, **self.options)
+            except InputError as e:
+                yield index, error_record(key, item, e)
+                continue
+            ticket = scheduler.submit(scheduler.engine.request(target, self.cfg, self.progress))
+            ticket.add_done_callback(lambda t, index=index, item=item: done.put((index, item, t)))
+            outstanding += 1
+        while outstanding:
+            yield finished()
+            outstanding -= 1
 
     def close(self) -> None:
-        pass
+        for scheduler in self.schedulers:
+            scheduler.close()
+
+
+def _record(key: str, item: Input, ticket) -> dict:
+    try:
+        return result_record(key, item, ticket.result())
+    except InputError as e:  # e.g. out of memory on its own: that input's error line
+        return error_record(key, item, e)

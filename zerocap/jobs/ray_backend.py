@@ -48,7 +48,7 @@ class Captioner:
     def __call__(self, batch: dict) -> dict:
         items = [Input(str(n), str(s)) for n, s in zip(batch["name"], batch["source"])]
         records = caption_batch(self.engine, items, self.mode, self.cfg, self.options)
-        return {"record": [dumps(r) for r in records]}
+        return {"index": batch["index"], "record": [dumps(r) for r in records]}
 
 
 def _captioner(**settings) -> type:
@@ -56,7 +56,7 @@ def _captioner(**settings) -> type:
 
 
 class RayBatches:
-    """The `batches` of run.run_job on Ray (a backends.py backend); records come in completion order. close() ends
+    """A backends.py backend on Ray: records come in completion order, each with its input's index. close() ends
     what this job started: the driver's connection and, for a local Ray, the whole local Ray.
 
     address: None or "local" starts a local Ray (LocalRay); otherwise the cluster's address
@@ -102,11 +102,11 @@ class RayBatches:
             self._setenv({"RAY_BACKEND_LOG_LEVEL": "fatal"})
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
 
-    def __call__(self, chunks: Iterable[list[Input]]) -> Iterator[list[dict]]:
+    def __call__(self, inputs: Iterable[Input]) -> Iterator[tuple[int, dict]]:
         import ray
         import ray.data
 
-        items = [{"name": i.name, "source": i.source} for chunk in chunks for i in chunk]
+        items = [{"index": n, "name": i.name, "source": i.source} for n, i in enumerate(inputs)]
         if not items:
             return
         self._connect()
@@ -121,7 +121,7 @@ class RayBatches:
             num_gpus=1 if gpus else 0, num_cpus=1)
         try:
             for row in out.iter_rows():
-                yield [json.loads(row["record"])]
+                yield int(row["index"]), json.loads(row["record"])
         except ray.exceptions.RayError as e:  # e.g. an actor's engine refused the config
             raise _user_error(e) or e
 

@@ -209,7 +209,8 @@ class ResultsFile:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(real), prefix="." + os.path.basename(real) + ".",
                                        suffix=".zerocap-tmp")
         except OSError as e:
-            raise InputError(f"--retry-failed rewrites {self.path}, but its folder is not writable ({e.strerror})") from None
+            raise InputError(f"--retry-failed rewrites {self.path}, but its folder is not writable"
+                             f" ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.fchmod(fd, mode)

@@ -1,5 +1,6 @@
-"""Running a dataset job: skip what the results file has, caption the rest in batches, and hand
-each record on (results file, stdout) as soon as it is done.
+"""Running a dataset job: skip what the results file has, caption the rest on a backend
+(backends.py), and hand each record on as soon as it is done: to the results file at once, to
+stdout in input order.
 
 Only the inputs' names are held (inputs.py); each image is read when its batch runs. An input
 that fails gets an error record ({"image": ..., "source": ..., "error": ...}) and the job goes on.
@@ -8,17 +9,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from ..errors import InputError
+from .backends import error_record, result_record
 from .inputs import Input
 from .results import ResultsFile
 
 
 def caption_batch(engine, items: list[Input], mode, cfg, options: dict | None = None,
                   progress=None) -> list[dict]:
-    """Result records for one batch of a mode's inputs: each input's target (an error record when
-    it fails), then one decode of the good ones together. progress: the per-token callback."""
+    """Result records for one batch of a mode's inputs, decoded together (a Ray actor's work):
+    each input's target (an error record when it fails), then one decode of the good ones."""
     key = mode.kind.name
     records: list[dict | None] = [None] * len(items)
     good, targets = [], []
@@ -26,13 +28,13 @@ def caption_batch(engine, items: list[Input], mode, cfg, options: dict | None = 
         try:
             targets.append(mode.kind.target(engine, item.source, item.name, **(options or {})))
         except InputError as e:
-            records[i] = {key: item.name, "source": item.source, "error": str(e)}
+            records[i] = error_record(key, item, e)
             continue
         good.append(i)
     if good:
         results = engine.decode_targets(targets, cfg, progress)
         for i, result in zip(good, results):
-            records[i] = {key: items[i].name, "source": items[i].source, **result.to_dict()}
+            records[i] = result_record(key, items[i], result)
     return records
 
 
@@ -58,11 +60,11 @@ class Summary:
         return bool(self.failed or self.earlier_failures)
 
 
-def run_job(inputs: list[Input], batches: Callable[[Iterable[list[Input]]], Iterator[list[dict]]],
-            emit: Callable[[dict], None], results: ResultsFile | None = None, batch_size: int = 8,
-            key: str = "image", progress=None, unit: str = "images") -> Summary:
-    """Caption `inputs` (skipping those in `results`), `batch_size` at a time through `batches`
-    (which maps batches of inputs to their records, in order), and `emit` each record when done."""
+def run_job(inputs: list[Input], backend: Callable[[list[Input]], Iterator[tuple[int, dict]]],
+            emit: Callable[[dict], None], results: ResultsFile | None = None, key: str = "image",
+            progress=None, unit: str = "images") -> Summary:
+    """Caption `inputs` (skipping those in `results`) on `backend`, which yields (index, record)
+    as each is done; write each record to `results` at once, and `emit` them in input order."""
     summary, start = Summary(unit=unit), time.perf_counter()
     todo = []
     for item in inputs:
@@ -73,18 +75,21 @@ def run_job(inputs: list[Input], batches: Callable[[Iterable[list[Input]]], Iter
             todo.append(item)
     if progress is not None:
         progress.reset(total=len(todo))
-    chunks = (todo[i:i + batch_size] for i in range(0, len(todo), batch_size))
-    for records in batches(chunks):
-        for record in records:
-            if results is not None:
-                results.write(record)
-            emit(record)
-            if "error" in record:
-                summary.failed += 1
-                summary.failures.append(record[key])
-            else:
-                summary.captioned += 1
-            if progress is not None:
-                progress.update(1)
+    ready: dict[int, dict] = {}  # done, waiting for an earlier input to be emitted first
+    following = 0
+    for index, record in backend(todo):
+        if results is not None:
+            results.write(record)
+        if "error" in record:
+            summary.failed += 1
+            summary.failures.append(record[key])
+        else:
+            summary.captioned += 1
+        if progress is not None:
+            progress.update(1)
+        ready[index] = record
+        while following in ready:
+            emit(ready.pop(following))
+            following += 1
     summary.seconds = time.perf_counter() - start
     return summary
