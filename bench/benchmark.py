@@ -131,6 +131,39 @@ def profile_caption(zc: ZeroCap, image, cfg: ZeroCapConfig, device) -> str:
     return "\n".join(lines) + "\n"
 
 
+def concurrency_rows(zc: ZeroCap, images, cfg: ZeroCapConfig, levels: list[int], device) -> str:
+    """Captions/s with `c` clients each sending its next request as soon as its answer arrives, the
+    scheduler decoding whatever is in flight together (continuous batching): 2c requests per level."""
+    from zerocap.modes import Target
+    from zerocap.scheduler import Scheduler
+
+    targets = [Target(zc.targets.image_target(im), f"image {i}") for i, im in enumerate(images)]
+    cfg = zc.check(cfg)
+    lines = ["| clients in flight | requests | seconds | captions/s | mean batch shared | mean wait s |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in levels:
+        scheduler = Scheduler(zc, max_batch=c)
+        n = 2 * c
+        tickets, done = [], 0
+        sync(device)
+        start = time.perf_counter()
+        for i in range(n):
+            if len(tickets) - done >= c:  # a client waits for its answer before it sends again
+                tickets[done].result()
+                done += 1
+            tickets.append(scheduler.submit(zc.request(targets[i % len(targets)], cfg)))
+        for t in tickets:
+            t.result()
+        sync(device)
+        seconds = time.perf_counter() - start
+        scheduler.close()
+        shared = sum(t.batch_size for t in tickets) / n
+        waited = sum(t.waited for t in tickets) / n
+        lines.append(f"| {c} | {n} | {seconds:.2f} | {n / seconds:.2f} | {shared:.1f} | {waited:.2f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def machine(device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -155,6 +188,8 @@ def main() -> int:
     p.add_argument("--compile", type=lambda v: v.split(","), default=[], metavar="MODES",
                    help="also time the fast form with its GPT-2 step under torch.compile, for each mode"
                         " in this comma list (e.g. default,reduce-overhead); an experiment")
+    p.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",") if x], default=[1, 4, 16],
+                   metavar="LEVELS", help="captions/s with this many clients in flight (comma list; '' = skip)")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled caption (where the time goes, by engine region)")
     p.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32")
@@ -229,6 +264,8 @@ def main() -> int:
     _, batch_seconds = timed(lambda: zc.caption(batch, config=cfg), device)
     print(f"batch of {len(batch)}: {batch_seconds:.2f} s = {len(batch) / batch_seconds:.2f} captions/s", flush=True)
 
+    concurrency_table = concurrency_rows(engine_for("fast"), images, cfg, args.concurrency, device) \
+        if args.concurrency else ""
     profile_table = profile_caption(engine_for("fast"), images[0], cfg, device) if args.profile else ""
     print(profile_table, flush=True)
 
@@ -242,6 +279,9 @@ def main() -> int:
         f"| {n} | {s:.3f} | {t:.3f} | {'' if r is None else f'{r:.1f}x'} | {'' if m is None else f'{m:.2f}'} | {ok} |\n"
         for n, s, t, r, m, ok in rows)
     tail = f"\nBatch of {len(batch)} images (fast form): {batch_seconds:.2f} s, {len(batch) / batch_seconds:.2f} captions/s.\n"
+    if concurrency_table:
+        tail += ("\nMany clients, one engine (the scheduler decodes what is in flight together; each client sends"
+                 " its next request when its answer arrives):\n\n" + concurrency_table)
     tail += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     tail += "\n" + profile_table if profile_table else ""
     print(head + body + tail)

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_tiny_benchmark_writes_its_table(tmp_path):
     out = tmp_path / "RESULTS.md"
     run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "benchmark.py"), "--tiny", "--tokens", "1",
-                          "--batch", "2", "--repeats", "1", "--results", str(out),
+                          "--batch", "2", "--repeats", "1", "--results", str(out), "--concurrency", "1,2",
                           "--compile", "no-such-mode"],  # an experiment that fails is reported, not fatal
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -23,3 +23,6 @@ def test_tiny_benchmark_writes_its_table(tmp_path):
     assert "| reference decoder (tests/) |" in text and "Batch of 2 images" in text
     assert "| zerocap.lm_backward | 5 |" in text and "| zerocap.clip_candidates | 5 |" in text
     assert "torch.compile(no-such-mode): failed: RuntimeError" in text
+    levels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and
+              line.split("|")[2].strip() in ("2", "4") and line.split("|")[1].strip() in ("1", "2")]
+    assert levels == ["1", "2"]  # captions/s with 1 and 2 clients in flight
