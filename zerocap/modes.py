@@ -183,7 +183,8 @@ class TermsKind(Kind):
             raise InputError(f"{mode.name} takes {TERMS.say(served)}, got {len(files) + len(texts)}")
         if given["text_weights"] and not texts:
             raise InputError(f"{'text_weights' if served else '--text-weight'} given without texts")
-        names = ("image_weights", "text_weights") if served else ("--weights", "--text-weight")  # as the user spelled them
+        # the weights as the user spelled them: the Cog inputs, or the command line's flags
+        names = ("image_weights", "text_weights") if served else ("--weights", "--text-weight")
         weights = []
         for name, values, count, what in ((names[0], given["image_weights"], len(files), "image"),
                                           (names[1], given["text_weights"], len(texts), "text")):
