@@ -168,10 +168,10 @@ def test_out_of_memory_splits_the_batch_and_fails_only_what_cannot_fit(engine, t
     real = zerocap.batch.Batch._logprobs
     limit = [2]
 
-    def tight(batch, requests, rows, sizes):
+    def tight(batch, requests, rows):
         if len(requests) > limit[0]:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(batch, requests, rows, sizes)
+        return real(batch, requests, rows)
 
     monkeypatch.setattr(zerocap.batch.Batch, "_logprobs", tight)
     scheduler = Scheduler(engine, max_batch=8)

@@ -30,7 +30,7 @@ import torch
 from torch.profiler import record_function
 
 from .beam_search import Beams, first_step, next_step
-from .context_shift import Shift, shift_context
+from .context_shift import Shift
 from .guide import Guide
 from .token_rules import Rules, apply_token_rules
 
@@ -84,11 +84,12 @@ def fuse(logits: torch.Tensor, p0: torch.Tensor, fusion_factor: float, sizes: li
 
 
 class Batch:
-    """Requests that share decoding steps (see the module docstring)."""
+    """Requests that share decoding steps (see the module docstring); at most `max_requests` at
+    once when known (a compiled step's shapes are sized by it)."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, max_requests: int | None = None):
         self.engine = engine
-        self.state = engine.lm_adapter.new_state()
+        self.state = engine.lm_adapter.new_state(max_requests)
         self.requests: list[Request] = []
 
     def __len__(self) -> int:
@@ -119,8 +120,8 @@ class Batch:
         requests = list(self.requests if only is None else only)
         if not requests:
             return []
-        rows, sizes = self._rows(requests)
-        logprobs, pending = self._logprobs(requests, rows, sizes)
+        rows = self.state.rows(requests, self.engine.device)
+        logprobs, pending = self._logprobs(requests, rows)
         beams, reorders = [], []
         for r, lp in zip(requests, logprobs):
             if r.beams is None:
@@ -149,39 +150,54 @@ class Batch:
             self.remove(r)
         return finished
 
-    def _rows(self, requests: list[Request]):
-        """The step's rows, request by request: the prompt's row at a request's first step, then
-        its beams' rows."""
-        from .lm import Rows
-
-        slots, contexts, sizes = [], [], []
-        for r in requests:
-            ctx = r.contexts()
-            slots.append(r.slots[:len(ctx)])
-            contexts += ctx
-            sizes.append(len(ctx))
-        return Rows(torch.cat(slots), contexts, self.engine.device), sizes
-
-    def _logprobs(self, requests: list[Request], rows, sizes: list[int]):
+    def _logprobs(self, requests: list[Request], rows):
         """Fused next-token log-probs, one (b, V) per request, and what the LM state appends."""
         engine, first = self.engine, requests[0].cfg
-        cfgs = [r.cfg for r, b in zip(requests, sizes) for _ in range(b)]  # one per row
+        sizes = [len(i) for i in rows.index]
+        cfgs = [r.cfg for r, b in zip(requests, sizes) for _ in range(b)]  # one per request row, in order
         with record_function("zerocap.lm_prefill"):
-            p0, past, positions, mask, pending = self.state.plain(rows)  # (R, V), (L, 2, R, H, T, hd)
+            p0, logits, past, positions, mask, pending = self.state.plain(rows)  # (R, V), (L, 2, R, H, T, hd)
+        act = rows.active  # the requests' rows among the step's, request by request
         if past is not None and first.num_iterations > 0:
-            targets = torch.stack([r.target for r, b in zip(requests, sizes) for _ in range(b)])  # (R, D)
-            candidates = engine.form.candidates(engine.scorer, engine.prefix_texts(rows.contexts))
-            guide = Guide(candidates, targets, first.top_k, torch.tensor(
+            targets = torch.stack([r.target for r, b in zip(requests, sizes) for _ in range(b)])  # (n, D)
+            prefixes = engine.prefix_texts([rows.contexts[i] for i in act.tolist()])
+            guide = Guide(engine.candidates(prefixes), targets, first.top_k, torch.tensor(
                 [c.clip_temperature for c in cfgs], dtype=torch.float32, device=p0.device)[:, None])
-
-            def logits_of(shifted):
-                return self.state.logits(rows.last, shifted, positions, mask)
-
-            past = shift_context(logits_of, past, p0, guide.loss, Shift.of(cfgs, p0.device))
-        with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
-            logits = self.state.logits(rows.last, past, positions, mask)  # (R, V)
+            every = cfgs if rows.dense else _spread(cfgs, act, len(rows.contexts), first)
+            logits = self.state.shift(rows, past, positions, mask, p0, _on_active(guide, rows),
+                                      Shift.of(every, p0.device))
+        elif logits is None:  # the exact form: the authors' own pass
+            logits = self.state.logits(rows, past)
+        if not rows.dense:
+            logits, p0 = logits[act], p0[act]
         steps = [r.step for r, b in zip(requests, sizes) for _ in range(b)]
         end_ids = [r.end_id for r, b in zip(requests, sizes) for _ in range(b)]
-        recent = torch.tensor([(c[-4:] * 4)[-4:] for c in rows.contexts], device=p0.device)  # (R, 4)
+        contexts = [rows.contexts[i] for i in act.tolist()]
+        recent = torch.tensor([(c[-4:] * 4)[-4:] for c in contexts], device=p0.device)  # (n, 4)
         logits = apply_token_rules(logits, recent, Rules.of(cfgs, steps, end_ids, p0.device), engine.forbidden)
         return fuse(logits, p0, first.fusion_factor, sizes), pending
+
+
+def _spread(cfgs: list, active: torch.Tensor, rows: int, default) -> list:
+    """Per-row configs over every row of the static layout: the requests' where they are."""
+    every = [default] * rows
+    for i, c in zip(active.tolist(), cfgs):
+        every[i] = c
+    return every
+
+
+def _on_active(guide: Guide, rows) -> Callable:
+    """The guide's (top, q) for the requests' rows, over every row of the step (a row no request
+    holds gets the first top-k tokens and a uniform q: finite, and never read)."""
+    if rows.dense:
+        return guide.distribution
+
+    def distribution(probs: torch.Tensor):
+        R, K = probs.shape[0], guide.top_k
+        top = torch.arange(K, device=probs.device).expand(R, K).clone()
+        q = torch.full((R, K), 1.0 / K, device=probs.device)
+        t, qa = guide.distribution(probs[rows.active])
+        top[rows.active], q[rows.active] = t, qa
+        return top, q
+
+    return distribution

@@ -4,6 +4,15 @@ The shift δ has the shape of the stacked cache (layers, 2 = keys/values, rows, 
 head_dim) and starts from zero at every decoding step (the authors' --reset_context_delta).
 Rows may carry their own clip_scale, ce_scale and stepsize (requests decoded together); the
 number of iterations and grad_norm_factor are the batch's.
+
+One iteration: the shifted LM's next-token probs; the CLIP target distribution q over their
+top-k (guide.py, outside the gradient); the loss  clip_scale * CLIP loss + ce_scale * KL(shifted
+|| plain); its gradient in δ, normalised per layer, keys/values and row; a step. Two ways to run
+it, the same arithmetic (`loss`, `update`):
+  shift_context   eagerly, autograd on the forward pass that gave the top-k
+  iteration()     as one function of static shapes -- (δ, q, top-k) -> (next δ, its logits) --
+                  for torch.compile to capture once and replay (lm.py's compiled step); it
+                  recomputes the forward it differentiates, as q comes from outside it
 """
 from __future__ import annotations
 
@@ -32,14 +41,32 @@ class Shift:
                    col([c.ce_scale for c in cfgs]), col([-c.stepsize for c in cfgs]))
 
 
+def loss(probs: torch.Tensor, top: torch.Tensor, q: torch.Tensor, log_p0: torch.Tensor, clip_scale: torch.Tensor,
+         ce_scale: torch.Tensor) -> torch.Tensor:
+    """The shift's loss (a scalar) of shifted probs (R, V): CLIP's -sum_k q_k log p(top_k) and the
+    fluency KL, each row weighted by its own scales, in the authors' order of terms (autograd then
+    sums the gradients in the same order)."""
+    clip = -(q * probs.gather(1, top).log()).sum(-1)  # (R,)
+    fluency = ce_scale * ((probs * probs.log()) - (probs * log_p0)).sum(-1)  # (R,)
+    return (clip_scale * clip).sum() + fluency.sum()
+
+
+def update(delta: torch.Tensor, grad: torch.Tensor, neg_stepsize: torch.Tensor, grad_norm_factor: float):
+    """δ + step: the gradient divided by its norm (one per layer, keys/values and row) to the
+    power grad_norm_factor, times -stepsize."""
+    norm = torch.linalg.vector_norm(grad.float(), dim=(3, 4, 5), keepdim=True) + 1e-15  # (L, 2, R, 1, 1, 1)
+    step = neg_stepsize.view(1, 1, -1, 1, 1, 1).to(grad.dtype) * (grad / norm.to(grad.dtype) ** grad_norm_factor)
+    return step + delta
+
+
 def shift_context(
     logits_of: Callable[[torch.Tensor], torch.Tensor],  # past (L, 2, R, H, T, hd) -> logits (R, V)
     past: torch.Tensor,  # (L, 2, R, H, T, hd)
     p0: torch.Tensor,  # (R, V) the plain LM's next-token probs
-    clip_loss: Callable[[torch.Tensor], torch.Tensor],  # probs (R, V) -> per-row loss (R,)
+    distribution: Callable[[torch.Tensor], tuple],  # probs (R, V) -> (top (R, K), q (R, K)), no gradient
     shift: Shift,
 ) -> torch.Tensor:
-    """Return past + δ after `shift.iterations` normalised gradient steps."""
+    """Return past + δ after `shift.iterations` normalised gradient steps (eagerly)."""
     delta = torch.zeros_like(past)
     log_p0 = p0.log()
     for _ in range(shift.iterations):
@@ -47,15 +74,27 @@ def shift_context(
         with torch.enable_grad():
             with record_function("zerocap.lm_forward"):
                 probs = torch.softmax(logits_of(past + delta), dim=-1)  # (R, V)
-            # the authors' order of terms: autograd then sums the gradients in the same order
-            loss = (shift.clip_scale * clip_loss(probs)).sum()
-            fluency = shift.ce_scale * ((probs * probs.log()) - (probs * log_p0)).sum(-1)  # (R,)
-            loss = loss + fluency.sum()
+            top, q = distribution(probs.detach())
+            total = loss(probs, top, q, log_p0, shift.clip_scale, shift.ce_scale)
             with record_function("zerocap.lm_backward"):
-                (grad,) = torch.autograd.grad(loss, delta)
-        # one norm per layer, keys/values and row  # (L, 2, R, 1, 1, 1)
-        norm = torch.linalg.vector_norm(grad.float(), dim=(3, 4, 5), keepdim=True) + 1e-15
-        step = shift.neg_stepsize.view(1, 1, -1, 1, 1, 1).to(grad.dtype) * (grad / norm.to(grad.dtype)
-                                                                             ** shift.grad_norm_factor)
-        delta = (step + delta).detach()
+                (grad,) = torch.autograd.grad(total, delta)
+        delta = update(delta.detach(), grad, shift.neg_stepsize, shift.grad_norm_factor).detach()
     return past + delta
+
+
+def iteration(step: Callable, grad_norm_factor: float) -> Callable:
+    """One context-shift iteration as a function of tensors of static shapes (see the module
+    docstring): (δ, past, last, positions, mask, log p0, top, q, clip_scale, ce_scale,
+    -stepsize) -> (next δ, the logits (R, V) with it). `step(last, past, positions, mask)` is the
+    LM's one-token step."""
+
+    def run(delta, past, last, positions, mask, log_p0, top, q, clip_scale, ce_scale, neg_stepsize):
+        def loss_of(d):
+            probs = torch.softmax(step(last, past + d, positions, mask), dim=-1)
+            return loss(probs, top, q, log_p0, clip_scale, ce_scale)
+
+        grad = torch.func.grad(loss_of)(delta)
+        delta = update(delta, grad, neg_stepsize, grad_norm_factor)
+        return delta, step(last, past + delta, positions, mask)
+
+    return run

@@ -94,6 +94,7 @@ class ZeroCap:
         form: "str | forms.Form" = "fast",
         bos_prefix: bool | None = None,
         forbidden_ids: Sequence[int] | None = None,
+        compile: "bool | str" = False,
     ):
         self.form = forms.get(form)
         self.lm = lm.eval().requires_grad_(False)
@@ -115,15 +116,53 @@ class ZeroCap:
         self.scorer.use_vocabulary(self.token_strings)
         self.lm_adapter = self.form.lm(self.lm, self.family)
         self.targets = TargetEncoder(self.scorer)
+        if compile:
+            self.compile("default" if compile is True else compile)
+
+    def compile(self, mode: str = "default") -> None:
+        """Decode in the static layout with the step and the context-shift iteration compiled
+        (compiled.py): the fast form, for an LM with a written-out step (GPT-2); otherwise, or if
+        torch.compile fails, decoding stays eager, with one warning."""
+        import warnings
+
+        from .compiled import MODES
+
+        if mode not in MODES:
+            raise InputError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
+        if not hasattr(self.lm_adapter, "compile"):
+            raise InputError(f"the {self.form.name} form is not compiled (it keeps the authors' operation order);"
+                             " use the fast form to compile")
+        if self.lm_adapter.step is None:
+            warnings.warn(f"{self.family.name} has no written-out step to compile; decoding eagerly", RuntimeWarning,
+                          stacklevel=2)
+            return
+        self.lm_adapter.compile(mode)
+        if self.device.type == "cuda" and hasattr(self.scorer, "compile"):
+            self.scorer.compile(mode)  # CLIP's passes on fixed-size buffers: launch-bound on a GPU, not on a CPU
+
+    @property
+    def compiled(self):
+        """The compiled step (compiled.Compiled), or None when decoding eagerly."""
+        return getattr(self.lm_adapter, "compiled", None)
+
+    def warm_up(self, cfg: ZeroCapConfig, batch: int = 1) -> float:
+        """Decode `batch` captions of a grey image with `cfg` (compiling what that configuration
+        runs, when compiled); the seconds it took."""
+        from PIL import Image
+
+        start = time.perf_counter()
+        target = Target(self.targets.image_target(Image.new("RGB", (64, 64), (127, 127, 127))), "warm-up")
+        self.decode_targets([target] * batch, self.check(cfg))
+        return time.perf_counter() - start
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
     def load(cls, lm: str = "weights/gpt2-medium", clip: str = "weights/clip/ViT-B-32.pt", device=None,
-             lm_dtype: str = "float32", form: "str | forms.Form" = "fast") -> "ZeroCap":
+             lm_dtype: str = "float32", form: "str | forms.Form" = "fast", compile: "bool | str" = False) -> "ZeroCap":
         """Load an HF causal-LM directory and an OpenAI CLIP checkpoint, offline."""
         from .loading import load_models
 
-        return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype), form=form)
+        return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype), form=form, compile=compile)
 
     # ---- public API ---------------------------------------------------------------------------
     @property
@@ -186,7 +225,7 @@ class ZeroCap:
         """One caption per target (modes.Target), decoded together (as many at once as the form
         allows); each result names its target and carries what its mode adds."""
         requests = [self.request(t, cfg) for t in targets]
-        waiting, batch = list(requests), Batch(self)
+        waiting, batch = list(requests), Batch(self, min(len(requests), self.form.max_images or len(requests)))
         while waiting or len(batch):
             while waiting and batch.accepts(waiting[0], self.form.max_images):
                 batch.add(waiting.pop(0))
@@ -210,6 +249,10 @@ class ZeroCap:
         end_id = self.tokenizer.encode(cfg.end_token, add_special_tokens=False)[0]
         return Request(target.vector.to(self.device), cfg, target.name, self.prompt_ids(cfg), end_id, target.details,
                        progress)
+
+    def candidates(self, prefix_texts: list[str]):
+        """The scorer's candidate features for rows with these prefixes, in the form's way."""
+        return self.form.candidates(self.scorer, prefix_texts)
 
     def prefix_texts(self, contexts: list[list[int]]) -> list[str]:
         """Each row's context as text, without the BOS prefix: what CLIP reads."""

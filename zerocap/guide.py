@@ -4,7 +4,7 @@ towards the candidates CLIP finds closest to the row's target.
 At every context-shift iteration the top-k tokens of each row are candidates; the text
 `prefix + token` of each is scored by the scorer (scorer.py; the form picks how), compared with
 the target, and the softmax of those similarities (temperature `clip_temperature`) is the
-distribution the LM is pulled towards:
+distribution the LM is pulled towards (context_shift.py's loss):
     loss(row) = -sum_k q_k log p(token_k),   q = softmax(cos(CLIP(text_k), target) / T)
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ class Guide:
         self.targets = targets[:, None, :]  # (R, 1, D)
         self.top_k, self.temperature = top_k, temperature
 
-    def loss(self, probs: torch.Tensor) -> torch.Tensor:
-        """Per-row CLIP loss (R,) of next-token probs (R, V); differentiable in probs."""
-        with torch.no_grad():
-            top = probs.topk(self.top_k, dim=-1).indices  # (R, K)
-            feats = self.candidates.features(top)  # (R, K, D) normalised
-            sims = torch.bmm(self.targets.to(feats.dtype), feats.transpose(1, 2))[:, 0]  # (R, K)
-            q = torch.softmax(sims / self.temperature, dim=-1).float()
-        return -(q * probs.gather(1, top).log()).sum(-1)
+    @torch.no_grad()
+    def distribution(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(top (R, K): each row's top-k tokens by probs (R, V), q (R, K) fp32: the distribution over
+        them that CLIP prefers) -- what the context shift's loss pulls towards."""
+        top = probs.topk(self.top_k, dim=-1).indices  # (R, K)
+        feats = self.candidates.features(top)  # (R, K, D) normalised
+        sims = torch.bmm(self.targets.to(feats.dtype), feats.transpose(1, 2))[:, 0]  # (R, K)
+        return top, torch.softmax(sims / self.temperature, dim=-1).float()

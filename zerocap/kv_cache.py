@@ -77,6 +77,10 @@ class KVCache:
             return past, None
         return past, torch.arange(width, device=self.device) < lengths[:, None]
 
+    def mask(self) -> torch.Tensor:
+        """(slots, capacity) bool: each slot's real positions."""
+        return torch.arange(self.capacity, device=self.device) < self.lengths[:, None]
+
     def append(self, slots: torch.Tensor, kv: torch.Tensor) -> None:
         """Add one position to each of `slots` (n,): kv (L, 2, n, H, 1, hd) at each row's length."""
         lengths = self.lengths[slots]

@@ -20,8 +20,10 @@ import inspect
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from transformers import DynamicCache
 
+from .context_shift import shift_context
 from .kv_cache import KVCache
 
 
@@ -102,12 +104,17 @@ class GenericLM:
 
 
 class Rows:
-    """The rows of one decoding step: what the LM state needs of them."""
+    """The rows of one decoding step, and which request each belongs to.
 
-    def __init__(self, slots: torch.Tensor, contexts: list[list[int]], device):
-        self.slots = slots  # (R,) cache slots (the fast form)
-        self.contexts = contexts  # each row's token ids: prompt + generated
+    slots (R,): the cache slot of each row; contexts: each row's token ids (prompt + generated;
+    [0] for a slot no request holds, in the static layout); index: per request, its rows (at its
+    first step only the prompt's); active (n,): every request's rows, request by request."""
+
+    def __init__(self, slots: torch.Tensor, contexts: list[list[int]], index: list[list[int]], device):
+        self.slots, self.contexts, self.index = slots, contexts, index
         self.last = torch.tensor([c[-1] for c in contexts], device=device)[:, None]  # (R, 1)
+        self.active = torch.tensor([i for rows in index for i in rows], dtype=torch.long, device=device)
+        self.dense = len(self.active) == len(contexts)  # every row is a request's, in order
 
 
 class FastLM(GenericLM):
@@ -116,53 +123,115 @@ class FastLM(GenericLM):
     def __init__(self, lm, step=None):
         super().__init__(lm)
         self.step = step  # replaceable, e.g. by a compiled step
+        self.compiled = None  # compiled.Compiled once compile() is called, while it works
 
-    def new_state(self) -> "FastState":
-        return FastState(self)
+    def compile(self, mode: str = "default") -> None:
+        """Decode in the static layout, its step and shift iteration compiled (compiled.py)."""
+        from .compiled import Compiled
+
+        if self.step is None:
+            raise ValueError("only an LM with a written-out step (GPT-2) can be compiled")
+        self.compiled = Compiled(self, mode)
+
+    def new_state(self, max_requests: int | None = None) -> "FastState":
+        return FastState(self, max_requests)
 
 
 class FastState:
-    """One batch's LM state in the fast form: a KV cache with a row per beam."""
+    """One batch's LM state in the fast form: a KV cache with a row per beam.
 
-    def __init__(self, lm: FastLM):
-        self.lm = lm
-        c = lm.lm.config
-        layers = getattr(c, "num_hidden_layers", None) or c.n_layer
-        heads = getattr(c, "num_attention_heads", None) or c.n_head
-        width = getattr(c, "hidden_size", None) or c.n_embd
-        param = next(lm.lm.parameters())
-        self.cache = KVCache(layers, heads, width // heads, param.dtype, param.device)
+    Eager (the default), a step reads the rows of the requests it advances, as long as the
+    longest holds. Compiled, it reads every slot of the cache at its full capacity -- the same
+    shapes at every step, whatever the requests, so the compiled step is captured once:
+    `max_requests` x beam_size slots, capacity for prompt + max_tokens rounded up to 32."""
+
+    def __init__(self, lm: FastLM, max_requests: int | None = None):
+        self.lm, self.max_requests = lm, max_requests
+        self.cache: KVCache | None = None
+
+    @property
+    def static(self) -> bool:
+        return self.lm.compiled is not None
+
+    def _cache(self, beams: int, positions: int) -> KVCache:
+        if self.cache is None:
+            c = self.lm.lm.config
+            layers = getattr(c, "num_hidden_layers", None) or c.n_layer
+            heads = getattr(c, "num_attention_heads", None) or c.n_head
+            width = getattr(c, "hidden_size", None) or c.n_embd
+            param = next(self.lm.lm.parameters())
+            slots = beams * (self.max_requests or 1)
+            self.cache = KVCache(layers, heads, width // heads, param.dtype, param.device, slots=slots,
+                                 capacity=-(-positions // 32) * 32)
+        return self.cache
 
     @torch.no_grad()
     def begin(self, prompt: list[int], beams: int, max_tokens: int) -> torch.Tensor:
         """Slots (beams,) for a new request, the first holding the prompt's past."""
-        slots = self.cache.allocate(beams, len(prompt) - 1 + max_tokens)
+        cache = self._cache(beams, len(prompt) - 1 + max_tokens)
+        slots = cache.allocate(beams, len(prompt) - 1 + max_tokens)
         if len(prompt) > 1:
-            ids = torch.tensor([prompt[:-1]], device=self.cache.device)
-            self.cache.write(slots[:1], self.lm._stack(self.lm._cache_out(self.lm.lm(ids, use_cache=True)).layers))
+            ids = torch.tensor([prompt[:-1]], device=cache.device)
+            cache.write(slots[:1], self.lm._stack(self.lm._cache_out(self.lm.lm(ids, use_cache=True)).layers))
         return slots
 
     def end(self, slots: torch.Tensor) -> None:
         self.cache.release(slots)
 
+    def rows(self, requests, device) -> Rows:
+        """The step's rows: eager, the requests' own, request by request; static, every slot."""
+        contexts = [r.contexts() for r in requests]
+        if not self.static:
+            slots = torch.cat([r.slots[:len(c)] for r, c in zip(requests, contexts)])
+            index, start = [], 0
+            for c in contexts:
+                index.append(list(range(start, start + len(c))))
+                start += len(c)
+            return Rows(slots, [row for c in contexts for row in c], index, device)
+        rows: list[list[int]] = [[0]] * self.cache.slots
+        index = []
+        for r, c in zip(requests, contexts):
+            mine = r.slots[:len(c)].tolist()
+            for slot, row in zip(mine, c):
+                rows[slot] = row
+            index.append(mine)
+        return Rows(torch.arange(self.cache.slots, device=device), rows, index, device)
+
     @torch.no_grad()
     def plain(self, rows: Rows):
-        """(plain next-token probs (R, V) fp32, past (L, 2, R, H, T, hd) or None, positions, mask,
-        what to append at the end of the step) for the step's rows."""
+        """(plain next-token probs (R, V) fp32, their logits, past (L, 2, R, H, T, hd) or None,
+        positions, mask, what to append at the end of the step) for the step's rows."""
+        if self.static:
+            past, mask = self.cache.data, self.cache.mask()
+            positions = self.cache.lengths
+            logits, kv = self.lm.compiled.plain(rows.last, past, positions, mask)
+            return torch.softmax(logits, dim=-1), logits, past, positions, mask, kv
         past, mask = self.cache.read(rows.slots)
         positions = None if mask is None else self.cache.lengths[rows.slots]
         if past.shape[4] == 0:
             past = mask = positions = None
         logits, kv = self.lm.forward_step(rows.last, past, positions, mask)
-        return torch.softmax(logits, dim=-1), past, positions, mask, kv
+        return torch.softmax(logits, dim=-1), logits, past, positions, mask, kv
 
-    def logits(self, last, past, positions, mask) -> torch.Tensor:
-        return self.lm.next_logits(last, past, positions, mask)
+    def shift(self, rows: Rows, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
+        """The shifted logits (R, V) after the context shift."""
+        if self.static:
+            return self.lm.compiled.shift(rows, past, positions, mask, p0, distribution, shift)
+
+        def logits_of(shifted):
+            return self.lm.next_logits(rows.last, shifted, positions, mask)
+
+        shifted = shift_context(logits_of, past, p0, distribution, shift)
+        with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
+            return self.lm.next_logits(rows.last, shifted, positions, mask)  # (R, V)
 
     def commit(self, rows: Rows, pending: torch.Tensor, reorders: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """After a step: each row's last token joins its past, then each request's slots follow
-        its beams (slots (B,), source (B,) into them)."""
-        self.cache.append(rows.slots, pending)
+        """After a step: each request row's last token joins its past, then each request's slots
+        follow its beams (slots (B,), source (B,) into them)."""
+        if rows.dense:
+            self.cache.append(rows.slots, pending)
+        else:
+            self.cache.append(rows.slots[rows.active], pending[:, :, rows.active])
         for slots, source in reorders:
             self.cache.reorder(slots, source)
 
@@ -174,7 +243,7 @@ class ExactLM(GenericLM):
     def _past(self, out, context):
         return self._stack(self._cache_out(self.lm(context[:, :-1], use_cache=True)).layers)
 
-    def new_state(self) -> "ExactState":
+    def new_state(self, max_requests: int | None = None) -> "ExactState":
         return ExactState(self)
 
 
@@ -190,13 +259,27 @@ class ExactState:
     def end(self, slots) -> None:
         pass
 
-    def plain(self, rows: Rows):
-        context = torch.tensor(rows.contexts, device=rows.last.device)  # (R, T): one request, equal lengths
-        p0, past = self.lm.prefill(context)
-        return p0, past, None, None, None
+    def rows(self, requests, device) -> Rows:
+        contexts = [row for r in requests for row in r.contexts()]  # one request: equal lengths
+        return Rows(torch.arange(len(contexts)), contexts, [list(range(len(contexts)))], device)
 
-    def logits(self, last, past, positions, mask) -> torch.Tensor:
-        return self.lm.next_logits(last, past)
+    def plain(self, rows: Rows):
+        context = torch.tensor(rows.contexts, device=rows.last.device)  # (R, T)
+        p0, past = self.lm.prefill(context)
+        return p0, None, past, None, None, None
+
+    def shift(self, rows: Rows, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
+        def logits_of(shifted):
+            return self.lm.next_logits(rows.last, shifted)
+
+        shifted = shift_context(logits_of, past, p0, distribution, shift)
+        with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
+            return self.lm.next_logits(rows.last, shifted)
+
+    def logits(self, rows: Rows, past) -> torch.Tensor:
+        """The authors' own pass for the logits when nothing is shifted."""
+        with torch.no_grad():
+            return self.lm.next_logits(rows.last, past)
 
     def commit(self, rows, pending, reorders) -> None:
         pass

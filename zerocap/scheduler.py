@@ -98,7 +98,7 @@ class Scheduler:
     def __init__(self, engine, max_batch: int = 8):
         self.engine = engine
         self.max_batch = max(1, min(max_batch, engine.form.max_images or max_batch))
-        self.batch = Batch(engine)
+        self.batch = Batch(engine, self.max_batch)
         self.error: str | None = None  # why the loop cannot go on (a broken device), if it cannot
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._running: dict[int, Ticket] = {}  # id(request) -> ticket

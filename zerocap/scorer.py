@@ -18,6 +18,8 @@ two faster candidate paths that skip the text processing:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
@@ -82,12 +84,11 @@ class StringCandidates:
         return torch.stack(feats)
 
 
-class PrefixCache:
+class PrefixCache(NamedTuple):
     """Per-layer keys/values of the beams' prefix rows.  keys[l]: (R, h, P, hd)"""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
-        self.keys = keys
-        self.values = values
+    keys: list
+    values: list
 
 
 class ClipScorer(TextScorer):
@@ -104,6 +105,7 @@ class ClipScorer(TextScorer):
         self.tokenizer = clip.clip._tokenizer
         self.device = torch.device(device) if device is not None else next(clip_model.parameters()).device
         self.candidates = None  # candidates.CandidateTokenizer, once the LM's vocabulary is known
+        self.compiled: dict | None = None  # compile(): CLIP's passes for fixed-size candidate buffers
         # up to this many padded suffix tokens run as one pass: on a GPU a pass is launch-bound,
         # so fewer passes pay; a CPU is compute-bound, so it always pads least (length buckets)
         on_gpu = next(clip_model.parameters()).device.type == "cuda"
@@ -137,7 +139,31 @@ class ClipScorer(TextScorer):
         self.candidates = CandidateTokenizer(token_strings, self.tokenizer, self.device)
 
     def fast_candidates(self, prefix_texts: list[str]) -> "FastCandidates":
+        if self.compiled is not None:
+            return FixedCandidates(self, prefix_texts)
         return FastCandidates(self, prefix_texts)
+
+    def compile(self, mode: str = "default") -> None:
+        """Score candidates in fixed-size buffers with CLIP's passes compiled (FixedCandidates):
+        on a GPU, where a pass is launch-bound; a CPU keeps the eager, smaller passes."""
+        self.compiled = {name: torch.compile(getattr(self, name), mode=mode, fullgraph=True, dynamic=False)
+                         for name in ("encode_prefix", "_encode_rows")}
+        self.compiled["encode_rows"] = self.compiled.pop("_encode_rows")
+
+    def run_compiled(self, name: str, *args):
+        """A compiled pass, or the eager one (without compile(), or once compiling failed)."""
+        eager = getattr(self, "_encode_rows" if name == "encode_rows" else name)
+        if self.compiled is None:
+            return eager(*args)
+        try:
+            return self.compiled[name](*args)
+        except Exception as e:  # noqa: BLE001 -- whatever torch.compile raises, scoring goes on eagerly
+            import warnings
+
+            warnings.warn(f"torch.compile failed for CLIP ({type(e).__name__}); scoring eagerly", RuntimeWarning,
+                          stacklevel=2)
+            self.compiled = None
+            return eager(*args)
 
     def exact_candidates(self, prefix_texts: list[str]) -> "ExactCandidates":
         return ExactCandidates(self, prefix_texts)
@@ -291,6 +317,43 @@ class ExactCandidates(_ClipCandidates):
             shared, suffix, eot = self.candidates.rows(self.prefixes, top)
         with record_function("zerocap.clip_candidates"):
             return self.scorer.encode_full(self.prefix_rows, shared, suffix, eot)
+
+
+class FixedCandidates(_ClipCandidates):
+    """Candidate features in buffers of fixed size, for a compiled step on a GPU: every row's top-k
+    at every iteration (no reuse across iterations: how many are new varies), suffixes padded to
+    WIDTH tokens and prefixes to 76 -- the same shapes at every iteration and step, so the CLIP
+    passes are captured once (ClipScorer.compile). A suffix longer than WIDTH (rare: a long word
+    continued) runs eagerly; its features are the same."""
+
+    WIDTH = 16
+
+    def __init__(self, scorer: ClipScorer, prefix_texts: list[str]):
+        super().__init__(scorer, prefix_texts)
+        from .candidates import CONTEXT_LENGTH
+
+        rows = self.prefix_rows
+        self.prefix_rows = torch.nn.functional.pad(rows, (0, CONTEXT_LENGTH - 1 - rows.shape[1]))  # (R, 76)
+        with record_function("zerocap.clip_prefix"):
+            self.cache = scorer.run_compiled("encode_prefix", self.prefix_rows)
+
+    def features(self, top: torch.Tensor) -> torch.Tensor:
+        R, K = top.shape
+        with record_function("zerocap.candidate_rows"):
+            shared, suffix, eot = self.candidates.rows(self.prefixes, top)  # (R, K), (R, K, S), (R, K)
+        W = self.WIDTH
+        fixed = torch.zeros(R, K, W, dtype=suffix.dtype, device=suffix.device)
+        fixed[..., :min(W, suffix.shape[-1])] = suffix[..., :W]
+        beam = torch.arange(R, device=top.device).repeat_interleave(K)
+        with record_function("zerocap.clip_candidates"):
+            feats = self.scorer.run_compiled("encode_rows", self.cache, beam, shared.reshape(-1),
+                                             fixed.reshape(R * K, W), eot.clamp(max=W - 1).reshape(-1))
+            feats = self.scorer.normalised(feats).view(R, K, -1)
+            longer = eot >= W
+            if bool(longer.any()):
+                feats = torch.where(longer[..., None], self.scorer.encode_candidates(
+                    self.cache, shared, suffix, eot, needed=longer), feats)
+        return feats
 
 
 class FastCandidates(_ClipCandidates):

@@ -1,0 +1,100 @@
+"""The fast form's decoding step compiled once and replayed: torch.compile on static shapes.
+
+In the static layout (lm.py's FastState) every step reads the whole KV cache -- every slot, its
+full capacity, with the rows' positions and a mask -- so the two functions a step runs have the
+same shapes at every step, whoever is in the batch:
+  plain      the LM's one-token step on the cached past: the plain distribution and the new keys/values
+  iteration  one context-shift iteration (context_shift.iteration): LM forward, CLIP loss, backward,
+             update -- one graph, given the CLIP target distribution of the iteration
+Shapes depend only on the batch's configuration (slots = requests x beam_size, capacity, top_k),
+so each is captured once per configuration: no recompilation from step to step or caption to
+caption, and with mode="reduce-overhead" on a GPU each replays as CUDA graphs. What stays eager
+between them: the top-k's candidate rows (text processing on the host) and CLIP's scoring of them.
+
+A compile that fails falls back to the eager step, with one warning. Compiled artifacts go to
+PyTorch's inductor cache ($TORCHINDUCTOR_CACHE_DIR), which a later process reuses.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from .context_shift import iteration
+
+MODES = ("default", "reduce-overhead", "max-autotune")
+# configurations compiled per process before torch.compile stops (and new ones run eagerly):
+# each batch configuration (slots, capacity, top_k, grad_norm_factor) is one
+RECOMPILES = 128
+
+
+class Compiled:
+    def __init__(self, fast_lm, mode: str = "default"):
+        if mode not in MODES:
+            raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.lm, self.mode = fast_lm, mode
+        _allow_recompiles(RECOMPILES)
+        self._plain = torch.compile(self._plain_eager, mode=mode, fullgraph=True, dynamic=False)
+        self._iterations: dict[float, tuple] = {}  # grad_norm_factor -> (compiled, eager)
+        self.compile_seconds = 0.0  # spent in calls that compiled (the first of each shape)
+        self.failed: str | None = None
+
+    def _plain_eager(self, last, past, positions, mask):
+        return self.lm.step(self.lm.lm, last, past, positions, mask)
+
+    def _step(self, last, past, positions, mask):
+        return self.lm.step(self.lm.lm, last, past, positions, mask)[0]
+
+    @torch.no_grad()
+    def plain(self, last, past, positions, mask):
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new decoding step: earlier outputs may be reused
+        logits, kv = self._run(self._plain, self._plain_eager, last, past, positions, mask)
+        return logits.clone(), kv.clone()  # kept past later replays, which may reuse a CUDA graph's outputs
+
+    def shift(self, rows, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
+        """The shifted logits (R, V) after shift.iterations compiled iterations."""
+        if shift.grad_norm_factor not in self._iterations:
+            eager = iteration(self._step, shift.grad_norm_factor)
+            self._iterations[shift.grad_norm_factor] = (torch.compile(eager, mode=self.mode, fullgraph=True,
+                                                                      dynamic=False), eager)
+        compiled, eager = self._iterations[shift.grad_norm_factor]
+        delta, log_p0, probs, logits = torch.zeros_like(past), p0.log(), p0, None
+        for _ in range(shift.iterations):
+            top, q = distribution(probs)
+            delta, logits = self._run(compiled, eager, delta, past, rows.last, positions, mask, log_p0, top, q,
+                                      shift.clip_scale, shift.ce_scale, shift.neg_stepsize)
+            probs = torch.softmax(logits, dim=-1)
+        return logits.detach().clone()
+
+    def _run(self, compiled, eager, *args):
+        if self.failed is not None:
+            return eager(*args)
+        start = time.perf_counter()
+        frames = _compiled_frames()
+        try:
+            out = compiled(*args)
+        except Exception as e:  # noqa: BLE001 -- whatever torch.compile raises, decoding goes on eagerly
+            self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warnings.warn(f"torch.compile failed ({self.failed[:300]}); decoding eagerly", RuntimeWarning,
+                          stacklevel=2)
+            return eager(*args)
+        if _compiled_frames() != frames:  # this call compiled a graph
+            self.compile_seconds += time.perf_counter() - start
+        return out
+
+
+def _allow_recompiles(n: int) -> None:
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), n))
+
+
+def _compiled_frames() -> int:
+    """Graphs torch.compile has made in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
