@@ -210,9 +210,18 @@ class Predictor(BaseRunner):
         from zerocap import ZeroCap
         from zerocap.scheduler import Scheduler
 
-        self.model = ZeroCap.load(lm, clip, device=resolve_device(os.environ.get("ZEROCAP_DEVICE", "auto")))
+        device = resolve_device(os.environ.get("ZEROCAP_DEVICE", "auto"))
+        mode = compile_mode(device)
+        # compiled kernels outlive the process there: a restart reuses them (README: Compiled step)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(HERE, ".torchinductor-cache"))
+        self.model = ZeroCap.load(lm, clip, device=device, compile=mode or False)
         self.scheduler = Scheduler(self.model, max_batch=max_batch(self.model.device))
         self.reading = threading.BoundedSemaphore(READING)  # inputs decoded into targets at once
+        if self.model.compiled is not None:  # a full batch at the defaults: what most predictions run
+            seconds = self.model.warm_up(self.model.config("caption"), self.scheduler.max_batch)
+            failed = self.model.compiled.failed
+            print(f"compiled the decoding step ({mode}) in {seconds:.1f} s" if not failed else
+                  f"decoding eagerly: torch.compile failed ({failed})", flush=True)
         warm = Image.new("RGB", (64, 64), (127, 127, 127))  # first-call kernels and caches
         cfg = self.model.config("caption", beam_size=2, max_tokens=2, top_k=16)
         self.scheduler.caption(self.model.request(Target(self.model.targets.image_target(warm), "warm-up"), cfg))
@@ -329,6 +338,19 @@ class Predictor(BaseRunner):
             raise InputError("out of GPU memory: lower beam_size or top_k, or combine fewer terms") from None
 
 
+def compile_mode(device) -> str | None:
+    """$ZEROCAP_COMPILE: auto (the default: CUDA graphs, reduce-overhead, on a GPU; eager on a CPU),
+    off, default or reduce-overhead."""
+    value = os.environ.get("ZEROCAP_COMPILE", "auto").strip().lower()
+    if value == "auto":
+        return "reduce-overhead" if device.type == "cuda" else None
+    if value in ("off", "0", "no", "false", ""):
+        return None
+    if value in ("default", "reduce-overhead"):
+        return value
+    raise ValueError(f"ZEROCAP_COMPILE must be auto, off, default or reduce-overhead, got {value!r}")
+
+
 def max_batch(device) -> int:
     """Predictions decoded together ($ZEROCAP_MAX_BATCH; default 16 on a GPU, 8 on a CPU): the
     others wait for a place, they are never refused."""
@@ -340,6 +362,7 @@ def max_batch(device) -> int:
 
 
 READING = 2  # requests whose inputs are read (decoded, embedded) at once: bounded memory
+HERE = os.path.dirname(os.path.abspath(__file__))
 LITERAL_MODES = ["caption", "knowledge", "ocr", "arithmetic", "video"]  # the `mode` Input's choices, as declared
 MODE_INPUTS = ("image", "images", "image_weights", "texts", "text_weights", "video", "frames")
 

@@ -86,6 +86,10 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
                    help="; ".join(f"{f.name}: {f.help}" for f in forms.FORMS.values()))
     m.add_argument("--exact", dest="form", action="store_const", const=forms.EXACT.name, default=argparse.SUPPRESS,
                    help="the same as --form exact")
+    m.add_argument("--compile", nargs="?", const="default", default=None, choices=["default", "reduce-overhead"],
+                   metavar="MODE", help="compile the fast form's decoding step once (torch.compile; MODE default, or"
+                                        " reduce-overhead for CUDA graphs on a GPU); the first run compiles (minutes"
+                                        " on a CPU), later runs reuse PyTorch's inductor cache")
     m.add_argument("--batch-size", type=_number(int), default=8,
                    help=f"inputs decoded together on each device, {BATCH_SIZE.said} (default 8): one that finishes"
                         " early makes room for the next at once")

@@ -58,7 +58,10 @@ def model_paths(args) -> tuple[str, str]:
 
 
 def form(args) -> forms.Form:
-    return forms.get(args.form)
+    chosen = forms.get(args.form)
+    if args.compile and chosen.exact_lm:
+        raise InputError("--compile runs the fast form; the exact form keeps the authors' operation order, eagerly")
+    return chosen
 
 
 # ---- the commands --------------------------------------------------------------------------------
@@ -72,6 +75,7 @@ def dataset(args, mode, cfg) -> int:
     from .output import emitter, progress_bar
 
     kind, key = mode.kind, mode.kind.name
+    form(args)  # a form that cannot run as asked is said before any work
     options = {name: getattr(args, name) for name in kind.job_options}
     kind.check_options(options)
     if args.retry_failed and not args.out:
@@ -95,7 +99,8 @@ def dataset(args, mode, cfg) -> int:
     bar = progress_bar("img" if key == "image" else "clip")
     backend = None
     try:
-        backend = _backend(args, mode, cfg, options, where, lm_path, clip_path, bar)
+        todo = sum(1 for i in inputs if results is None or i not in results)
+        backend = _backend(args, mode, cfg, options, where, lm_path, clip_path, bar, todo)
         emit = emitter(args.json, quiet=results is not None and not args.json, bar=bar, key=key)
         summary = run_job(inputs, backend, emit, results, key, bar, unit=f"{key}s")
     finally:
@@ -109,17 +114,39 @@ def dataset(args, mode, cfg) -> int:
     return 1 if summary.any_failed else 0
 
 
-def _backend(args, mode, cfg, options, where, lm_path, clip_path, bar):
+def _backend(args, mode, cfg, options, where, lm_path, clip_path, bar, todo: int):
     if args.ray is not None:
         from .jobs.ray_backend import RayBatches
 
         return RayBatches(args.ray, args.actors, lm_path, clip_path, cfg, form(args).name, args.lm_dtype,
-                          args.batch_size, mode, options)
+                          args.batch_size, mode, options, args.compile)
     from .jobs.backends import Local
 
     tokens = None if bar is None else lambda step, total, best: bar.set_postfix_str(f"token {step}/{total}")
-    return Local.load(lm_path, clip_path, where, mode, cfg, options, lm_dtype=args.lm_dtype, form=form(args),
-                      in_flight=args.batch_size, progress=tokens)
+    in_flight = min(args.batch_size, max(1, todo))  # a compiled step is sized by it
+    backend = Local.load(lm_path, clip_path, where, mode, cfg, options, lm_dtype=args.lm_dtype, form=form(args),
+                         in_flight=in_flight, progress=tokens, compile=args.compile)
+    if args.compile:
+        warm_up(backend.engines, cfg, in_flight)
+    return backend
+
+
+def warm_up(engines, cfg, batch: int) -> None:
+    """Compile each engine's step for this configuration before the job, and say how long it took."""
+    for engine in engines:
+        seconds = engine.warm_up(cfg, batch)
+        compiled = engine.compiled
+        if compiled is None or compiled.failed:
+            print("zerocap: decoding eagerly (see the warning above)", file=sys.stderr)
+            continue
+        print(f"zerocap: compiled the decoding step on {engine.device} in {seconds:.1f} s (PyTorch keeps it in"
+              f" its inductor cache, {inductor_cache()}, for later runs)", file=sys.stderr)
+
+
+def inductor_cache() -> str:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
 
 
 def request(args, mode, cfg) -> int:
@@ -138,8 +165,12 @@ def request(args, mode, cfg) -> int:
     where = devices(args)
     lm_path, clip_path = model_paths(args)
     quiet_transformers()
-    engine = ZeroCap.load(lm_path, clip_path, device=where[0], lm_dtype=args.lm_dtype, form=form(args))
-    results = engine.decode_targets(mode.kind.targets(engine, request), engine.check(cfg))
+    engine = ZeroCap.load(lm_path, clip_path, device=where[0], lm_dtype=args.lm_dtype, form=form(args),
+                          compile=args.compile)
+    targets = mode.kind.targets(engine, request)
+    if args.compile:
+        warm_up([engine], cfg, len(targets))
+    results = engine.decode_targets(targets, engine.check(cfg))
     for result in results:
         emitter(args.json, quiet=False)(result.to_dict())
     return 0

@@ -39,10 +39,11 @@ class Local:
 
     @classmethod
     def load(cls, lm: str, clip: str, devices: Sequence[str], mode, cfg, options: dict, lm_dtype: str = "float32",
-             form="fast", in_flight: int = 8, progress=None) -> "Local":
+             form="fast", in_flight: int = 8, progress=None, compile=None) -> "Local":
         from ..engine import ZeroCap
 
-        engines = [ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, form=form) for d in devices]
+        engines = [ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, form=form, compile=compile or False)
+                   for d in devices]
         return cls(engines, mode, cfg, options, in_flight, progress)
 
     def __call__(self, inputs: Iterable[Input]) -> Iterator[tuple[int, dict]]:

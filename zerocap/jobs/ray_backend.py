@@ -41,7 +41,8 @@ class Captioner:
         quiet_transformers()
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per actor
-        self.engine = ZeroCap.load(s["lm"], s["clip"], device=device, lm_dtype=s["lm_dtype"], form=s["form"])
+        self.engine = ZeroCap.load(s["lm"], s["clip"], device=device, lm_dtype=s["lm_dtype"], form=s["form"],
+                                   compile=s["compile"] or False)
         self.cfg = self.engine.check(ZeroCapConfig(**s["config"]))
         self.mode, self.options = modes.get(s["mode"]), s["options"]
 
@@ -64,7 +65,7 @@ class RayBatches:
     """
 
     def __init__(self, address: str | None, actors: int | None, lm: str, clip: str, cfg: ZeroCapConfig,
-                 form: str, lm_dtype: str, batch_size: int, mode, options: dict):
+                 form: str, lm_dtype: str, batch_size: int, mode, options: dict, compile: str | None = None):
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # read when ray.data is imported; progress is ours
         self.local_ray = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
         try:
@@ -75,7 +76,7 @@ class RayBatches:
         check_without_models(cfg, lm)  # an actor that refuses it would show Ray's tracebacks first
         self.address, self.actors, self.batch_size = address, actors, batch_size
         self.settings = dict(lm=os.path.abspath(lm), clip=os.path.abspath(clip), config=vars(cfg).copy(),
-                             form=form, lm_dtype=lm_dtype, mode=mode.name, options=dict(options))
+                             form=form, lm_dtype=lm_dtype, mode=mode.name, options=dict(options), compile=compile)
         self.local: LocalRay | None = None
         self.saved_env: dict = {}  # what _connect changed in this process's environment, to restore
 
