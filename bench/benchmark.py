@@ -143,6 +143,7 @@ def concurrency_rows(zc: ZeroCap, images, cfg: ZeroCapConfig, levels: list[int],
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in levels:
         scheduler = Scheduler(zc, max_batch=c)
+        zc.warm_up(cfg, c)  # a compiled step's shapes for c requests (eager: first-call caches)
         n = 2 * c
         tickets, done = [], 0
         sync(device)
@@ -185,9 +186,12 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=16, help="images in the throughput run")
     p.add_argument("--repeats", type=int, default=3, help="timed single-caption runs of the engine (median)")
     p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference decoder")
-    p.add_argument("--compile", type=lambda v: v.split(","), default=[], metavar="MODES",
-                   help="also time the fast form with its GPT-2 step under torch.compile, for each mode"
-                        " in this comma list (e.g. default,reduce-overhead); an experiment")
+    p.add_argument("--compile", type=lambda v: [m for m in v.split(",") if m], default=["default"], metavar="MODES",
+                   help="also time the fast form compiled (--compile MODE), for each mode in this comma list"
+                        " (default: default; reduce-overhead = CUDA graphs, GPU only; '' = none); warm-up times"
+                        " (the compile) in their own column")
+    p.add_argument("--no-exact", action="store_true", help="skip the exact form (as slow as the reference at real"
+                                                           " sizes)")
     p.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",") if x], default=[1, 4, 16],
                    metavar="LEVELS", help="captions/s with this many clients in flight (comma list; '' = skip)")
     p.add_argument("--no-profile", dest="profile", action="store_false",
@@ -206,31 +210,32 @@ def main() -> int:
     images = random_images(max(args.batch, 1))
     rows = []
 
-    def engine_for(form):
-        return ZeroCap(lm, tok, clip_model, preprocess, device=device, form=form)
+    def engine_for(form, compile_mode=None):
+        return ZeroCap(lm, tok, clip_model, preprocess, device=device, form=form, compile=compile_mode or False)
 
-    variants = [("engine, fast form (default)", "fast", None)]
-    if clip_model.dtype == torch.float32 and args.lm_dtype == "float32":
+    variants = [("engine, fast form (default), eager", "fast", None)]
+    if clip_model.dtype == torch.float32 and args.lm_dtype == "float32" and not args.no_exact:
         variants.append(("engine, exact form (--form exact)", "exact", None))
-    # experiments, not product code: the fast form with its GPT-2 step under torch.compile
-    variants += [(f"engine, fast form, GPT-2 step torch.compile({m})", "fast", m) for m in args.compile if m]
+    for mode in args.compile:  # the fast form's step compiled once (--compile MODE)
+        if mode == "reduce-overhead" and device.type != "cuda":
+            print("reduce-overhead (CUDA graphs) needs a GPU: skipped", flush=True)
+            continue
+        variants.append((f"engine, fast form, compiled ({mode})", "fast", mode))
     target = None
     results = {}
     notes = []
+    warm_ups = {}
     for name, form, compile_mode in variants:
-        zc = engine_for(form)
         try:
-            if compile_mode:
-                from zerocap.lm import gpt2_step
-
-                zc.lm_adapter.step = torch.compile(gpt2_step, mode=compile_mode, dynamic=True)
-            _, warm = timed(lambda: zc.caption(images[:1], config=cfg.replace(max_tokens=2)), device)  # warm-up
-        except Exception as e:  # a failed experiment is reported, not fatal
+            zc = engine_for(form, compile_mode)
+            warm_ups[name] = zc.warm_up(cfg)  # compiles this configuration's step, when compiled
+        except Exception as e:  # a failed variant is reported, not fatal
             notes.append(f"{name}: failed: {type(e).__name__}: {str(e)[:300]}")
             print(notes[-1], flush=True)
             continue
-        if compile_mode:
-            notes.append(f"{name}: first 2-token caption (compiling) {warm:.1f} s")
+        if zc.compiled is not None and zc.compiled.failed:
+            notes.append(f"{name}: torch.compile failed, decoded eagerly: {zc.compiled.failed[:300]}")
+        print(f"{name}: warm-up {warm_ups[name]:.1f} s", flush=True)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times = []
@@ -254,9 +259,10 @@ def main() -> int:
 
     for name, (res, seconds, peak) in results.items():
         match = "—" if ref_texts is None else ("yes" if [b.text for b in res.beams] == ref_texts else "no")
-        rows.append((name, seconds, seconds / res.tokens, ref_seconds / seconds if ref_seconds else None, peak, match))
+        rows.append((name, seconds, seconds / res.tokens, ref_seconds / seconds if ref_seconds else None, peak, match,
+                     warm_ups.get(name)))
     if ref_seconds is not None:
-        rows.append(("reference decoder (tests/)", ref_seconds, ref_seconds / res.tokens, 1.0, None, "—"))
+        rows.append(("reference decoder (tests/)", ref_seconds, ref_seconds / res.tokens, 1.0, None, "—", None))
 
     # throughput: a batch of images decoded together, fast form
     zc = engine_for("fast")
@@ -264,8 +270,13 @@ def main() -> int:
     _, batch_seconds = timed(lambda: zc.caption(batch, config=cfg), device)
     print(f"batch of {len(batch)}: {batch_seconds:.2f} s = {len(batch) / batch_seconds:.2f} captions/s", flush=True)
 
-    concurrency_table = concurrency_rows(engine_for("fast"), images, cfg, args.concurrency, device) \
+    # many clients: the engine a container runs (compiled on a GPU, when it compiled here)
+    served = next((m for n, f, m in reversed(variants) if m and n in results and not (
+        device.type != "cuda" and m != "default")), None)
+    concurrency_table = concurrency_rows(engine_for("fast", served), images, cfg, args.concurrency, device) \
         if args.concurrency else ""
+    if concurrency_table:
+        concurrency_table = f"Engine: fast form, {f'compiled ({served})' if served else 'eager'}.\n\n" + concurrency_table
     profile_table = profile_caption(engine_for("fast"), images[0], cfg, device) if args.profile else ""
     print(profile_table, flush=True)
 
@@ -273,11 +284,11 @@ def main() -> int:
     head = (f"\n## {datetime.date.today().isoformat()} — {size}, {device.type}, LM {args.lm_dtype}\n\n"
             f"Machine: {machine(device)}. Git: {git_rev()}.\n"
             f"Paper defaults: beam 5, 5 iterations, top 512, {args.tokens} tokens; median of {args.repeats} runs.\n\n"
-            "| decoder | s/caption | s/token | speed-up vs reference | peak GPU GiB | beams = reference |\n"
-            "| --- | ---: | ---: | ---: | ---: | --- |\n")
+            "| decoder | s/caption | s/token | speed-up vs reference | peak GPU GiB | beams = reference | warm-up s |\n"
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: |\n")
     body = "".join(
-        f"| {n} | {s:.3f} | {t:.3f} | {'' if r is None else f'{r:.1f}x'} | {'' if m is None else f'{m:.2f}'} | {ok} |\n"
-        for n, s, t, r, m, ok in rows)
+        f"| {n} | {s:.3f} | {t:.3f} | {'' if r is None else f'{r:.1f}x'} | {'' if m is None else f'{m:.2f}'} | {ok} |"
+        f" {'' if w is None else f'{w:.1f}'} |\n" for n, s, t, r, m, ok, w in rows)
     tail = f"\nBatch of {len(batch)} images (fast form): {batch_seconds:.2f} s, {len(batch) / batch_seconds:.2f} captions/s.\n"
     if concurrency_table:
         tail += ("\nMany clients, one engine (the scheduler decodes what is in flight together; each client sends"
