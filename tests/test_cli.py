@@ -168,6 +168,7 @@ def test_missing_weights_say_how_to_get_them(capsys, monkeypatch, tmp_path, imag
     assert code == 2 and "language-model weights in" in err and "incomplete" in err
 
 
+@pytest.mark.slow  # a fresh interpreter per command: seconds of imports each
 def test_python_dash_m_and_console_script(images, lm_dir, clip_file):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-m", "zerocap", "caption", "nope.png"], capture_output=True, text=True,

@@ -172,6 +172,7 @@ def test_simple_tokens_split_like_ptb():
     assert simple_tokens("A naïve café, 3.5 km; 1,000 Ärzte.") == "a naïve café 3.5 km 1,000 ärzte"
 
 
+@pytest.mark.slow  # starts a Java VM for METEOR
 @pytest.mark.skipif(not java_available(), reason="METEOR needs Java")
 def test_meteor_runs_with_java(tmp_path):
     caps = write_captions(tmp_path / "c.jsonl", {"cat.jpg": "a cat sat on the mat"})

@@ -205,6 +205,7 @@ def test_json_with_out_prints_the_lines_and_says_where_they_went(tmp_path, image
     assert json.loads(out.read_text()) == json.loads(stdout)  # the same line, resumable either way
 
 
+@pytest.mark.slow  # a fresh interpreter per command: seconds of imports each
 def test_a_reader_that_leaves_early_stops_the_job_quietly(tmp_path, images, lm_dir, clip_file):
     """zerocap caption ... --json | head -1: the rest is not wanted, and no traceback either."""
     import subprocess
