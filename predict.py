@@ -269,13 +269,13 @@ class Predictor(BaseRunner):
         # an input left at its declared default is not given (frames has one, for video)
         defaults = _declared(Predictor.run.__wrapped__)[0]
         given = {name: None if values[name] == defaults[name].default else sent(values[name]) for name in MODE_INPUTS}
-        request = chosen.kind.check(chosen, given)
+        inputs = chosen.kind.check(chosen, given)
         cfg = self.model.check(preset(mode, **{**knobs, "cond_text": cond_text or None}))
         start = time.perf_counter()
 
         def read():  # on a worker thread, a few at a time: bounded memory whatever arrives at once
             with self.reading:
-                return chosen.kind.targets(self.model, request)
+                return chosen.kind.targets(self.model, inputs)
 
         targets = await asyncio.to_thread(read)
         result, ticket = await self._decode(self.model.request(targets[0], cfg), cfg)

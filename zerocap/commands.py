@@ -158,8 +158,8 @@ def request(args, mode, cfg) -> int:
     from .output import emitter
 
     files = list(args.inputs) + list(args.more_inputs)
-    request = mode.kind.check(mode, {"images": [modes.Sent(f, f) for f in files] or None, "texts": args.text or None,
-                                     "image_weights": args.weights, "text_weights": args.text_weight}, served=False)
+    inputs = mode.kind.check(mode, {"images": [modes.Sent(f, f) for f in files] or None, "texts": args.text or None,
+                                    "image_weights": args.weights, "text_weights": args.text_weight}, served=False)
     for f in files:  # fail fast (each is decoded when it is used)
         probe_image(f)
     where = devices(args)
@@ -167,7 +167,7 @@ def request(args, mode, cfg) -> int:
     quiet_transformers()
     engine = ZeroCap.load(lm_path, clip_path, device=where[0], lm_dtype=args.lm_dtype, form=form(args),
                           compile=args.compile)
-    targets = mode.kind.targets(engine, request)
+    targets = mode.kind.targets(engine, inputs)
     if args.compile:
         warm_up([engine], cfg, len(targets))
     results = engine.decode_targets(targets, engine.check(cfg))

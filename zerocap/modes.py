@@ -38,8 +38,8 @@ class Target:
 
 
 @dataclass
-class Request:
-    """A request's inputs, checked by its kind, ready to become targets."""
+class Inputs:
+    """A request's inputs, checked by its kind, ready to become targets (`Kind.targets`)."""
 
     items: list = field(default_factory=list)  # kind-specific: files, or (file, weight) / (text, weight) terms
     names: list = field(default_factory=list)
@@ -65,7 +65,7 @@ class Kind:
 
     job_options: tuple[str, ...] = ()  # a dataset job's options for each target (video: frames, every)
 
-    def check(self, mode: "Mode", given: dict, served: bool = True) -> Request:
+    def check(self, mode: "Mode", given: dict, served: bool = True) -> Inputs:
         """A request's inputs (Sent files, lists, numbers), checked against this kind; served: a
         Cog request, held to the served limits."""
         extra = [n for n, v in given.items() if n not in self.inputs and _is_given(v)]
@@ -74,18 +74,18 @@ class Kind:
             hint = "; ".join(f"`{n}` is for mode{'s' if len(o) > 1 else ''} {_and(o)}" for n, o in owners.items() if o)
             raise InputError(f"mode {mode.name} takes {self.takes()}, not {', '.join(f'`{n}`' for n in extra)}"
                              + (f" ({hint})" if hint else ""))
-        return self.request(mode, {n: given.get(n) for n in self.inputs}, served)
+        return self.gather(mode, {n: given.get(n) for n in self.inputs}, served)
 
     def takes(self) -> str:
         return " and ".join(f"`{n}`" for n in self.inputs)
 
-    def request(self, mode: "Mode", given: dict, served: bool) -> Request:
+    def gather(self, mode: "Mode", given: dict, served: bool) -> Inputs:
         raise NotImplementedError
 
     def check_options(self, options: dict) -> None:
         """A dataset job's options, checked before any work."""
 
-    def targets(self, engine, request: Request) -> list[Target]:
+    def targets(self, engine, checked: Inputs) -> list[Target]:
         raise NotImplementedError
 
     def target(self, engine, source: str, name: str, **options) -> Target:
@@ -104,15 +104,15 @@ class ImageKind(Kind):
 
         return IMAGE_EXTENSIONS
 
-    def request(self, mode, given, served):
+    def gather(self, mode, given, served):
         if given["image"] is None:
             raise InputError(f"mode {mode.name} needs `image`")
         sent = given["image"]
-        return Request([sent.path], [sent.name or "image"])
+        return Inputs([sent.path], [sent.name or "image"])
 
-    def targets(self, engine, request):
-        return [Target(engine.targets.image_target(path, name), name) for path, name in zip(request.items,
-                                                                                            request.names)]
+    def targets(self, engine, checked):
+        return [Target(engine.targets.image_target(path, name), name) for path, name in zip(checked.items,
+                                                                                            checked.names)]
 
     def target(self, engine, source, name, **options):
         from .download import local_file
@@ -138,25 +138,25 @@ class VideoKind(Kind):
     def check(self, mode, given, served=True):
         given = dict(given)
         frames = given.pop("frames", None)  # has a default: given with every request
-        request = super().check(mode, given, served)
+        checked = super().check(mode, given, served)
         if frames is not None and not FRAMES.allows(frames, served):
             raise InputError(f"frames must be {FRAMES.say(served)}, got {frames}")
-        request.options["frames"] = frames
-        return request
+        checked.options["frames"] = frames
+        return checked
 
-    def request(self, mode, given, served):
+    def gather(self, mode, given, served):
         if given["video"] is None:
             raise InputError(f"mode {mode.name} needs `video`")
-        return Request([given["video"].path], [given["video"].name or "video"])
+        return Inputs([given["video"].path], [given["video"].name or "video"])
 
     def check_options(self, options):
         from .video import check_sampling
 
         check_sampling(options.get("frames"), options.get("every"))
 
-    def targets(self, engine, request):
-        return [self.target(engine, path, name, frames=request.options.get("frames"))
-                for path, name in zip(request.items, request.names)]
+    def targets(self, engine, checked):
+        return [self.target(engine, path, name, frames=checked.options.get("frames"))
+                for path, name in zip(checked.items, checked.names)]
 
     def target(self, engine, source, name, frames=None, every=None, **options):
         from .video import video_target
@@ -173,7 +173,7 @@ class TermsKind(Kind):
     def takes(self):
         return "`image`/`images` and/or `texts`, with their weights"
 
-    def request(self, mode, given, served):
+    def gather(self, mode, given, served):
         files = ([given["image"]] if given["image"] is not None else []) + list(given["images"] or [])
         texts = list(given["texts"] or [])
         if not files and not texts:
@@ -191,7 +191,7 @@ class TermsKind(Kind):
             weights.append(self.weights(values, count, what, name, served))
         names = [f.name or f"image {i + 1}" for i, f in enumerate(files)]
         items = list(zip([f.path for f in files], weights[0])) + list(zip(texts, weights[1]))
-        return Request(items, names, {"images": len(files)})
+        return Inputs(items, names, {"images": len(files)})
 
     @staticmethod
     def weights(values: Sequence | None, count: int, what: str, name: str | None = None,
@@ -213,12 +213,12 @@ class TermsKind(Kind):
             out.append(w)
         return out
 
-    def targets(self, engine, request):
+    def targets(self, engine, checked):
         from .target import Term
 
-        n = request.options["images"]
-        terms = [Term(w, image=path, label=name) for (path, w), name in zip(request.items[:n], request.names)]
-        terms += [Term(w, text=text) for text, w in request.items[n:]]
+        n = checked.options["images"]
+        terms = [Term(w, image=path, label=name) for (path, w), name in zip(checked.items[:n], checked.names)]
+        terms += [Term(w, text=text) for text, w in checked.items[n:]]
         return [Target(engine.targets.combine(terms), " ".join(t.describe() for t in terms))]
 
 
