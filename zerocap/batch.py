@@ -154,13 +154,15 @@ class Batch:
         """Fused next-token log-probs, one (b, V) per request, and what the LM state appends."""
         engine, first = self.engine, requests[0].cfg
         sizes = [len(i) for i in rows.index]
-        cfgs = [r.cfg for r, b in zip(requests, sizes) for _ in range(b)]  # one per request row, in order
+        owners = [r for r, b in zip(requests, sizes) for _ in range(b)]  # each request row's request, in order
+        cfgs = [r.cfg for r in owners]
         with record_function("zerocap.lm_prefill"):
             p0, logits, past, positions, mask, pending = self.state.plain(rows)  # (R, V), (L, 2, R, H, T, hd)
         act = rows.active  # the requests' rows among the step's, request by request
+        contexts = [rows.contexts[i] for i in act.tolist()]  # their token ids
         if past is not None and first.num_iterations > 0:
-            targets = torch.stack([r.target for r, b in zip(requests, sizes) for _ in range(b)])  # (n, D)
-            prefixes = engine.prefix_texts([rows.contexts[i] for i in act.tolist()])
+            targets = torch.stack([r.target for r in owners])  # (n, D)
+            prefixes = engine.prefix_texts(contexts)
             guide = Guide(engine.candidates(prefixes), targets, first.top_k, torch.tensor(
                 [c.clip_temperature for c in cfgs], dtype=torch.float32, device=p0.device)[:, None])
             every = cfgs if rows.dense else _spread(cfgs, act, len(rows.contexts), first)
@@ -170,11 +172,9 @@ class Batch:
             logits = self.state.logits(rows, past)
         if not rows.dense:
             logits, p0 = logits[act], p0[act]
-        steps = [r.step for r, b in zip(requests, sizes) for _ in range(b)]
-        end_ids = [r.end_id for r, b in zip(requests, sizes) for _ in range(b)]
-        contexts = [rows.contexts[i] for i in act.tolist()]
         recent = torch.tensor([(c[-4:] * 4)[-4:] for c in contexts], device=p0.device)  # (n, 4)
-        logits = apply_token_rules(logits, recent, Rules.of(cfgs, steps, end_ids, p0.device), engine.forbidden)
+        rules = Rules.of(cfgs, [r.step for r in owners], [r.end_id for r in owners], p0.device)
+        logits = apply_token_rules(logits, recent, rules, engine.forbidden)
         return fuse(logits, p0, first.fusion_factor, sizes), pending
 
 

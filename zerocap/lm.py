@@ -92,6 +92,16 @@ class GenericLM:
         """Logits (R, V) fp32 of the token after `last` (R, 1) given the cache `past`."""
         return self.forward_step(last, past, positions, mask)[0]
 
+    def shifted_logits(self, last, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
+        """Logits (R, V) of the token after `last` (R, 1) once `past` is shifted (context_shift.py),
+        eagerly."""
+        def logits_of(shifted):
+            return self.next_logits(last, shifted, positions, mask)
+
+        shifted = shift_context(logits_of, past, p0, distribution, shift)
+        with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
+            return self.next_logits(last, shifted, positions, mask)
+
     @torch.no_grad()
     def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Context (R, T) -> (plain next-token probs (R, V) fp32, past (L, 2, R, H, T-1, hd) or None)."""
@@ -217,13 +227,7 @@ class FastState:
         """The shifted logits (R, V) after the context shift."""
         if self.static:
             return self.lm.compiled.shift(rows, past, positions, mask, p0, distribution, shift)
-
-        def logits_of(shifted):
-            return self.lm.next_logits(rows.last, shifted, positions, mask)
-
-        shifted = shift_context(logits_of, past, p0, distribution, shift)
-        with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
-            return self.lm.next_logits(rows.last, shifted, positions, mask)  # (R, V)
+        return self.lm.shifted_logits(rows.last, past, positions, mask, p0, distribution, shift)
 
     def commit(self, rows: Rows, pending: torch.Tensor, reorders: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """After a step: each request row's last token joins its past, then each request's slots
@@ -269,12 +273,7 @@ class ExactState:
         return p0, None, past, None, None, None
 
     def shift(self, rows: Rows, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
-        def logits_of(shifted):
-            return self.lm.next_logits(rows.last, shifted)
-
-        shifted = shift_context(logits_of, past, p0, distribution, shift)
-        with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
-            return self.lm.next_logits(rows.last, shifted)
+        return self.lm.shifted_logits(rows.last, past, None, None, p0, distribution, shift)
 
     def logits(self, rows: Rows, past) -> torch.Tensor:
         """The authors' own pass for the logits when nothing is shifted."""
