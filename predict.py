@@ -62,6 +62,7 @@ class Output(BaseModel):
 
 
 # ---- checking a request against the declarations ------------------------------------------------
+@functools.cache  # read once per function, at its first request
 def _declared(run) -> tuple[dict[str, FieldInfo], dict[str, object]]:
     params = {n: p.default for n, p in inspect.signature(run).parameters.items() if n != "self"}
     hints = typing.get_type_hints(run)
@@ -74,11 +75,9 @@ def checked_inputs(run):
 
     cog inspects the wrapped function (it follows the closure), so the schema is run()'s own.
     """
-    declarations = functools.cache(lambda: _declared(run))  # read once, at the first request
-
     @functools.wraps(run)
     async def checked(self, **inputs):  # async, as run() is: cog.concurrent wants a coroutine function
-        return await run(self, **clean_inputs(inputs, *declarations()))
+        return await run(self, **clean_inputs(inputs, *_declared(run)))
 
     return checked
 

@@ -170,9 +170,9 @@ def request(args, mode, cfg) -> int:
     targets = mode.kind.targets(engine, inputs)
     if args.compile:
         warm_up([engine], cfg, len(targets))
-    results = engine.decode_targets(targets, engine.check(cfg))
-    for result in results:
-        emitter(args.json, quiet=False)(result.to_dict())
+    emit = emitter(args.json, quiet=False)
+    for result in engine.decode_targets(targets, engine.check(cfg)):
+        emit(result.to_dict())
     return 0
 
 
