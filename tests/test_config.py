@@ -142,7 +142,7 @@ def readme_inputs_table() -> dict:
 
 def test_the_readmes_inputs_table_restates_the_tables():
     from zerocap.config import SERVED_KNOBS, preset_dependent
-    from zerocap.limits import FRAMES, PIXELS, TERMS, WEIGHT
+    from zerocap.limits import CLIP_PROMPT_TOKENS, FRAMES, PIXELS, TERMS, WEIGHT
 
     table = readme_inputs_table()
     assert set(cog_inputs()) == set(table)
@@ -160,6 +160,7 @@ def test_the_readmes_inputs_table_restates_the_tables():
     assert table["images"][2] == TERMS.say(served=True)
     assert WEIGHT.say(served=True) in table["image_weights"][2] and WEIGHT.say(served=True) in table["text_weights"][2]
     assert table["frames"][2] == f"{FRAMES.serve[0]}–{FRAMES.serve[1]}"
+    assert table["cond_text"][2] == f"≤ {KNOBS['cond_text'].max_length} characters, ≤ {CLIP_PROMPT_TOKENS.hi} CLIP tokens"
 
 
 def test_the_readmes_limits_table_is_the_limits_table():
