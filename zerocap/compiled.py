@@ -12,10 +12,17 @@ caption, and with mode="reduce-overhead" on a GPU each replays as CUDA graphs. W
 between them: the top-k's candidate rows (text processing on the host) and CLIP's scoring of them.
 
 A compile that fails falls back to the eager step, with one warning. Compiled artifacts go to
-PyTorch's inductor cache ($TORCHINDUCTOR_CACHE_DIR), which a later process reuses.
+PyTorch's inductor cache ($TORCHINDUCTOR_CACHE_DIR, else PyTorch's default), which a later
+process reuses -- in a folder of its own per kind of CPU (`cpu_cache_dir`): Inductor's cache
+keys do not tell apart the vector units a kernel was built for, and a kernel built under
+ATEN_CPU_CAPABILITY=avx512 crashed a later process under avx2 (a segmentation fault, seen with
+torch 2.14.1 on an AMD EPYC); a cache volume moved to another machine would meet the same.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
 import time
 import warnings
 
@@ -29,10 +36,37 @@ MODES = ("default", "reduce-overhead", "max-autotune")
 RECOMPILES = 128
 
 
+def cpu_kind() -> str:
+    """The vector unit PyTorch dispatches to (ATEN_CPU_CAPABILITY included) and a hash of the
+    CPU's feature flags: 'avx512-3f2a9c1e'."""
+    flags = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), flags)
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return f"{capability}-{hashlib.sha256(' '.join(sorted(flags.split())).encode()).hexdigest()[:8]}"
+
+
+def cpu_cache_dir() -> str:
+    """Point Inductor's cache at a folder of this kind of CPU inside the one chosen (the
+    environment's $TORCHINDUCTOR_CACHE_DIR, else PyTorch's default), before anything compiles;
+    the folder."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    base = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
+    kind = cpu_kind()
+    if os.path.basename(os.path.normpath(base)) != kind:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(base, kind)
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 class Compiled:
     def __init__(self, fast_lm, mode: str = "default"):
         if mode not in MODES:
             raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
+        cpu_cache_dir()
         self.lm, self.mode = fast_lm, mode
         _allow_recompiles(RECOMPILES)
         self._plain = torch.compile(self._plain_eager, mode=mode, fullgraph=True, dynamic=False)
