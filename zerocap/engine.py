@@ -158,11 +158,13 @@ class ZeroCap:
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
     def load(cls, lm: str = "weights/gpt2-medium", clip: str = "weights/clip/ViT-B-32.pt", device=None,
-             lm_dtype: str = "float32", form: "str | forms.Form" = "fast", compile: "bool | str" = False) -> "ZeroCap":
-        """Load an HF causal-LM directory and an OpenAI CLIP checkpoint, offline."""
+             lm_dtype: str = "float32", form: "str | forms.Form" = "fast", compile: "bool | str" = False,
+             quiet: bool = True) -> "ZeroCap":
+        """Load an HF causal-LM directory and an OpenAI CLIP checkpoint, offline; quietly, unless
+        quiet=False (then transformers' progress bar and warnings show as it configures them)."""
         from .loading import load_models
 
-        return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype), form=form, compile=compile)
+        return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype, quiet=quiet), form=form, compile=compile)
 
     # ---- public API ---------------------------------------------------------------------------
     @property

@@ -1,6 +1,7 @@
 """Loading the frozen models from disk, offline, with clear errors when weights are missing."""
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -61,11 +62,32 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "float32"):
+@contextlib.contextmanager
+def transformers_quiet(quiet: bool = True):
+    """While loading: no progress bar and no config chatter from transformers; its settings are
+    restored after, so a library caller's own logging choices stand."""
+    from transformers.utils import logging
+
+    if not quiet:
+        yield
+        return
+    verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bar:
+            logging.enable_progress_bar()
+
+
+def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "float32", quiet: bool = True):
     """(lm, tokenizer, clip_model, clip_preprocess, device), loaded without touching the network.
 
     lm_path: a Hugging Face causal-LM directory (config, weights, tokenizer files).
     clip_path: an OpenAI CLIP checkpoint: TorchScript archive or state dict (`clip.load(path)`).
+    quiet: no transformers progress bar or config warnings while loading (False: transformers' own).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,8 +97,9 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
     check_lm_dir(lm_path)
     check_clip_file(clip_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(lm_path, local_files_only=True)
-        lm = AutoModelForCausalLM.from_pretrained(lm_path, local_files_only=True, dtype=LM_DTYPES[lm_dtype])
+        with transformers_quiet(quiet):
+            tokenizer = AutoTokenizer.from_pretrained(lm_path, local_files_only=True)
+            lm = AutoModelForCausalLM.from_pretrained(lm_path, local_files_only=True, dtype=LM_DTYPES[lm_dtype])
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load the language model from {lm_path}: {e}; {GET_WEIGHTS}") from None
     lm.to(dev).eval()

@@ -11,6 +11,7 @@ never downloads.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -133,6 +134,23 @@ def ensure(weights_root: str | None = None, allow_download: bool | None = None,
     return paths(r, lm or LM_DIR)
 
 
+def fingerprint(path: str) -> str:
+    """A short identity of a model's weights that moving or copying them keeps: a sha256 over
+    the size and first MiB of each file -- for an LM folder, its config and weights files (with
+    their names); for a CLIP checkpoint, the file. Reads a few MiB, whatever the model's size."""
+    if os.path.isdir(path):
+        files = [(f, os.path.join(path, f)) for f in sorted(os.listdir(path))
+                 if f == "config.json" or f.endswith((".safetensors", ".bin"))]
+    else:
+        files = [("", path)]  # a checkpoint is itself, whatever its name
+    h = hashlib.sha256()
+    for name, file in files:
+        with open(file, "rb") as f:
+            h.update(f"{name}\0{os.fstat(f.fileno()).st_size}\0".encode())
+            h.update(f.read(CHUNK))
+    return h.hexdigest()[:16]
+
+
 # ---- download --------------------------------------------------------------------------------
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
@@ -222,6 +240,24 @@ def download(weights_root: str | None = None, hf_endpoint: str | None = None,
         jobs.append((CLIP_FILE, clip_url, _hex64(clip_url.rstrip("/").split("/")[-2]), True))
     names = {job[0] for job in jobs}
     entries = {k: v for k, v in old.items() if k not in names and os.path.isfile(os.path.join(r, k))}
+    # folders this download makes: removed again if it fails and leaves them empty (a .part stays, to resume)
+    new = [d for d in (r, *(os.path.join(r, os.path.dirname(job[0])) for job in jobs)) if not os.path.isdir(d)]
+    try:
+        _fetch_all(r, jobs, old, entries, log)
+    except BaseException:
+        for folder in sorted(set(new), key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
+        raise
+    manifest = {"files": [{"file": k, **v} for k, v in sorted(entries.items())]}
+    with open(os.path.join(r, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    return manifest
+
+
+def _fetch_all(r: str, jobs: list, old: dict, entries: dict, log) -> None:
+    """Fetch each (file, url, sha256, required) not already verified; its manifest entry into `entries`."""
     for name, url, sha, required in jobs:
         dest = os.path.join(r, name)
         known = old.get(name)
@@ -234,8 +270,3 @@ def download(weights_root: str | None = None, hf_endpoint: str | None = None,
         entry = fetch(url, dest, sha256=sha or (known or {}).get("sha256"), required=required, log=log)
         if entry is not None:
             entries[name] = entry
-    manifest = {"files": [{"file": k, **v} for k, v in sorted(entries.items())]}
-    with open(os.path.join(r, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    return manifest
