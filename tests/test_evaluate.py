@@ -252,3 +252,45 @@ def test_clip_s_of_a_long_thin_image_takes_little_memory(tmp_path, engine):
                       skip=QUICK)
     assert "CLIP-S" in report.scores
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # MB
+
+
+def test_one_real_file_under_two_spellings_is_one_image(tmp_path):
+    """A captions file can hold one real file twice (a second run with --mix-settings, or files
+    joined by hand): the same `source` is one image, scored by its last line, not two images that
+    match one reference and both get dropped."""
+    refs = coco_refs(tmp_path / "r.json", {f"{n}.jpg": [f"a {n} dog"] for n in "abcd"})
+    lines = [{"image": f"{n}.jpg", "source": f"/data/{n}.jpg", "best_mixed": f"a {n} cat"} for n in "abcd"]
+    lines.append({"image": "./old/../a.jpg", "source": "/data/a.jpg", "best_mixed": "a a dog"})
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = evaluate(str(tmp_path / "c.jsonl"), refs, tokenizer="simple", skip=QUICK + ("CLIP-S",))
+    assert report.images == 4 and set(report.per_image) == {"a.jpg", "b.jpg", "c.jpg", "d.jpg"}
+    assert report.per_image["a.jpg"]["BLEU-1"] == pytest.approx(1.0)  # the last line, "a a dog"
+    assert any("1 images have more than one line" in n and "each is counted once" in n for n in report.notes)
+    assert not any("match a reference image that another also matches" in n for n in report.notes)
+
+
+def test_repeated_image_ids_are_named(tmp_path):
+    json.dump({"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}],
+               "annotations": [{"image_id": 1, "id": 5, "caption": "a dog"}]}, open(tmp_path / "r.json", "w"))
+    refs = read_references(str(tmp_path / "r.json"))
+    assert any("1 image ids belong to more than one of the references' images (e.g. 1)" in n for n in refs.notes)
+
+
+@pytest.mark.parametrize("value,said", [("NaN", "NaN"), ("Infinity", "Infinity"), ("true", "true"), ("1.0", "1.0"),
+                                        ('"1"', '"1"'), ("null", "null")])
+@pytest.mark.parametrize("where", ["image", "annotation", "karpathy"])
+def test_an_image_id_that_is_not_an_integer_is_refused_in_words(tmp_path, value, said, where):
+    if where == "karpathy":
+        text = ('{"images": [{"filename": "a.jpg", "cocoid": %s, "sentences": [{"raw": "a dog"}]}]}' % value)
+        message = f"the cocoid of a.jpg is {said}, not an image id"
+    elif where == "image":
+        text = ('{"images": [{"id": %s, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "id": 5,'
+                ' "caption": "a dog"}]}' % value)
+        message = f"image 1's id is {said}, not an image id"
+    else:
+        text = ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": %s, "id": 5,'
+                ' "caption": "a dog"}]}' % value)
+        message = f"the image_id of annotation 5 is {said}, not an image id"
+    (tmp_path / "r.json").write_text(text)
+    with pytest.raises(InputError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        read_references(str(tmp_path / "r.json"))

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -77,6 +78,7 @@ def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool 
     if field_name not in FIELDS:
         raise InputError(f"unknown caption field {field_name!r}; choose one of {', '.join(FIELDS)}")
     captions, errors, repeated = {}, 0, 0
+    named: dict[str, str] = {}  # real file (the line's source) -> the name it is scored under (its first)
     try:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
@@ -101,13 +103,16 @@ def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool 
                 prompt = record.get("cond_text")
                 if strip_prompt and isinstance(prompt, str) and caption.startswith(prompt):
                     caption = caption[len(prompt):]
+                source = record.get("source")
+                name = named.setdefault(source if isinstance(source, str) else name, name)  # one real file once
                 repeated += name in captions
                 captions[name] = caption.strip()
     except OSError as e:
         raise InputError(f"cannot read the captions {path}: {e.strerror}") from None
     if not captions:
         raise InputError(f"{path} has no captions to evaluate" + (f" ({errors} error lines)" if errors else ""))
-    notes = [f"{repeated} images have more than one line in {path}: the last one is scored"] if repeated else []
+    notes = [f"{repeated} images have more than one line in {path} (the same real file, under one name or"
+             " several): each is counted once, its last line scored"] if repeated else []
     return captions, errors, notes
 
 
@@ -147,6 +152,13 @@ def _text(value, where: str) -> str:
     return value
 
 
+def _image_id(value, where: str) -> int:
+    """An image id as COCO writes it: an integer (not true/false, 1.0, NaN or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{where} is {json.dumps(value)}, not an image id (an integer); fix the references file")
+    return value
+
+
 def read_references(path: str) -> References:
     """References from either annotation format (see the module docstring); images without any
     reference caption are left out (and counted in the notes)."""
@@ -164,16 +176,19 @@ def read_references(path: str) -> References:
         if isinstance(images, list) and "annotations" in data:  # COCO: captions_val2014.json
             found: dict[int, list[str]] = {}
             for a in data["annotations"]:
-                found.setdefault(a["image_id"], []).append(_text(a["caption"], f"{path}: the caption of annotation"
-                                                                               f" {a.get('id', '?')}"))
-            entries = [(_text(im["file_name"], f"{path}: the file_name of image {im.get('id')}"), [im["id"]],
-                        found.get(im["id"], [])) for im in images]
-            orphans = len(set(found) - {im["id"] for im in images})
+                which = f"annotation {a.get('id', '?')}"
+                found.setdefault(_image_id(a["image_id"], f"{path}: the image_id of {which}"), []).append(
+                    _text(a["caption"], f"{path}: the caption of {which}"))
+            ids = [_image_id(im["id"], f"{path}: image {n}'s id") for n, im in enumerate(images, 1)]
+            entries = [(_text(im["file_name"], f"{path}: the file_name of image {k}"), [k], found.get(k, []))
+                       for k, im in zip(ids, images)]
+            orphans = len(set(found) - set(ids))
             if orphans:
                 notes.append(f"annotations of {orphans} image ids that are not among the references' images were"
                              " ignored")
         elif isinstance(images, list) and images and "sentences" in images[0]:  # Karpathy: dataset_coco.json
-            entries = [(_text(im["filename"], f"{path}: a filename"), [im[k] for k in ("cocoid",) if k in im],
+            entries = [(_text(im["filename"], f"{path}: a filename"),
+                        [_image_id(im[k], f"{path}: the {k} of {im['filename']}") for k in ("cocoid",) if k in im],
                         [_text(s["raw"], f"{path}: a sentence of {im['filename']}") for s in im["sentences"]])
                        for im in images]
         else:
@@ -181,6 +196,11 @@ def read_references(path: str) -> References:
                              " nor the Karpathy split (images with sentences, as dataset_coco.json)")
     except (KeyError, TypeError) as e:
         raise InputError(f"{path}: an image or annotation lacks {e}; is it COCO or Karpathy-split JSON?") from None
+    counts = collections.Counter(k for e in entries for k in e[1])
+    twice = sorted(k for k, c in counts.items() if c > 1)
+    if twice:
+        notes.append(f"{len(twice)} image ids belong to more than one of the references' images (e.g. {twice[0]}):"
+                     " a caption matched by id is matched to the first")
     empty = sum(1 for e in entries if not e[2])
     entries = [e for e in entries if e[2]]
     refs = References([e[2] for e in entries], {}, {}, notes)
@@ -190,8 +210,7 @@ def read_references(path: str) -> References:
             repeated.add(file_name)
         refs.by_file.setdefault(file_name, i)
         for k in ids:
-            if isinstance(k, int):
-                refs.by_id.setdefault(k, i)
+            refs.by_id.setdefault(k, i)
     if empty:
         notes.append(f"{empty} images of the references have no caption; left out")
     if repeated:
