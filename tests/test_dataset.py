@@ -164,7 +164,7 @@ def test_a_folder_job_writes_every_image_once_and_goes_on_after_a_bad_file(capsy
     assert sorted(x["image"] for x in lines) == sorted(str(folder / n) for n in ("bad.jpg", "x0.png", "x1.PNG",
                                                                                   "sub/x2.png"))
     bad = next(x for x in lines if x["image"].endswith("bad.jpg"))
-    assert bad["error"].startswith("not an image:") and set(bad) == {"zerocap", "image", "source", "error"}
+    assert bad["error"].startswith("not an image:") and set(bad) == {"zerocap", "image", "source", "error", "settings"}
     good = [x for x in lines if "error" not in x]
     assert all(x["best_mixed"].startswith("Image of a") and x["timing"]["tokens"] == 2 for x in good)
     assert stdout == "" and "captioned 3, failed 1;" in err and "not an image" in err
@@ -206,8 +206,8 @@ def test_a_job_killed_part_way_resumes_with_every_image_exactly_once(tmp_path, i
     job.wait()
     written = out.read_bytes().splitlines()
     assert 4 <= len(written) < 13, "the job was killed part way"
-    with open(out, "ab") as f:
-        f.write(b'{"image": "' + str(folder / "img09.png").encode() + b'", "beams": [{"te')  # a line cut short
+    with open(out, "ab") as f:  # a line of ours cut short
+        f.write(b'{"zerocap": "captions/1", "image": "' + str(folder / "img09.png").encode() + b'", "beams": [{"te')
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 1, rerun.stderr  # the broken files failed
     lines = [json.loads(line) for line in out.read_text().splitlines()]

@@ -21,7 +21,7 @@ import sys
 from . import forms, modes
 from .config import FIELD_TYPES, KNOBS, PRESETS, describe_knob
 from .errors import InputError
-from .limits import BATCH_SIZE, EVERY, FRAMES
+from .limits import BATCH_SIZE, EVERY, FRAMES, LIST_BYTES, LIST_NAMES
 
 # config field -> the authors' run.py spellings (each knob is also --its-name-with-dashes)
 AUTHORS_FLAGS = {
@@ -104,16 +104,22 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
 def _add_dataset(p: argparse.ArgumentParser, what: str) -> None:
     d = p.add_argument_group("datasets")
     d.add_argument("--list", metavar="FILE", help=f"also the {what}s named in FILE ('-': standard input): one path or"
-                                                  " URL per line, taken as written; empty lines and lines starting"
-                                                  " with # are skipped")
+                                                  " URL per line, taken as written (never a pattern); empty lines"
+                                                  f" and lines starting with # are skipped; at most {LIST_NAMES.said}"
+                                                  f" and {LIST_BYTES.said}")
     d.add_argument("-0", "--null", action="store_true",
                    help="--list names are separated by NUL characters (find -print0), with no other rule")
     d.add_argument("--out", metavar="FILE.jsonl",
-                   help="write one JSON line per input as soon as it is done; a rerun skips the inputs already"
-                        " in FILE (however spelled) and repairs a last line cut short (resume). FILE must be new,"
-                        " empty, or a zerocap results file")
+                   help="write one JSON line per input as soon as it is done, with the settings that made it; a"
+                        " rerun with the same settings skips the inputs already in FILE (however spelled) and"
+                        " removes its own last line cut short by a crash (resume). FILE must be new, empty, or a"
+                        " zerocap results file; folders and patterns never find it")
     d.add_argument("--retry-failed", action="store_true", help="with --out: run again the inputs that have"
                                                                " an error line in FILE")
+    d.add_argument("--mix-settings", action="store_true",
+                   help="with --out: add results made with other settings (mode, form, knobs, models) than"
+                        " FILE's; without it such a run is refused, naming the differences (every line records"
+                        " its settings; inputs already in FILE are still skipped)")
     d.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run on Ray Data: a local Ray, or the cluster at ADDRESS (e.g. auto, ray://head:10001);"
                         " needs pip install 'zerocap[ray]'")

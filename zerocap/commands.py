@@ -75,14 +75,17 @@ def dataset(args, mode, cfg) -> int:
     from .output import emitter, progress_bar
 
     kind, key = mode.kind, mode.kind.name
-    form(args)  # a form that cannot run as asked is said before any work
+    chosen = form(args)  # a form that cannot run as asked is said before any work
     options = {name: getattr(args, name) for name in kind.job_options}
     kind.check_options(options)
     if args.retry_failed and not args.out:
         raise InputError("--retry-failed needs --out FILE (the file whose error lines to retry)")
+    if args.mix_settings and not args.out:
+        raise InputError("--mix-settings needs --out FILE (the results file to add to)")
     if args.actors is not None and (args.ray is None or args.actors < 1):
         raise InputError("--actors needs --ray and a number from 1 up")
-    inputs = find_inputs(list(args.inputs) + list(args.more_inputs), args.list, kind.extensions, null=args.null)
+    inputs = find_inputs(list(args.inputs) + list(args.more_inputs), args.list, kind.extensions, null=args.null,
+                         output=args.out)
     if not inputs:
         raise InputError(f"no {key}s: give {key} files, folders, patterns or URLs, or --list FILE")
     missing = [i.name for i in inputs if not i.is_url and not i.exists]
@@ -94,15 +97,25 @@ def dataset(args, mode, cfg) -> int:
     # every output is checked (and locked) before any work: never one of the inputs (the list too)
     listed = None if args.list is None else "/dev/stdin" if args.list == "-" else args.list
     not_outputs = inputs + ([identify(listed)] if listed and os.path.exists(listed) else [])
-    results = ResultsFile(args.out, key, args.retry_failed, not_outputs) if args.out else None
+    made_with = settings(mode, cfg, chosen, args.lm_dtype, options, lm_path, clip_path)
+    results = None
+    if args.out:
+        results = ResultsFile(args.out, key, args.retry_failed, not_outputs, settings=made_with,
+                              mix_settings=args.mix_settings,
+                              warn=lambda m: print(f"zerocap: note: {m}", file=sys.stderr))
+    todo = sum(1 for i in inputs if results is None or i not in results)
+    if todo == 0:  # every input is done already: nothing to load the models for
+        summary = run_job(inputs, lambda items: iter(()), lambda record: None, results, key, unit=f"{key}s")
+        results.close()
+        print(f"zerocap: {summary.line(args.out)}", file=sys.stderr)
+        return 1 if summary.any_failed else 0
     quiet_transformers()
     bar = progress_bar("img" if key == "image" else "clip")
     backend = None
     try:
-        todo = sum(1 for i in inputs if results is None or i not in results)
         backend = _backend(args, mode, cfg, options, where, lm_path, clip_path, bar, todo)
         emit = emitter(args.json, quiet=results is not None and not args.json, bar=bar, key=key)
-        summary = run_job(inputs, backend, emit, results, key, bar, unit=f"{key}s")
+        summary = run_job(inputs, backend, emit, results, key, bar, unit=f"{key}s", settings=made_with)
     finally:
         if bar is not None:
             bar.close()
@@ -112,6 +125,20 @@ def dataset(args, mode, cfg) -> int:
             backend.close()
     print(f"zerocap: {summary.line(args.out)}", file=sys.stderr)
     return 1 if summary.any_failed else 0
+
+
+def settings(mode, cfg, chosen: forms.Form, lm_dtype: str, options: dict, lm_path: str, clip_path: str) -> dict:
+    """What makes a job's captions, as a results file records it on every line: the mode, the
+    form, every knob, the kind's options (a clip's frames) and the models (weights.fingerprint)."""
+    import dataclasses
+
+    from .loading import check_clip_file, check_lm_dir
+    from .weights import fingerprint
+
+    check_lm_dir(lm_path)  # missing weights are said as loading says them
+    check_clip_file(clip_path)
+    return {"mode": mode.name, "form": chosen.name, "lm_dtype": lm_dtype, **dataclasses.asdict(cfg), **options,
+            "lm": fingerprint(lm_path), "clip": fingerprint(clip_path)}
 
 
 def _backend(args, mode, cfg, options, where, lm_path, clip_path, bar, todo: int):

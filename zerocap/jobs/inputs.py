@@ -7,22 +7,30 @@ under the first spelling met. A results file records each input's `source`, so a
 another folder, or with other spellings, skips what is done (results.py).
 
 Folders and `**`. Both follow symlinked folders, and both visit each real folder once: a
-symlink loop ends, a folder reached twice is scanned once. A folder gives its files with the
+symlink loop ends, a folder reached twice is scanned once. A folder gives its entries with the
 job's extensions (any depth, sorted by name within each folder); a pattern with * ? [ gives
-every file it matches (`**` = any depth; names starting with "." only when the pattern's part
-does), sorted.
+every entry it matches (`**` = any depth), sorted. One rule for both: an entry that is not a
+folder is an input, whatever it is -- a FIFO, a socket or a broken link becomes an error line
+when its turn comes, never a silence; names starting with "." are found by a folder scan, and
+by a pattern only when the pattern's part starts with "." too (as the shell's globs do). The
+job's own results file is left out of what folders and patterns find (with a note); named
+explicitly, it is refused.
 
 Lists (`--list FILE`, "-" for standard input). One name per line, exactly as written: spaces
 are kept, a Windows line end (\\r\\n) is taken as a line end, empty lines are skipped and a line
 starting with "#" is a comment (a comment that names an existing file is reported). With
 `--null` the names are separated by NUL characters instead, as `find -print0` writes them,
 with no other rule. Names are bytes decoded as the file system does (os.fsdecode), so every
-file name survives, whatever its encoding.
+file name survives, whatever its encoding. A list names files, folders and URLs, never
+patterns: `photo[1].png` is that file. A list is read in pieces and bounded (limits.py:
+LIST_NAMES names, LIST_BYTES in all, LIST_NAME bytes a name), so an endless stream
+(/dev/zero, /dev/urandom) ends in one line instead of filling memory.
 """
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -31,6 +39,7 @@ from typing import Callable, Iterable, Iterator
 from ..download import is_url
 from ..errors import InputError
 from ..images import IMAGE_EXTENSIONS
+from ..limits import LIST_BYTES, LIST_NAME, LIST_NAMES
 
 Warn = Callable[[str], None]
 
@@ -70,28 +79,38 @@ def identify(name: str) -> Input:
 
 def find_inputs(args: Iterable[str], list_file: str | None = None,
                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS, null: bool = False,
-                warn: Warn | None = None) -> list[Input]:
+                warn: Warn | None = None, output: str | None = None) -> list[Input]:
     """The inputs named by `args` and `list_file`, in order, each real file once (see above).
 
     A name that is neither a file, a folder, a pattern nor a URL is kept as named: a missing
-    file becomes an error line when its turn comes.
+    file becomes an error line when its turn comes. `output`: the job's results file, left out
+    of what folders and patterns find (named explicitly, it stays, for the output's check to
+    refuse).
     """
     warn = warn or (lambda message: print(f"zerocap: warning: {message}", file=sys.stderr))
+    own = identify(output).key if output else None
     found: dict = {}  # key -> Input, in order
     scanned: set[tuple[int, int]] = set()  # real folders already scanned for files
-    for arg in list(args) + read_list(list_file, null, warn):
+    named = [(arg, True) for arg in args] + [(name, False) for name in read_list(list_file, null, warn)]
+    for arg, pattern_allowed in named:
+        expanded = True
         if is_url(arg) or os.path.isfile(arg):
             names: Iterable[str] = [arg]
+            expanded = False
         elif os.path.isdir(arg):
             names = _folder_files(arg, extensions, scanned, warn)
-        elif any(c in arg for c in "*?["):
+        elif pattern_allowed and _magic(arg):
             names = sorted(glob_files(arg, warn))
             if not names:
                 raise InputError(f"no file matches {arg!r}")
         else:
             names = [arg]
+            expanded = False
         for name in names:
             item = identify(name)
+            if expanded and own is not None and item.key == own:
+                warn(f"{name} is this job's results file (--out): left out of the inputs")
+                continue
             found.setdefault(item.key, item)
     return list(found.values())
 
@@ -104,26 +123,68 @@ def read_list(list_file: str | None, null: bool = False, warn: Warn | None = Non
     where = "standard input" if list_file == "-" else list_file
     try:
         if list_file == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(list_file, "rb") as f:
-                data = f.read()
+            return _names(sys.stdin.buffer, where, null, warn)
+        with open(list_file, "rb") as f:
+            return _names(f, where, null, warn)
     except OSError as e:
         raise InputError(f"cannot read the list {list_file}: {e.strerror}") from None
+
+
+def _too_long(where: str, what: str) -> InputError:
+    return InputError(f"the list {where} {what}; a list holds {LIST_NAMES.said}, {LIST_BYTES.said} in all, a"
+                      f" name {LIST_NAME.said}: split it into several jobs, or give a folder or a pattern")
+
+
+def _names(stream, where: str, null: bool, warn: Warn | None) -> list[str]:
+    """The names in `stream`, read in pieces and bounded (LIST_NAMES, LIST_BYTES, LIST_NAME);
+    runs of empty entries are skipped at C speed, so 100 MB of separators take a moment."""
+    sep = b"\0" if null else b"\n"
+    entry = re.compile(rb"[^\0]+" if null else rb"[^\n]+")
+    names: list[str] = []
+    total, n, buf = 0, 0, b""  # n: separators passed, so the next entry is number n + 1
+    while True:
+        piece = stream.read(1 << 16)
+        total += len(piece)
+        if total > LIST_BYTES.hi:
+            raise _too_long(where, f"is longer than {LIST_BYTES.said}")
+        data = buf + piece
+        end = len(data) if not piece else data.rfind(sep) + 1  # whole entries only, until the end
+        pos = 0
+        for m in entry.finditer(data, 0, end):
+            n += data.count(sep, pos, m.start())
+            pos = m.start()
+            name = _name(m.group(), n + 1, where, null, warn)
+            if name is not None:
+                names.append(name)
+        n += data.count(sep, pos, end)
+        if len(names) > LIST_NAMES.hi:
+            raise _too_long(where, f"holds more than {LIST_NAMES.said}")
+        buf = data[end:]
+        if len(buf) > LIST_NAME.hi:
+            _name(buf, n + 1, where, null, warn)  # says so
+        if not piece:
+            return names
+
+
+def _name(line: bytes, n: int, where: str, null: bool, warn: Warn | None) -> str | None:
+    """One entry as a name, or None for what is skipped (empty entries, comments)."""
+    if len(line) > LIST_NAME.hi:
+        raise _too_long(where, f"has a name longer than {LIST_NAME.said}"
+                               + (f" (name {n})" if null else f" (line {n}); is it a list of names, one per line?"))
     if null:
-        return [os.fsdecode(n) for n in data.split(b"\0") if n]
-    names = []
-    for n, line in enumerate(data.split(b"\n"), 1):
-        line = line[:-1] if line.endswith(b"\r") else line
-        if not line:
-            continue
-        if line.startswith(b"#"):
-            if warn is not None and os.path.lexists(line):
-                warn(f"{where}, line {n}: {os.fsdecode(line)!r} is read as a comment (a line starting with #),"
-                     " but it also names a file: write it as ./name, or use --null lists")
-            continue
-        names.append(os.fsdecode(line))
-    return names
+        return os.fsdecode(line) if line else None
+    line = line[:-1] if line.endswith(b"\r") else line
+    if not line:
+        return None
+    if b"\0" in line:
+        raise InputError(f"{where}, line {n}: a NUL byte, which no file name has; is it a list of names? (for"
+                         " NUL-separated names, as find -print0 writes them, add --null)")
+    if line.startswith(b"#"):
+        if warn is not None and os.path.lexists(line):
+            warn(f"{where}, line {n}: {os.fsdecode(line)!r} is read as a comment (a line starting with #),"
+                 " but it also names a file: write it as ./name, or use --null lists")
+        return None
+    return os.fsdecode(line)
 
 
 # ---- folders -------------------------------------------------------------------------------------
@@ -177,7 +238,7 @@ def walk_folders(top: str, seen: set | None = None, warn: Warn | None = None,
 
 def _folder_files(top: str, extensions: tuple[str, ...], seen: set, warn: Warn | None) -> Iterator[str]:
     for _, entries in walk_folders(top, seen, warn):
-        # not only regular files: a broken link named x.png becomes an error line, not a silence
+        # every entry that is not a folder: a FIFO or a broken link named x.png becomes an error line
         yield from (e.path for e in entries if not _is_dir(e) and e.name.lower().endswith(extensions))
 
 
@@ -216,7 +277,7 @@ def _relative(path: str) -> str:
 
 def _match(base: str, parts: list[str], warn: Warn | None) -> Iterator[str]:
     if not parts:
-        if base and os.path.isfile(base):
+        if base and os.path.lexists(base) and not os.path.isdir(base):  # as a folder scan: any entry not a folder
             yield base
         return
     part, rest = parts[0], parts[1:]

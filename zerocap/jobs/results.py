@@ -2,16 +2,21 @@
 
 The rule: zerocap writes only to a file that is new, empty, or one of its own -- every line a
 JSON object whose "zerocap" field names the file's kind ("captions/1", "videos/1", "scores/1");
-it never writes over one of the job's inputs; and it keeps a results file's symlinks and mode.
-Every output is opened (and locked) before any work is done, so a file that cannot be written
-is said at once, in one line.
+it never writes over one of the job's inputs; it changes no byte it did not write; and it keeps
+a results file's symlinks and mode. Every output is opened (and locked) before any work is
+done, so a file that cannot be written is said at once, in one line.
 
 Results (`ResultsFile`): one line per input, written and flushed as soon as it is done, with the
-input's name as given (`image`/`video`) and its real file (`source`: the resolved path, or the
-URL). A rerun resumes: inputs whose real file already has a line are skipped, however they are
-spelled now and from whatever folder; a last line cut short by a crash is removed (its input
-runs again). `retry_failed` drops the error lines first, so those inputs run again: the file is
-rewritten beside its real path (symlinks kept) with its mode, then renamed over it.
+input's name as given (`image`/`video`), its real file (`source`: the resolved path, or the
+URL) and the settings that made it (`settings`: mode, form, every knob, the models). A rerun
+resumes: inputs whose real file already has a line are skipped, however they are spelled now
+and from whatever folder -- when the settings are the same; a file made with other settings is
+refused in one line naming the differences, unless `mix_settings` (--mix-settings). The only
+bytes ever removed are zerocap's own half-written last line (a crash mid-write; its input runs
+again), recognised as such; any other text at the end, or anywhere, refuses the run with the
+file untouched. `retry_failed` drops the error lines first, so those inputs run again: the file
+is rewritten beside its real path (symlinks kept) with its mode, then renamed over it (other
+hard links keep the old file; said).
 """
 from __future__ import annotations
 
@@ -122,89 +127,133 @@ def _write_all(fd: int, data: bytes, path: str) -> None:
                          " resumes from there") from None
 
 
-def _recognise(fd: int, path: str, kind: str, what: str) -> Iterator[tuple[int, bytes, dict]]:
-    """(offset, line, record) of every complete line; InputError unless each is a `kind` line.
+class _Scan:
+    """The complete lines of a file of ours, checked as they are read: iterate for (offset, line,
+    record); InputError unless each is a `kind` line. A last line without its newline is ours cut
+    short (a crash mid-write) only when it is recognisably so -- it starts as every line of ours
+    does ('{"zerocap": "captions/1", "image": "'), holds only the printable ASCII we write, and
+    is not complete JSON: then `cut` is its offset, for the caller to remove once every check
+    has passed. A complete line of ours without its newline is a record (`unterminated`: the
+    next line written starts with a newline). Anything else at the end is a user's text:
+    refused, the file untouched."""
 
-    Ends by removing a last line cut short (a crash mid-write), when the file is recognised as
-    ours: it has complete lines of ours, or the cut line is the start of one."""
-    ours_prefix = json.dumps({MARK: kind})[:-1].encode()  # '{"zerocap": "captions/1"'
-    end, n = 0, 0
-    for offset, raw in _lines(fd):
-        n += 1
-        if not raw.endswith(b"\n"):
-            if n == 1 and not (raw.startswith(ours_prefix) or ours_prefix.startswith(raw)):
-                raise _foreign(path, kind, what, n)
-            os.ftruncate(fd, end)  # a last line cut short: its input runs again
-            break
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            raise _foreign(path, kind, what, n) from None
-        if not isinstance(record, dict) or record.get(MARK) != kind:
-            raise _foreign(path, kind, what, n, record)
-        end = offset + len(raw)
-        yield offset, raw, record
+    def __init__(self, fd: int, path: str, kind: str, what: str, key: str = "image"):
+        self.fd, self.path, self.kind, self.what, self.key = fd, path, kind, what, key
+        self.cut: int | None = None
+        self.unterminated = False
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[tuple[int, bytes, dict]]:
+        prefix = json.dumps({MARK: self.kind, self.key: ""})[:-2].encode()  # '{"zerocap": "captions/1", "image": "'
+        for offset, raw in _lines(self.fd):
+            self.lines += 1
+            complete = raw.endswith(b"\n")
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+            if not complete and record is None:
+                if raw.startswith(prefix) and all(0x20 <= b < 0x7F for b in raw):
+                    self.cut = offset  # ours, cut short: its input runs again
+                    return
+                raise _foreign(self.path, self.kind, self.what, self.lines, last=True)
+            if not isinstance(record, dict) or record.get(MARK) != self.kind:
+                raise _foreign(self.path, self.kind, self.what, self.lines, record)
+            self.unterminated = not complete
+            yield offset, raw, record
 
 
-def _foreign(path: str, kind: str, what: str, n: int, record=None) -> InputError:
+def _foreign(path: str, kind: str, what: str, n: int, record=None, last: bool = False) -> InputError:
     theirs = record.get(MARK) if isinstance(record, dict) else None
+    noun = kind.split("/")[0]
     why = (f"it is a zerocap file of another kind ({theirs})" if isinstance(theirs, str)
-           else f"line {n} is not a zerocap {kind.split('/')[0]} line")
-    return InputError(f"{what} {path} is not a zerocap {kind.split('/')[0]} file ({why}); zerocap writes only to"
-                      " new files, empty files and its own: choose another file")
+           else f"it ends with text that is not a zerocap line (line {n}, no newline)" if last
+           else f"line {n} is not a zerocap {noun} line")
+    return InputError(f"{what} {path} is not a zerocap {noun} file ({why}); zerocap writes only to new files,"
+                      " empty files and its own, and changes no byte it did not write: choose another file")
 
 
 # ---- results ---------------------------------------------------------------------------------
 class ResultsFile:
     """A job's JSON-lines results, resumable; see the module docstring. Read line by line (a
-    100,000-line file is not held in memory) and locked while the job runs."""
+    100,000-line file is not held in memory) and locked while the job runs.
+
+    settings: what makes the captions (mode, form, knobs, models; flat, JSON values), recorded
+    on every line written; a file whose lines were made with other settings is refused, naming
+    the differences, unless mix_settings."""
 
     def __init__(self, path: str, key: str = "image", retry_failed: bool = False, inputs: Iterable[Input] = (),
-                 what: str = "--out"):
+                 what: str = "--out", settings: dict | None = None, mix_settings: bool = False,
+                 warn=None):
         self.path, self.key, self.what = path, key, what
         self.kind = KINDS[key]
+        self.settings, self.mix_settings = settings, mix_settings
         self.done_sources: set[str] = set()
         self.failed_sources: set[str] = set()
         self.done_inodes: set = set()
         self.failed_inodes: set = set()
         self.written = 0
+        self.newline_first = False
         self.fd, self.created = open_output(path, what, inputs)
         try:
-            errors = self._load(keep_errors=not retry_failed)
+            scan, errors = self._load(keep_errors=not retry_failed)
+            if scan.cut is not None:  # every check passed: remove our own line cut short
+                os.ftruncate(self.fd, scan.cut)
+            self.newline_first = scan.unterminated and scan.cut is None
             if errors:
-                self._drop_error_lines()
+                self._drop_error_lines(warn)
             os.lseek(self.fd, 0, os.SEEK_END)
         except BaseException:
             self.close()
             raise
 
-    def _records(self) -> Iterator[tuple[bytes, dict]]:
-        for n, (_, raw, record) in enumerate(_recognise(self.fd, self.path, self.kind, self.what), 1):
+    def _scan(self) -> _Scan:
+        return _Scan(self.fd, self.path, self.kind, self.what, self.key)
+
+    def _records(self, scan: _Scan) -> Iterator[tuple[bytes, dict]]:
+        for _, raw, record in scan:
             if not isinstance(record.get(self.key), str) or not isinstance(record.get("source"), str):
-                raise InputError(f"{self.what} {self.path}, line {n}: a zerocap line without the {self.key!r} and"
-                                 " 'source' it needs; fix or remove that line, or choose another file")
+                raise InputError(f"{self.what} {self.path}, line {scan.lines}: a zerocap line without the {self.key!r}"
+                                 " and 'source' it needs; fix or remove that line, or choose another file")
             yield raw, record
 
-    def _load(self, keep_errors: bool) -> bool:
-        """Read what is done; True when there are error lines to drop (retried)."""
-        errors = False
-        for _, record in self._records():
+    def _load(self, keep_errors: bool) -> tuple[_Scan, int]:
+        """Read what is done, checking each line's settings: (the scan, error lines to drop)."""
+        scan, errors = self._scan(), 0
+        for raw, record in self._records(scan):
             failed = "error" in record
             if failed and not keep_errors:
-                errors = True
+                errors += 1
                 continue
+            self._check_settings(record, scan.lines)
             source = record["source"]
             (self.failed_sources if failed else self.done_sources).add(source)
             inode = identify(source).inode  # the file may have moved since: then its path still counts
             if inode is not None:
                 (self.failed_inodes if failed else self.done_inodes).add(inode)
-        return errors
+        return scan, errors
 
-    def _drop_error_lines(self) -> None:
+    def _check_settings(self, record: dict, n: int) -> None:
+        if self.settings is None or self.mix_settings:
+            return
+        theirs = record.get("settings")
+        if theirs == self.settings:
+            return
+        if not isinstance(theirs, dict):
+            why = f"line {n} ({record[self.key]}) has no recorded settings: an earlier zerocap wrote it"
+        else:
+            why = f"line {n} ({record[self.key]}) was made with " + differences(theirs, self.settings)
+        raise InputError(f"{self.what} {self.path} holds results made with other settings: {why}. Resume it with"
+                         " the settings that made it, choose another file, or add --mix-settings to append these"
+                         " results (each line records its own settings)")
+
+    def _drop_error_lines(self, warn=None) -> None:
         """Rewrite the file without its error lines: a copy beside the real file (same mode),
-        locked, then renamed over it, so a crash at any moment leaves the old or the new file."""
+        locked, then renamed over it, so a crash at any moment leaves the old or the new file.
+        Other hard links to the file keep the old one (said)."""
         real = os.path.realpath(self.path)
-        mode = stat.S_IMODE(os.fstat(self.fd).st_mode)
+        st = os.fstat(self.fd)
+        mode = stat.S_IMODE(st.st_mode)
         try:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(real), prefix="." + os.path.basename(real) + ".",
                                        suffix=".zerocap-tmp")
@@ -214,14 +263,13 @@ class ResultsFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.fchmod(fd, mode)
-            st = os.fstat(self.fd)
             try:
                 os.fchown(fd, st.st_uid, st.st_gid)
             except OSError:
                 pass  # not ours to give away: keep the user's own ownership
-            for raw, record in self._records():
+            for raw, record in self._records(self._scan()):
                 if "error" not in record:
-                    _write_all(fd, raw, self.path)
+                    _write_all(fd, raw if raw.endswith(b"\n") else raw + b"\n", self.path)
             os.fsync(fd)
             os.replace(tmp, real)
         except BaseException:
@@ -230,7 +278,11 @@ class ResultsFile:
                 os.remove(tmp)
             raise
         os.close(self.fd)
-        self.fd, self.created = fd, False
+        self.fd, self.created, self.newline_first = fd, False, False
+        if st.st_nlink > 1 and warn is not None:
+            others = st.st_nlink - 1
+            warn(f"--retry-failed wrote {self.path} anew without its error lines; its {others} other hard"
+                 f" link{'s' if others > 1 else ''} still name{'' if others > 1 else 's'} the old file")
 
     def __contains__(self, item: Input) -> bool:
         return self.done(item) or self.failed(item)
@@ -244,7 +296,9 @@ class ResultsFile:
     def write(self, record: dict) -> None:
         """Append one record (it carries the input's `source`) and flush it to the file."""
         record = marked(self.kind, record)
-        _write_all(self.fd, (dumps(record) + "\n").encode("ascii"), self.path)
+        line = (dumps(record) + "\n").encode("ascii")
+        _write_all(self.fd, b"\n" + line if self.newline_first else line, self.path)
+        self.newline_first = False
         self.written += 1
         failed = "error" in record
         (self.failed_sources if failed else self.done_sources).add(record["source"])
@@ -263,6 +317,20 @@ class ResultsFile:
         self.fd = -1
 
 
+def differences(theirs: dict, ours: dict) -> str:
+    """'mode caption (now ocr), beam_size 5 (now 3)': what differs between two settings."""
+    def show(value):
+        return "unset" if value is _UNSET else json.dumps(value)
+
+    names = list(ours) + [k for k in theirs if k not in ours]
+    diffs = [f"{k} {show(theirs.get(k, _UNSET))} (now {show(ours.get(k, _UNSET))})"
+             for k in names if theirs.get(k, _UNSET) != ours.get(k, _UNSET)]
+    return ", ".join(diffs)
+
+
+_UNSET = object()
+
+
 # ---- eval's per-image scores ----------------------------------------------------------------------
 class ScoresFile:
     """`zerocap eval --per-image FILE`: opened and checked before any scoring, written at the end
@@ -272,7 +340,7 @@ class ScoresFile:
         self.path, self.what = path, what
         self.fd, self.created = open_output(path, what, inputs)
         try:
-            for _ in _recognise(self.fd, path, SCORES, what):
+            for _ in _Scan(self.fd, path, SCORES, what):
                 pass
         except BaseException:
             self.close(remove_if_new=True)

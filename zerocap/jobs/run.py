@@ -62,9 +62,10 @@ class Summary:
 
 def run_job(inputs: list[Input], backend: Callable[[list[Input]], Iterator[tuple[int, dict]]],
             emit: Callable[[dict], None], results: ResultsFile | None = None, key: str = "image",
-            progress=None, unit: str = "images") -> Summary:
+            progress=None, unit: str = "images", settings: dict | None = None) -> Summary:
     """Caption `inputs` (skipping those in `results`) on `backend`, which yields (index, record)
-    as each is done; write each record to `results` at once, and `emit` them in input order."""
+    as each is done; write each record, with the `settings` that made it, to `results` at once,
+    and `emit` them in input order."""
     summary, start = Summary(unit=unit), time.perf_counter()
     todo = []
     for item in inputs:
@@ -78,6 +79,8 @@ def run_job(inputs: list[Input], backend: Callable[[list[Input]], Iterator[tuple
     ready: dict[int, dict] = {}  # done, waiting for an earlier input to be emitted first
     following = 0
     for index, record in backend(todo):
+        if settings is not None:
+            record = {**record, "settings": settings}
         if results is not None:
             results.write(record)
         if "error" in record:

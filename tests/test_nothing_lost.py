@@ -1,0 +1,255 @@
+"""Nothing a user owns is lost, and every job ends in words: a user's text in a results file
+survives or the run is refused untouched; lists are bounded; a results file holds one set of
+settings unless asked; a job's own results file is never its input; eval counts each real image
+once and names every reference problem."""
+import io
+import json
+import os
+import shutil
+import sys
+import time
+import tracemalloc
+
+import pytest
+
+from zerocap import InputError, weights
+from zerocap.cli import main
+from zerocap.jobs.inputs import find_inputs, read_list
+from zerocap.jobs.results import ResultsFile
+
+FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "1", "--num-iterations", "1", "--device", "cpu"]
+
+
+@pytest.fixture
+def job(tmp_path, images, lm_dir, clip_file, monkeypatch):
+    """A folder in/ with a.png and b.png, run from tmp_path; `run(*args)` -> (exit status, stderr)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(images[0], folder / "a.png")
+    shutil.copy(images[1], folder / "b.png")
+    monkeypatch.chdir(tmp_path)
+
+    class Job:
+        path = tmp_path
+        models = ["--lm", lm_dir, "--clip", clip_file, *FAST]
+
+        def run(self, *args, capsys):
+            code = main([str(a) for a in (args[0], *self.models, *args[1:])])  # the test's flags win
+            return code, capsys.readouterr().err
+
+    return Job()
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+# ---- a user's text in a results file ---------------------------------------------------------------
+USER_TEXTS = {
+    "a note without a newline": b"NOTE: checked by hand",
+    "a 1.3 MB note without a newline": b"NOTE: " + b"x" * 1_300_000,
+    "a note that starts like JSON": b'{"note": "mine"',
+    "our mark, then the user's words": b'{"zerocap": "captions/1", "image": "a.png", "ok": "caf\xc3\xa9',
+    "a note with a newline": b"NOTE: checked by hand\n",
+}
+
+
+@pytest.mark.parametrize("name", list(USER_TEXTS))
+def test_a_users_text_at_the_end_of_a_results_file_refuses_the_run_untouched(job, capsys, name):
+    out = job.path / "r.jsonl"
+    assert job.run("caption", "in/a.png", "--out", out, capsys=capsys)[0] == 0
+    with open(out, "ab") as f:
+        f.write(USER_TEXTS[name])
+    before = out.read_bytes()
+    code, err = job.run("caption", "in/b.png", "--out", out, capsys=capsys)
+    assert code == 2 and "is not a zerocap captions file" in err and "choose another file" in err
+    assert err.count("\n") == 1 and out.read_bytes() == before  # one line; not a byte changed
+
+
+@pytest.mark.parametrize("where", ["first", "middle"])
+def test_a_users_line_anywhere_refuses_the_run_untouched(tmp_path, where):
+    out = tmp_path / "r.jsonl"
+    ours = json.dumps({"zerocap": "captions/1", "image": "a.png", "source": "/a.png"}) + "\n"
+    out.write_text("my own line\n" + ours if where == "first" else ours + "my own line\n" + ours)
+    before = out.read_bytes()
+    with pytest.raises(InputError, match="is not a zerocap captions line"):
+        ResultsFile(str(out))
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("text", [b"{", b'{"zero', b'{"zerocap"', b'{"zerocap": "captions/1"'])
+def test_a_file_holding_a_start_of_json_is_not_taken_over(tmp_path, text):
+    out = tmp_path / "r.jsonl"
+    out.write_bytes(text)
+    with pytest.raises(InputError, match="not a zerocap captions file"):
+        ResultsFile(str(out))
+    assert out.read_bytes() == text
+
+
+def test_only_our_own_half_written_line_is_cut_and_a_whole_line_without_newline_is_kept(tmp_path):
+    out = tmp_path / "r.jsonl"
+    whole = json.dumps({"zerocap": "captions/1", "image": "a.png", "source": "/a.png", "best_mixed": "x"})
+    out.write_text(whole + "\n" + whole.replace("a.png", "b.png")[:40])  # b's line cut by a crash
+    r = ResultsFile(str(out))
+    assert out.read_text() == whole + "\n"  # only the cut line went
+    r.close()
+    out.write_text(whole)  # complete, but its newline never came: a record, kept
+    r = ResultsFile(str(out))
+    assert r.done(type("I", (), {"source": "/a.png", "inode": None})())
+    r.write({"image": "c.png", "source": "/c.png"})
+    r.close()
+    assert [x["image"] for x in lines(out)] == ["a.png", "c.png"] and out.read_text().startswith(whole + "\n")
+
+
+# ---- lists: bounded, in words ------------------------------------------------------------------------
+@pytest.mark.parametrize("source,null", [("/dev/zero", False), ("/dev/zero", True), ("/dev/urandom", False),
+                                         ("/dev/urandom", True), ("stdin:/dev/zero", False)])
+def test_an_endless_list_ends_in_one_line_in_bounded_memory(tmp_path, monkeypatch, capsys, source, null,
+                                                            lm_dir, clip_file):
+    args = ["caption", "--list", source, "--lm", lm_dir, "--clip", clip_file] + (["--null"] if null else [])
+    if source.startswith("stdin:"):
+        stream = open(source[6:], "rb")
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stream))
+        args[2] = "-"
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        code = main(args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("zerocap: error: ")
+    assert any(what in err for what in ("a NUL byte", "longer than", "holds more than")), err
+    assert peak < 600e6, f"{peak / 1e6:.0f} MB"  # the list's bound (100 MB) and its names, not gigabytes
+    assert time.monotonic() - start < 60
+
+
+def test_list_bounds_are_said(tmp_path):
+    listed = tmp_path / "l.txt"
+    listed.write_bytes(b"a.png\n" + b"x" * 5000 + b"\n")
+    with pytest.raises(InputError, match="has a name longer than 4,096 bytes \\(line 2\\)"):
+        read_list(str(listed))
+    listed.write_bytes(b"a.png\n" * 1_000_001)
+    with pytest.raises(InputError, match="holds more than 1,000,000 names"):
+        read_list(str(listed))
+
+
+def test_a_list_names_files_not_patterns(job, capsys):
+    star = job.path / "in" / "photo[1].png"
+    shutil.copy(job.path / "in" / "a.png", star)
+    listed = job.path / "l.txt"
+    listed.write_text("in/photo[1].png\nin/missing[2].png\nin/*.png\n")
+    got = [i.name for i in find_inputs([], str(listed))]
+    assert got == ["in/photo[1].png", "in/missing[2].png", "in/*.png"]  # each as named
+    code, err = job.run("caption", "--list", listed, capsys=capsys)
+    assert code == 1 and "image file not found: in/missing[2].png" in err and "captioned 1, failed 2" in err
+
+
+# ---- one results file, one set of settings ------------------------------------------------------------
+def test_a_results_file_refuses_other_settings_and_names_them(job, capsys):
+    out = job.path / "r.jsonl"
+    assert job.run("caption", "in", "--out", out, capsys=capsys)[0] == 0
+    before = out.read_bytes()
+    settings = lines(out)[0]["settings"]
+    assert settings["mode"] == "caption" and settings["form"] == "fast" and settings["beam_size"] == 2
+    assert len(settings["lm"]) == 16 and len(settings["clip"]) == 16  # the models' fingerprints
+    shutil.copy(job.path / "in" / "a.png", job.path / "new.png")
+    for args, named in [(["ocr"], 'mode "caption" (now "ocr"), cond_text "Image of a" (now'),
+                        (["caption", "--cond-text", "A photo of"], 'cond_text "Image of a" (now "A photo of")'),
+                        (["caption", "--exact"], 'form "fast" (now "exact")')]:
+        code, err = job.run(*args, "in/a.png", "new.png", "--out", out, capsys=capsys)
+        assert code == 2 and "holds results made with other settings" in err and named in err, err
+        assert "--mix-settings" in err and err.count("\n") == 1 and out.read_bytes() == before
+    code, err = job.run("caption", "in", "new.png", "--beam-size", "1", "--out", out, capsys=capsys)
+    assert code == 2 and "beam_size 2 (now 1)" in err
+    # asked for explicitly: appended, each line with its own settings; what is done is still skipped
+    code, err = job.run("ocr", "in/a.png", "new.png", "--out", out, "--mix-settings", capsys=capsys)
+    assert code == 0 and "captioned 1" in err and "skipped 1" in err
+    got = lines(out)
+    assert [x["settings"]["mode"] for x in got] == ["caption", "caption", "ocr"]
+    code, err = job.run("caption", "in", "--out", out, capsys=capsys)  # a mixed file: mixing is asked again
+    assert code == 2 and 'mode "ocr" (now "caption")' in err
+
+
+def test_the_command_that_made_a_file_resumes_it_from_any_folder_without_loading_the_models(job, capsys,
+                                                                                           monkeypatch):
+    out = job.path / "r.jsonl"
+    assert job.run("caption", "in", "--out", out, capsys=capsys)[0] == 0
+    from zerocap import engine
+
+    monkeypatch.setattr(engine.ZeroCap, "load", classmethod(lambda *a, **k: pytest.fail("the models were loaded")))
+    monkeypatch.chdir(job.path / "in")
+    code, err = job.run("caption", ".", "--out", "../r.jsonl", capsys=capsys)
+    assert code == 0 and "captioned 0, failed 0, skipped 2 already in ../r.jsonl" in err
+    assert len(lines(out)) == 2
+
+
+def test_lines_from_an_earlier_zerocap_without_settings_are_said(job, capsys):
+    out = job.path / "r.jsonl"
+    out.write_text(json.dumps({"zerocap": "captions/1", "image": "in/a.png", "source": str(job.path / "in/a.png"),
+                               "best_mixed": "x"}) + "\n")
+    code, err = job.run("caption", "in", "--out", out, capsys=capsys)
+    assert code == 2 and "has no recorded settings: an earlier zerocap wrote it" in err
+    code, err = job.run("caption", "in", "--out", out, "--mix-settings", capsys=capsys)
+    assert code == 0 and "captioned 1" in err and "skipped 1" in err
+
+
+# ---- the job's own results file is never its input ------------------------------------------------------
+def test_a_glob_that_matches_the_results_file_leaves_it_out(job, capsys, monkeypatch):
+    monkeypatch.chdir(job.path / "in")
+    code, err = job.run("caption", "*", "--out", "res.jsonl", capsys=capsys)
+    assert code == 0 and "captioned 2" in err
+    code, err = job.run("caption", "*", "--out", "res.jsonl", capsys=capsys)  # the same command again
+    assert code == 0 and "res.jsonl is this job's results file (--out): left out" in err and "skipped 2" in err
+    code, err = job.run("caption", "*", "res.jsonl", "--out", "res.jsonl", capsys=capsys)  # named: refused
+    assert code == 2 and "is one of the inputs" in err
+
+
+def test_a_fifo_is_an_error_line_whether_a_glob_or_a_folder_scan_finds_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "d" / "pipe.png")
+    os.symlink("nowhere.png", tmp_path / "d" / "broken.png")
+    by_glob = [i.name for i in find_inputs(["d/*.png"])]
+    by_folder = [i.name for i in find_inputs(["d"])]
+    assert by_glob == by_folder == ["d/broken.png", "d/pipe.png"]
+
+
+# ---- --retry-failed and hard links -------------------------------------------------------------------
+def test_retry_failed_says_that_hard_links_keep_the_old_file(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    r = ResultsFile(str(out))
+    r.write({"image": "a", "source": "/a", "best_mixed": "x"})
+    r.write({"image": "b", "source": "/b", "error": "not an image: b"})
+    r.close()
+    os.link(out, tmp_path / "backup.jsonl")
+    notes = []
+    r = ResultsFile(str(out), retry_failed=True, warn=notes.append)
+    r.close()
+    assert notes == [f"--retry-failed wrote {out} anew without its error lines; its 1 other hard link still names"
+                     " the old file"]
+    assert len(lines(out)) == 1 and len(lines(tmp_path / "backup.jsonl")) == 2
+
+
+# ---- weights -------------------------------------------------------------------------------------
+def test_a_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("ZEROCAP_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    (tmp_path / "w").mkdir()
+    with pytest.raises(InputError, match="the download failed"):
+        weights.ensure(str(tmp_path / "w"))
+    assert os.listdir(tmp_path / "w") == []  # no gpt2-medium/ left behind; the folder that was there stays
+    with pytest.raises(InputError):
+        weights.ensure(str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_library_loads_quietly_unless_asked(lm_dir, clip_file, capfd):
+    from zerocap import ZeroCap
+
+    capfd.readouterr()
+    ZeroCap.load(lm_dir, clip_file, device="cpu")
+    out, err = capfd.readouterr()
+    assert out == "" and "Loading weights" not in err and "loss_type" not in err, err
