@@ -129,14 +129,16 @@ def _add_dataset(p: argparse.ArgumentParser, what: str) -> None:
 
 # ---- each kind of input's arguments (modes.py); a new mode of a known kind needs nothing here ----
 def _image_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, patterns or URLs")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, patterns or URLs (anywhere among"
+                                                               " the flags)")
     p.add_argument("--caption_img_path", "--caption-img-path", dest="more_inputs", action="append", default=[],
                    metavar="IMAGE", help="the authors' spelling of INPUT")
     _add_dataset(p, "image")
 
 
 def _video_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files, folders, patterns or URLs")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files, folders, patterns or URLs (anywhere among"
+                                                               " the flags)")
     p.set_defaults(more_inputs=[])
     p.add_argument("--frames", type=_number(int), default=None, metavar="N",
                    help=f"frames spread evenly over the clip, {FRAMES.said} (default 8)")
@@ -213,11 +215,23 @@ def _route(argv: list[str]) -> list[str]:
     return ["arithmetic" if run_type == "arithmetics" else run_type] + argv
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments, with inputs taken anywhere among the flags (`caption a.png --list l.txt b.png`):
+    argparse gives a positional list only its first run of words, so later ones are added here."""
+    parser = build_parser()
+    argv = _route(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "inputs") or any(a.startswith("-") for a in extra)):
+        parser.parse_args(argv)  # argparse's own message for what is not ours (exits 2)
+    if extra:
+        args.inputs = list(args.inputs) + extra
+    return args
+
+
 def run(argv: list[str] | None = None) -> int:
     from . import commands
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return commands.run(build_parser().parse_args(_route(argv)))
+    return commands.run(parse(list(sys.argv[1:] if argv is None else argv)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,13 +157,26 @@ class ZeroCap:
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, lm: str = "weights/gpt2-medium", clip: str = "weights/clip/ViT-B-32.pt", device=None,
-             lm_dtype: str = "float32", form: "str | forms.Form" = "fast", compile: "bool | str" = False,
-             quiet: bool = True) -> "ZeroCap":
-        """Load an HF causal-LM directory and an OpenAI CLIP checkpoint, offline; quietly, unless
-        quiet=False (then transformers' progress bar and warnings show as it configures them)."""
+    def load(cls, lm: str | None = None, clip: str | None = None, device=None, lm_dtype: str = "float32",
+             form: "str | forms.Form" = "fast", compile: "bool | str" = False, quiet: bool = True) -> "ZeroCap":
+        """Load an HF causal-LM directory and an OpenAI CLIP checkpoint; quietly, unless quiet=False
+        (then transformers' progress bar and warnings show as it configures them).
+
+        lm, clip: paths, loaded as they are and never downloaded. Left out, they come from the
+        weights folder as the command line takes them: $ZEROCAP_WEIGHTS, else ./weights
+        (gpt2-medium/, clip/ViT-B-32.pt), missing files fetched unless offline ($ZEROCAP_OFFLINE
+        or $HF_HUB_OFFLINE). device: "auto" or None (the GPU when there is one, else the CPU),
+        "cpu", "cuda", "cuda:N"."""
         from .loading import load_models
 
+        if lm is None or clip is None:
+            import sys
+
+            from . import weights
+
+            default_lm, default_clip = weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr),
+                                                      lm=None if lm else weights.LM_DIR, clip=clip is None)
+            lm, clip = lm or default_lm, clip or default_clip
         return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype, quiet=quiet), form=form, compile=compile)
 
     # ---- public API ---------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 progress bar on a terminal."""
 from __future__ import annotations
 
+import os
 import sys
 
 from .jobs.results import KINDS, dumps, marked
+
+FALLBACK_SIZE = (80, 24)  # (columns, rows) for a progress bar where the terminal reports no size
 
 
 def print_text(d: dict) -> None:
@@ -44,9 +47,17 @@ def emitter(as_json: bool, quiet: bool, bar=None, key: str | None = None):
 
 
 def progress_bar(unit: str):
-    """A progress bar over the inputs on a terminal (done/total, rate, ETA), else None."""
+    """A progress bar over the inputs on a terminal (done/total, rate, ETA), else None. A terminal
+    that reports no size (0 x 0: a serial console, some containers' ttys) gets 80 x 24."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True, delay=0.5)  # run_job sets the total
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        size = os.terminal_size((0, 0))
+    # tqdm hides a bar below the screen's last row, so a terminal of 0 rows would show none
+    shape = {"dynamic_ncols": True} if size.columns and size.lines else {"ncols": FALLBACK_SIZE[0],
+                                                                         "nrows": FALLBACK_SIZE[1]}
+    return tqdm(total=0, unit=unit, file=sys.stderr, delay=0.5, **shape)  # run_job sets the total

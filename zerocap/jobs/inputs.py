@@ -11,10 +11,10 @@ symlink loop ends, a folder reached twice is scanned once. A folder gives its en
 job's extensions (any depth, sorted by name within each folder); a pattern with * ? [ gives
 every entry it matches (`**` = any depth), sorted. One rule for both: an entry that is not a
 folder is an input, whatever it is -- a FIFO, a socket or a broken link becomes an error line
-when its turn comes, never a silence; names starting with "." are found by a folder scan, and
-by a pattern only when the pattern's part starts with "." too (as the shell's globs do). The
-job's own results file is left out of what folders and patterns find (with a note); named
-explicitly, it is refused.
+when its turn comes, never a silence; and hidden names (starting with ".", files and folders)
+are left out, unless named: a folder or file given as such, or a pattern whose part starts
+with "." (as the shell's globs). The job's own results file is left out of what folders and
+patterns find (with a note); named explicitly, it is refused.
 
 Lists (`--list FILE`, "-" for standard input). One name per line, exactly as written: spaces
 are kept, a Windows line end (\\r\\n) is taken as a line end, empty lines are skipped and a line
@@ -237,9 +237,11 @@ def walk_folders(top: str, seen: set | None = None, warn: Warn | None = None,
 
 
 def _folder_files(top: str, extensions: tuple[str, ...], seen: set, warn: Warn | None) -> Iterator[str]:
-    for _, entries in walk_folders(top, seen, warn):
-        # every entry that is not a folder: a FIFO or a broken link named x.png becomes an error line
-        yield from (e.path for e in entries if not _is_dir(e) and e.name.lower().endswith(extensions))
+    for _, entries in walk_folders(top, seen, warn, hidden=False):
+        # every entry that is not a folder and not hidden: a FIFO or a broken link named x.png becomes an
+        # error line; .x.png, .thumbnails/ are left out, as `**` leaves them out
+        yield from (e.path for e in entries
+                    if not e.name.startswith(".") and not _is_dir(e) and e.name.lower().endswith(extensions))
 
 
 # ---- glob patterns -------------------------------------------------------------------------------

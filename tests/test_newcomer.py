@@ -1,0 +1,94 @@
+"""What a newcomer reading the README meets: the Python API finds the weights the command line
+finds, a result's to_dict() and the --json record differ only as said, inputs may come anywhere
+among the flags, hidden files follow one rule, and the progress bar shows on any terminal."""
+import fcntl
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+
+import pytest
+
+from zerocap import InputError, ZeroCap
+from zerocap.cli import main
+from zerocap.jobs.inputs import find_inputs
+
+FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "1", "--num-iterations", "1", "--device", "cpu"]
+
+
+def test_the_library_finds_the_weights_where_the_command_line_does(weights_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no weights/ here
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", weights_root)
+    zc = ZeroCap.load(device="cpu")
+    assert zc.lm.config.n_layer >= 1
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", str(tmp_path / "none"))
+    monkeypatch.setenv("ZEROCAP_OFFLINE", "1")
+    with pytest.raises(InputError, match=r"model weights missing: .*none/gpt2-medium/config.json .*run `python"
+                                         r" script/download-weights` \(offline mode is on"):
+        ZeroCap.load(device="cpu")
+
+
+def test_the_json_record_is_to_dict_plus_what_the_readme_says(capsys, weights_root, images, monkeypatch):
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", weights_root)
+    assert main(["caption", images[0], *FAST, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    result = ZeroCap.load(device="cpu").caption([images[0]], top_k=16, beam_size=2, max_tokens=1,
+                                                num_iterations=1)[0].to_dict()
+    assert set(record) == set(result) | {"zerocap", "image", "source", "settings"}  # the README's four
+    assert {k: record[k] for k in result if k != "timing"} == {k: v for k, v in result.items() if k != "timing"}
+    assert main(["arithmetic", images[0], images[1], "--weights", "1", "-1", *FAST, "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == set(result)  # arithmetic: to_dict() itself
+
+
+def test_inputs_may_come_after_other_flags(tmp_path, images, weights_root, monkeypatch, capsys):
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", weights_root)
+    listed = tmp_path / "l.txt"
+    listed.write_text(images[1] + "\n")
+    assert main(["caption", images[0], "--list", str(listed), images[2], *FAST, images[3], "--json"]) == 0
+    got = [json.loads(x)["image"] for x in capsys.readouterr().out.splitlines()]
+    assert sorted(got) == sorted(images)
+    with pytest.raises(SystemExit) as e:  # a flag that is not one is still argparse's error
+        main(["caption", images[0], "--no-such-flag", *FAST])
+    assert e.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_hidden_files_follow_one_rule_in_folders_and_patterns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d" / ".thumbs").mkdir(parents=True)
+    for name in ("d/a.png", "d/.b.png", "d/.thumbs/c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [i.name for i in find_inputs(["d"])] == ["d/a.png"]
+    assert [i.name for i in find_inputs(["d/*"])] == ["d/a.png"]
+    assert [i.name for i in find_inputs(["d/**/*.png"])] == ["d/a.png"]
+    assert [i.name for i in find_inputs(["d/.b.png", "d/.thumbs", "d/.*.png"])] == ["d/.b.png", "d/.thumbs/c.png"]
+
+
+def _on_a_terminal(columns, rows):
+    """stderr of a job's progress bar on a pseudo-terminal of that size."""
+    code = ("import sys, time\nfrom zerocap.output import progress_bar\nbar = progress_bar('img')\n"
+            "bar.reset(total=3)\nfor _ in range(3):\n    time.sleep(0.4)\n    bar.update(1)\nbar.close()\n")
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=follower, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    child.wait(timeout=60)
+    os.close(leader)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("columns,rows", [(100, 30), (0, 0)])
+def test_the_progress_bar_shows_whatever_size_the_terminal_reports(columns, rows):
+    assert "3/3" in _on_a_terminal(columns, rows)
