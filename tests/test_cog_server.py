@@ -217,6 +217,18 @@ def test_a_server_without_the_schema_answers_in_words(bare_server, uris, inputs,
     assert "TypeError" not in out["error"] and "Traceback" not in out["error"]
 
 
+def test_the_readmes_failure_example_and_data_url_target_are_what_the_server_says(bare_server, uris):
+    """The README quotes a failed prediction's error and names a data URL's target: both as the
+    real server gives them (the async run once said 'Async prediction failed')."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    example = re.search(r"`(Prediction failed: [^`]*beam_size must be [^`]*got 50)`", readme).group(1)
+    out = bare_server.predict(image=uris[0], **{**SMALL, "beam_size": 50})
+    assert out["status"] == "failed" and out["error"] == example, (out.get("error"), example)
+    target = re.search(r"`target` \(the image's file name as sent, (\S*) for a data URL", readme).group(1)
+    ok = bare_server.predict(image=uris[0], **SMALL)
+    assert ok["status"] == "succeeded" and f'"{ok["output"]["target"]}"' == target, (ok["output"]["target"], target)
+
+
 def truncated_png(images):
     return png(Image.open(images[0]).resize((300, 300)))[:2000]
 

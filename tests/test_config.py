@@ -171,3 +171,22 @@ def test_the_readmes_limits_table_is_the_limits_table():
     assert set(rows) == set(LIMITS)
     for name, limit in LIMITS.items():
         assert rows[name] == (limit.said, limit.served_said or "—"), name
+
+
+def test_the_readmes_knobs_table_gives_both_ranges_from_the_table():
+    """Every knob's flag, default, the range the command line and Python accept and the one a Cog
+    request may ask for: script/readme-tables' rows, which read config.py."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    printed = subprocess.run([sys.executable, os.path.join(root, "script", "readme-tables")], capture_output=True,
+                             text=True, check=True).stdout
+    rows = [line for line in printed.split("\n\n")[0].splitlines()[2:]]
+    table = readme_table("### Knobs")
+    assert [[c.strip() for c in row.split("|")[1:-1]] for row in rows] == table
+    assert [row[0].strip("`") for row in table] == list(KNOBS)
+    by_name = {row[0].strip("`"): row for row in table}
+    assert by_name["beam_size"][3:] == [f"{KNOBS['beam_size'].range.lo}–{KNOBS['beam_size'].range.hi}",
+                                        f"{KNOBS['beam_size'].serve.lo}–{KNOBS['beam_size'].serve.hi}"]

@@ -131,3 +131,22 @@ def test_a_new_scorer_is_one_class(engine, images):
     ref = ReferenceDecoder(engine.lm, engine.tokenizer, engine.scorer.clip, engine.forbidden.nonzero()[:, 0].tolist(),
                            cfg).run(zc.targets.image_target(images[1])[None], cfg.cond_text)
     assert_same_beams(result, ref)
+
+
+@pytest.mark.numeric
+def test_a_new_form_is_one_object(engine, images):
+    """A toy form: the fast form's LM adapter (KV cache, one-token passes) with CLIP's own
+    encode_text on full rows, two images at a time. The engine takes it as it is, and it gives
+    the reference decoder's beams, since a form changes only the operation order."""
+    from zerocap.forms import Form
+
+    toy = Form("cached-lm-full-clip", "toy: the KV cache with CLIP's full rows", exact_lm=False, exact_guide=True,
+               max_images=2)
+    zc = ZeroCap(engine.lm, engine.tokenizer, engine.scorer, device="cpu", form=toy)
+    cfg = ZeroCapConfig(**SMALL)
+    results = zc.caption(images[:3], config=cfg)
+    assert zc.form is toy and len(results) == 3
+    for image, result in zip(images[:3], results):
+        ref = ReferenceDecoder(engine.lm, engine.tokenizer, engine.scorer.clip, engine.forbidden.nonzero()[:, 0].tolist(),
+                               cfg).run(zc.targets.image_target(image)[None], cfg.cond_text)
+        assert_same_beams(result, ref)
