@@ -15,9 +15,10 @@ by a few units of fp32's epsilon (1.2e-7). The context shift amplifies that: CLI
 softmax that sets the gradient's target, so a 1e-7 change in a cosine moves a logit by 1e-5; the
 gradient is divided by its own norm, and five such steps per token compound over the tokens of a
 caption. Measured, fp32 on the CPU, largest relative difference where the beams agree:
-  - these tests on an AMD EPYC (Zen 4, family 25) with torch 2.14.1: 3.2e-5 with its own AVX-512
-    kernels, 1.6e-5 under ATEN_CPU_CAPABILITY=default, 5.8e-6 under avx2 (ZEROCAP_SCORE_DIFFS=FILE
-    writes them out); the batched scheduler tests give the largest, alone-vs-batched;
+  - these tests (`-m numeric`, the slow ones included) on an AMD EPYC (Zen 4, family 25) with
+    torch 2.14.1: 3.2e-5 with its own AVX-512 kernels, 2.2e-5 under ATEN_CPU_CAPABILITY=avx2,
+    1.6e-5 under default (ZEROCAP_SCORE_DIFFS=FILE writes them out); the batched scheduler tests
+    give the largest, alone against batched;
   - on an AMD EPYC Zen 5 (family 26), as issue 21 reported: 2.2e-5;
   - bench/agreement.py's 100 random cases against the reference: 2.3e-5 (AMD), 1.2e-5 (Intel Xeon).
 3e-4 leaves ~10x margin over the most seen, while a real change of the algorithm (a missed token
