@@ -63,7 +63,29 @@ def test_a_static_batch_of_images_of_other_prompts(static_engine, engine, images
         for i, ticket in enumerate(tickets):
             alone = engine.caption([images[i]], config=cfgs[i])[0]
             assert_same_beams(ticket.result(120), alone)
-        assert static_engine.compiled is not None and scheduler.batch.state.cache.slots == 4 * 3
+        assert static_engine.compiled is not None and tickets[0].lane.batch.state.cache.slots == 4 * 3
+    finally:
+        scheduler.close()
+
+
+def test_a_static_batch_of_requests_of_other_settings(static_engine, engine, images, monkeypatch):
+    """Other beam sizes, top-k (candidates padded to a power of two, the extra ones unweighted),
+    iterations, fusion and gradient-norm factors in one static batch: each request gets the beams
+    of its eager decoding alone."""
+    import zerocap.scheduler
+
+    monkeypatch.setattr(zerocap.scheduler, "LANE_RATIO", 1e9)  # one lane: every step shared
+    cfgs = [ZeroCapConfig(**SMALL), ZeroCapConfig(top_k=24, beam_size=2, max_tokens=4, num_iterations=3,
+                                                  fusion_factor=0.9),
+            ZeroCapConfig(top_k=40, beam_size=4, max_tokens=5, num_iterations=2, grad_norm_factor=0.6),
+            ZeroCapConfig(top_k=20, beam_size=1, max_tokens=3, num_iterations=0)]
+    scheduler = Scheduler(static_engine, max_batch=4)
+    try:
+        tickets = [scheduler.submit(static_engine.request(Target(static_engine.targets.image_target(images[i]),
+                                                                 images[i]), static_engine.check(cfg)))
+                   for i, cfg in enumerate(cfgs)]
+        for i, ticket in enumerate(tickets):
+            assert_same_beams(ticket.result(120), engine.caption([images[i]], config=cfgs[i])[0])
     finally:
         scheduler.close()
 

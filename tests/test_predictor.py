@@ -202,9 +202,9 @@ def test_a_cancelled_prediction_leaves_the_batch_and_the_next_one_runs(predictor
     async def cancel_after_a_token():
         task = asyncio.ensure_future(predictor.predictor.run(image=sent(images[2]), beam_size=2, top_k=16,
                                                              max_tokens=40))
-        while not predictor.scheduler.batch.requests or predictor.scheduler.batch.requests[0].step < 1:
+        while not predictor.scheduler.requests or predictor.scheduler.requests[0].step < 1:
             await asyncio.sleep(0.01)
-        request = predictor.scheduler.batch.requests[0]
+        request = predictor.scheduler.requests[0]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -214,7 +214,7 @@ def test_a_cancelled_prediction_leaves_the_batch_and_the_next_one_runs(predictor
     deadline = time.time() + 30
     while predictor.scheduler.load and time.time() < deadline:
         time.sleep(0.01)
-    assert predictor.scheduler.load == 0 and request not in predictor.scheduler.batch.requests
+    assert predictor.scheduler.load == 0 and request not in predictor.scheduler.requests
     assert isinstance(request, zerocap.batch.Request) and not request.done  # it left before its end
     assert predictor.run(image=sent(images[0]), **SMALL).caption.startswith("Image of a")
 

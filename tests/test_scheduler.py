@@ -1,6 +1,7 @@
 """Continuous batching (zerocap/scheduler.py): a request's beams are those it gets decoded alone,
-whatever it shares the steps with and whenever it joins; cancelling, failing or running out of
-memory touches only the request concerned."""
+whatever it shares the steps with -- any settings -- and whenever it joins; a heavy request does
+not stop light ones; cancelling, failing or running out of memory touches only the request
+concerned."""
 import threading
 import time
 
@@ -22,7 +23,7 @@ def targets(engine, images):
     return [Target(engine.targets.image_target(p), p) for p in images]
 
 
-# configs of one group (same beam_size, top_k, iterations, fusion and grad-norm factors), everything
+# configs of one shape (same beam_size, top_k, iterations, fusion and grad-norm factors), everything
 # else different: prompt lengths, max_tokens, end token boost (early-finishing beams), scales
 CONFIGS = [
     ZeroCapConfig(**SMALL),
@@ -107,17 +108,72 @@ def test_the_same_image_twice_with_other_settings_in_one_batch(engine, targets, 
         scheduler.close()
 
 
-def test_another_group_waits_and_comes_next(engine, targets):
+# requests of other settings of every kind: beams, candidates, iterations, fusion, gradient norm
+MIXED = [
+    ZeroCapConfig(**SMALL),
+    ZeroCapConfig(top_k=24, beam_size=2, max_tokens=4, num_iterations=3, fusion_factor=0.9),
+    ZeroCapConfig(top_k=48, beam_size=4, max_tokens=5, num_iterations=2, grad_norm_factor=0.6, cond_text="A photo of"),
+    ZeroCapConfig(top_k=40, beam_size=1, max_tokens=3, num_iterations=0),
+]
+
+
+@pytest.fixture(scope="module")
+def mixed_alone(engine, targets):
+    return [engine.decode_targets([targets[i]], engine.check(cfg))[0] for i, cfg in enumerate(MIXED)]
+
+
+def test_requests_of_any_settings_share_steps_and_get_their_alone_beams(engine, targets, mixed_alone, monkeypatch):
+    """Other beam sizes, top-k, iterations (0 included: the plain LM), fusion and gradient-norm
+    factors in one step: each request gets the beams it gets alone."""
+    import zerocap.scheduler
+
+    monkeypatch.setattr(zerocap.scheduler, "LANE_RATIO", 1e9)  # one lane: every step shared
+    gate = Gate(engine, monkeypatch)
     scheduler = Scheduler(engine, max_batch=8)
     try:
-        first = scheduler.submit(engine.request(targets[0], engine.check(ZeroCapConfig(**SMALL))))
-        other = scheduler.submit(engine.request(targets[1], engine.check(ZeroCapConfig(**{**SMALL, "beam_size": 2}))))
-        same = scheduler.submit(engine.request(targets[2], engine.check(ZeroCapConfig(**SMALL))))
-        for t in (first, other, same):
-            t.result(60)
-        assert set(other.request.shared) == {1}  # never with the other group
-        assert set(first.request.shared) == {1}  # `same` could have joined it, but came after `other`
-        assert first.started < other.started < same.started  # first come, first served, group by group
+        tickets = [scheduler.submit(engine.request(targets[i], engine.check(cfg))) for i, cfg in enumerate(MIXED)]
+        time.sleep(0.05)
+        while not all(t.done() for t in tickets):
+            gate.run(1, tickets)
+        for ticket, alone_result in zip(tickets, mixed_alone):
+            assert_same_beams(ticket.result(), alone_result)
+        assert all(4 in t.request.shared for t in tickets)  # all four shared steps
+    finally:
+        gate.go.release(1000)
+        scheduler.close()
+
+
+def test_a_heavy_request_does_not_stop_light_ones(engine, targets, monkeypatch):
+    """A request whose step costs many times the others' runs in its own lane; the lanes take
+    turns step by step, fairly by time: light requests sent while it decodes keep finishing,
+    long before it ends, and it finishes too."""
+    import zerocap.batch
+
+    heavy_cfg = ZeroCapConfig(top_k=256, beam_size=6, max_tokens=12, num_iterations=6)
+    light_cfg = ZeroCapConfig(top_k=16, beam_size=2, max_tokens=2, num_iterations=2)
+    heavy_cost = engine.request(targets[0], engine.check(heavy_cfg)).cost
+    assert heavy_cost > 4 * engine.request(targets[0], engine.check(light_cfg)).cost  # another lane
+    real, steps = zerocap.batch.Batch.step, []
+
+    def counted(batch, only=None):
+        steps.append(max(r.cost for r in (only or batch.requests)) == heavy_cost)
+        return real(batch, only)
+
+    monkeypatch.setattr(zerocap.batch.Batch, "step", counted)
+    scheduler = Scheduler(engine, max_batch=8)
+    try:
+        heavy = scheduler.submit(engine.request(targets[0], engine.check(heavy_cfg)))
+        while not heavy.request.steps_taken:
+            time.sleep(0.01)
+        lights = [scheduler.submit(engine.request(targets[1 + i % 3], engine.check(light_cfg))) for i in range(6)]
+        for t in lights:
+            t.result(120)
+        assert not heavy.done(), "the light requests finished while the heavy one decoded"
+        assert len({t.lane for t in lights}) == 1 and heavy.lane not in {t.lane for t in lights}
+        first_light = steps.index(False)
+        assert steps[first_light:first_light + 3] == [False, True, False]  # turns, step by step
+        heavy.result(300)
+        assert heavy.request.steps_taken == 12 and steps.count(True) == 12 and steps.count(False) == 2
     finally:
         scheduler.close()
 

@@ -2,15 +2,14 @@
 
 A `Request` is one caption: its target, config, prompt, beams, its own step counter and its
 slots in the LM state. `Batch.step()` advances every request in the batch by one token --
-whatever step each is at, whatever its prompt -- and returns those that finished. Each row
-(a beam; a request's single prompt row at its first step) carries its request's knobs and step,
-so a request gets the beams it gets decoded alone, whatever it shares the step with (up to
-floating-point rounding, as any change of batch shapes).
-
-What rows of one step must share -- the shapes and exponents of the step -- is the request's
-`group` (beam_size, top_k, num_iterations, fusion_factor, grad_norm_factor); `accepts()` tells
-whether a request may join. Everything else (prompt, lengths, end token, scales, step size,
-temperature, the token rules' factors) is per row.
+whatever step each is at, whatever its prompt and settings -- and returns those that finished.
+Each row (a beam; a request's single prompt row at its first step) carries its request's knobs
+and step: beam_size, top_k (the step takes the most any row asks for; a row's candidates past
+its own are neither scored nor weighted), num_iterations (the step runs the most any row asks
+for; a row whose own are done keeps its shift), fusion_factor, grad_norm_factor, the scales,
+step size, temperature, prompt, lengths, end token and token rules. So a request gets the beams
+it gets decoded alone, whatever it shares the step with (up to floating-point rounding, as any
+change of batch shapes).
 
 One decoding step (`_logprobs`), each part in its module:
   lm.py            the plain next-token distribution and the rows' cached past
@@ -55,9 +54,11 @@ class Request:
     error: BaseException | None = None  # what stopped it early (its progress callback raised)
 
     @property
-    def group(self) -> tuple:
+    def cost(self) -> float:
+        """What one of its steps costs, in candidate scorings (each beam's top-k, at each iteration,
+        plus a pass's worth): how the scheduler tells heavy requests from light ones."""
         c = self.cfg
-        return (c.beam_size, c.top_k, c.num_iterations, c.fusion_factor, c.grad_norm_factor)
+        return c.beam_size * (c.top_k + 64) * (c.num_iterations + 1)
 
     @property
     def done(self) -> bool:
@@ -70,9 +71,9 @@ class Request:
         return [self.prompt + row for row in self.beams.tokens[0].tolist()]
 
 
-def fuse(logits: torch.Tensor, p0: torch.Tensor, fusion_factor: float, sizes: list[int]) -> list[torch.Tensor]:
-    """Log of shifted^f x plain^(1-f) for rows (R, V), normalised per request (its `sizes` rows,
-    in order) as the authors do -> one (b, V) per request."""
+def fuse(logits: torch.Tensor, p0: torch.Tensor, fusion_factor: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Log of shifted^f x plain^(1-f) for rows (R, V), each row with its own f (R, 1), normalised
+    per request (its `sizes` rows, in order) as the authors do -> one (b, V) per request."""
     probs = torch.softmax(logits, dim=-1)
     fused = probs ** fusion_factor * p0 ** (1 - fusion_factor)  # (R, V)
     out, start = [], 0
@@ -95,15 +96,9 @@ class Batch:
     def __len__(self) -> int:
         return len(self.requests)
 
-    @property
-    def group(self) -> tuple | None:
-        return self.requests[0].group if self.requests else None
-
     def accepts(self, request: Request, most: int | None = None) -> bool:
-        """Whether `request` may join now: the same step shapes, and room (`most` requests)."""
-        if most is not None and len(self.requests) >= most:
-            return False
-        return not self.requests or request.group == self.group
+        """Whether `request` may join now: room (`most` requests); any settings may share a step."""
+        return most is None or len(self.requests) < most
 
     def add(self, request: Request) -> None:
         request.slots = self.state.begin(request.prompt, request.cfg.beam_size, request.cfg.max_tokens)
@@ -152,20 +147,22 @@ class Batch:
 
     def _logprobs(self, requests: list[Request], rows):
         """Fused next-token log-probs, one (b, V) per request, and what the LM state appends."""
-        engine, first = self.engine, requests[0].cfg
+        engine = self.engine
         sizes = [len(i) for i in rows.index]
         owners = [r for r, b in zip(requests, sizes) for _ in range(b)]  # each request row's request, in order
         cfgs = [r.cfg for r in owners]
+        col = lambda values: torch.tensor(values, dtype=torch.float32, device=engine.device)  # noqa: E731
         with record_function("zerocap.lm_prefill"):
             p0, logits, past, positions, mask, pending = self.state.plain(rows)  # (R, V), (L, 2, R, H, T, hd)
         act = rows.active  # the requests' rows among the step's, request by request
         contexts = [rows.contexts[i] for i in act.tolist()]  # their token ids
-        if past is not None and first.num_iterations > 0:
+        if past is not None and any(c.num_iterations > 0 for c in cfgs):
             targets = torch.stack([r.target for r in owners])  # (n, D)
             prefixes = engine.prefix_texts(contexts)
-            guide = Guide(engine.candidates(prefixes), targets, first.top_k, torch.tensor(
-                [c.clip_temperature for c in cfgs], dtype=torch.float32, device=p0.device)[:, None])
-            every = cfgs if rows.dense else _spread(cfgs, act, len(rows.contexts), first)
+            top_k = torch.tensor([c.top_k for c in cfgs], device=p0.device)
+            guide = Guide(engine.candidates(prefixes), targets, top_k, col([c.clip_temperature for c in cfgs])[:, None],
+                          width=self.state.candidates_width(int(top_k.max()), p0.shape[-1]))
+            every = cfgs if rows.dense else _spread(cfgs, act, len(rows.contexts), cfgs[0].replace(num_iterations=0))
             logits = self.state.shift(rows, past, positions, mask, p0, _on_active(guide, rows),
                                       Shift.of(every, p0.device))
         elif logits is None:  # the exact form: the authors' own pass
@@ -175,7 +172,7 @@ class Batch:
         recent = torch.tensor([(c[-4:] * 4)[-4:] for c in contexts], device=p0.device)  # (n, 4)
         rules = Rules.of(cfgs, [r.step for r in owners], [r.end_id for r in owners], p0.device)
         logits = apply_token_rules(logits, recent, rules, engine.forbidden)
-        return fuse(logits, p0, first.fusion_factor, sizes), pending
+        return fuse(logits, p0, col([c.fusion_factor for c in cfgs])[:, None], sizes), pending
 
 
 def _spread(cfgs: list, active: torch.Tensor, rows: int, default) -> list:
@@ -188,15 +185,15 @@ def _spread(cfgs: list, active: torch.Tensor, rows: int, default) -> list:
 
 def _on_active(guide: Guide, rows) -> Callable:
     """The guide's (top, q) for the requests' rows, over every row of the step (a row no request
-    holds gets the first top-k tokens and a uniform q: finite, and never read)."""
+    holds gets the first tokens and q = 0: finite, and never read)."""
     if rows.dense:
         return guide.distribution
 
-    def distribution(probs: torch.Tensor):
-        R, K = probs.shape[0], guide.top_k
+    def distribution(probs: torch.Tensor, live: torch.Tensor | None = None):
+        R, K = probs.shape[0], guide.width
         top = torch.arange(K, device=probs.device).expand(R, K).clone()
-        q = torch.full((R, K), 1.0 / K, device=probs.device)
-        t, qa = guide.distribution(probs[rows.active])
+        q = torch.zeros((R, K), device=probs.device)
+        t, qa = guide.distribution(probs[rows.active], None if live is None else live[rows.active])
         top[rows.active], q[rows.active] = t, qa
         return top, q
 

@@ -32,7 +32,7 @@ from .context_shift import iteration
 
 MODES = ("default", "reduce-overhead", "max-autotune")
 # configurations compiled per process before torch.compile stops (and new ones run eagerly):
-# each batch configuration (slots, capacity, top_k, grad_norm_factor) is one
+# each batch configuration (slots, capacity, candidates per row) is one
 RECOMPILES = 128
 
 
@@ -70,7 +70,8 @@ class Compiled:
         self.lm, self.mode = fast_lm, mode
         _allow_recompiles(RECOMPILES)
         self._plain = torch.compile(self._plain_eager, mode=mode, fullgraph=True, dynamic=False)
-        self._iterations: dict[float, tuple] = {}  # grad_norm_factor -> (compiled, eager)
+        self._iteration_eager = iteration(self._step)
+        self._iteration = torch.compile(self._iteration_eager, mode=mode, fullgraph=True, dynamic=False)
         self.compile_seconds = 0.0  # spent in calls that compiled (the first of each shape)
         self.failed: str | None = None
 
@@ -89,16 +90,13 @@ class Compiled:
 
     def shift(self, rows, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
         """The shifted logits (R, V) after shift.iterations compiled iterations."""
-        if shift.grad_norm_factor not in self._iterations:
-            eager = iteration(self._step, shift.grad_norm_factor)
-            self._iterations[shift.grad_norm_factor] = (torch.compile(eager, mode=self.mode, fullgraph=True,
-                                                                      dynamic=False), eager)
-        compiled, eager = self._iterations[shift.grad_norm_factor]
         delta, log_p0, probs, logits = torch.zeros_like(past), p0.log(), p0, None
-        for _ in range(shift.iterations):
-            top, q = distribution(probs)
-            delta, logits = self._run(compiled, eager, delta, past, rows.last, positions, mask, log_p0, top, q,
-                                      shift.clip_scale, shift.ce_scale, shift.neg_stepsize)
+        for i in range(shift.most):
+            live = shift.live(i)
+            top, q = distribution(probs, live)
+            delta, logits = self._run(self._iteration, self._iteration_eager, delta, past, rows.last, positions, mask,
+                                      log_p0, top, q, shift.clip_scale, shift.ce_scale, shift.neg_stepsize * live,
+                                      shift.grad_norm_factor)
             probs = torch.softmax(logits, dim=-1)
         return logits.detach().clone()
 

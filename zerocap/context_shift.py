@@ -2,8 +2,9 @@
 
 The shift δ has the shape of the stacked cache (layers, 2 = keys/values, rows, heads, T,
 head_dim) and starts from zero at every decoding step (the authors' --reset_context_delta).
-Rows may carry their own clip_scale, ce_scale and stepsize (requests decoded together); the
-number of iterations and grad_norm_factor are the batch's.
+Every row carries its own knobs -- iterations, grad_norm_factor, clip_scale, ce_scale, stepsize
+(requests of any settings decoded together): a step runs the most iterations any row asks for,
+and a row whose own are done keeps its shift (step size 0).
 
 One iteration: the shifted LM's next-token probs; the CLIP target distribution q over their
 top-k (guide.py, outside the gradient); the loss  clip_scale * CLIP loss + ce_scale * KL(shifted
@@ -25,37 +26,51 @@ from torch.profiler import record_function
 
 @dataclass
 class Shift:
-    """The context-shift knobs of a step's rows."""
+    """The context-shift knobs of a step's rows: every row its own (requests of any settings
+    share a step). A row runs its own number of iterations; after them its shift is frozen (its
+    step size is 0), so it ends where it ends alone."""
 
-    iterations: int
-    grad_norm_factor: float
+    iterations: torch.Tensor  # (R,) long
+    grad_norm_factor: torch.Tensor  # (R,)
     clip_scale: torch.Tensor  # (R,)
     ce_scale: torch.Tensor  # (R,)
     neg_stepsize: torch.Tensor  # (R,) -stepsize
 
     @classmethod
     def of(cls, cfgs: Sequence, device) -> "Shift":
-        """From each row's config (the batch's rows share num_iterations and grad_norm_factor)."""
+        """From each row's config."""
         col = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
-        return cls(cfgs[0].num_iterations, cfgs[0].grad_norm_factor, col([c.clip_scale for c in cfgs]),
+        return cls(torch.tensor([c.num_iterations for c in cfgs], dtype=torch.long, device=device),
+                   col([c.grad_norm_factor for c in cfgs]), col([c.clip_scale for c in cfgs]),
                    col([c.ce_scale for c in cfgs]), col([-c.stepsize for c in cfgs]))
+
+    @property
+    def most(self) -> int:
+        """Iterations the step runs: the most any row asks for."""
+        return int(self.iterations.max()) if self.iterations.numel() else 0
+
+    def live(self, i: int) -> torch.Tensor:
+        """(R,) bool: the rows that still shift at iteration i."""
+        return self.iterations > i
 
 
 def loss(probs: torch.Tensor, top: torch.Tensor, q: torch.Tensor, log_p0: torch.Tensor, clip_scale: torch.Tensor,
          ce_scale: torch.Tensor) -> torch.Tensor:
     """The shift's loss (a scalar) of shifted probs (R, V): CLIP's -sum_k q_k log p(top_k) and the
     fluency KL, each row weighted by its own scales, in the authors' order of terms (autograd then
-    sums the gradients in the same order)."""
-    clip = -(q * probs.gather(1, top).log()).sum(-1)  # (R,)
+    sums the gradients in the same order). A candidate of weight q = 0 (past its row's own top-k)
+    adds nothing, even where its probability is 0."""
+    clip = -(q * probs.gather(1, top).masked_fill(q == 0, 1.0).log()).sum(-1)  # (R,)
     fluency = ce_scale * ((probs * probs.log()) - (probs * log_p0)).sum(-1)  # (R,)
     return (clip_scale * clip).sum() + fluency.sum()
 
 
-def update(delta: torch.Tensor, grad: torch.Tensor, neg_stepsize: torch.Tensor, grad_norm_factor: float):
+def update(delta: torch.Tensor, grad: torch.Tensor, neg_stepsize: torch.Tensor, grad_norm_factor: torch.Tensor):
     """δ + step: the gradient divided by its norm (one per layer, keys/values and row) to the
-    power grad_norm_factor, times -stepsize."""
+    power of the row's grad_norm_factor, times -stepsize (0 for a row whose iterations are done)."""
     norm = torch.linalg.vector_norm(grad.float(), dim=(3, 4, 5), keepdim=True) + 1e-15  # (L, 2, R, 1, 1, 1)
-    step = neg_stepsize.view(1, 1, -1, 1, 1, 1).to(grad.dtype) * (grad / norm.to(grad.dtype) ** grad_norm_factor)
+    power = grad_norm_factor.view(1, 1, -1, 1, 1, 1)
+    step = neg_stepsize.view(1, 1, -1, 1, 1, 1).to(grad.dtype) * (grad / (norm ** power).to(grad.dtype))
     return step + delta
 
 
@@ -69,26 +84,27 @@ def shift_context(
     """Return past + δ after `shift.iterations` normalised gradient steps (eagerly)."""
     delta = torch.zeros_like(past)
     log_p0 = p0.log()
-    for _ in range(shift.iterations):
+    for i in range(shift.most):
+        live = shift.live(i)
         delta.requires_grad_(True)
         with torch.enable_grad():
             with record_function("zerocap.lm_forward"):
                 probs = torch.softmax(logits_of(past + delta), dim=-1)  # (R, V)
-            top, q = distribution(probs.detach())
+            top, q = distribution(probs.detach(), live)
             total = loss(probs, top, q, log_p0, shift.clip_scale, shift.ce_scale)
             with record_function("zerocap.lm_backward"):
                 (grad,) = torch.autograd.grad(total, delta)
-        delta = update(delta.detach(), grad, shift.neg_stepsize, shift.grad_norm_factor).detach()
+        delta = update(delta.detach(), grad, shift.neg_stepsize * live, shift.grad_norm_factor).detach()
     return past + delta
 
 
-def iteration(step: Callable, grad_norm_factor: float) -> Callable:
+def iteration(step: Callable) -> Callable:
     """One context-shift iteration as a function of tensors of static shapes (see the module
     docstring): (δ, past, last, positions, mask, log p0, top, q, clip_scale, ce_scale,
-    -stepsize) -> (next δ, the logits (R, V) with it). `step(last, past, positions, mask)` is the
-    LM's one-token step."""
+    -stepsize, grad_norm_factor) -> (next δ, the logits (R, V) with it). `step(last, past,
+    positions, mask)` is the LM's one-token step."""
 
-    def run(delta, past, last, positions, mask, log_p0, top, q, clip_scale, ce_scale, neg_stepsize):
+    def run(delta, past, last, positions, mask, log_p0, top, q, clip_scale, ce_scale, neg_stepsize, grad_norm_factor):
         def loss_of(d):
             probs = torch.softmax(step(last, past + d, positions, mask), dim=-1)
             return loss(probs, top, q, log_p0, clip_scale, ce_scale)

@@ -15,20 +15,36 @@ import torch
 class Guide:
     """One decoding step's CLIP loss for rows with fixed prefixes and targets.
 
-    candidates: the scorer's candidate features for these rows' prefixes (`.features(top)`);
-    targets (R, D): each row's normalised target; temperature: (R, 1), each row's.
+    candidates: the scorer's candidate features for these rows' prefixes (`.features(top, valid)`);
+    targets (R, D): each row's normalised target; top_k (R,): each row's own top-k (requests of
+    other settings share a step), or one int for all; temperature: (R, 1), each row's; width: the
+    candidates taken per row (default the largest top_k; a compiled step fixes it). A row's
+    candidates past its own top_k are neither scored nor weighted (q = 0), so it gets the
+    distribution it gets alone.
     """
 
-    def __init__(self, candidates, targets: torch.Tensor, top_k: int, temperature: torch.Tensor):
+    def __init__(self, candidates, targets: torch.Tensor, top_k, temperature: torch.Tensor,
+                 width: int | None = None):
         self.candidates = candidates
         self.targets = targets[:, None, :]  # (R, 1, D)
-        self.top_k, self.temperature = top_k, temperature
+        R = targets.shape[0]
+        self.top_k = torch.as_tensor(top_k, device=targets.device).expand(R) if not isinstance(top_k, torch.Tensor) \
+            else top_k.to(targets.device)
+        self.width = width or int(self.top_k.max())
+        self.temperature = temperature
 
     @torch.no_grad()
-    def distribution(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def distribution(self, probs: torch.Tensor, live: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(top (R, K): each row's top-k tokens by probs (R, V), q (R, K) fp32: the distribution over
-        them that CLIP prefers) -- what the context shift's loss pulls towards."""
-        top = probs.topk(self.top_k, dim=-1).indices  # (R, K)
-        feats = self.candidates.features(top)  # (R, K, D) normalised
+        them that CLIP prefers) -- what the context shift's loss pulls towards. live (R,): the rows
+        still shifting (others get q = 0, their candidates unscored)."""
+        top = probs.topk(self.width, dim=-1).indices  # (R, K)
+        valid = torch.arange(self.width, device=probs.device) < self.top_k[:, None]  # (R, K)
+        if live is not None:
+            valid = valid & live[:, None]
+        feats = self.candidates.features(top, valid)  # (R, K, D) normalised where valid
         sims = torch.bmm(self.targets.to(feats.dtype), feats.transpose(1, 2))[:, 0]  # (R, K)
-        return top, torch.softmax(sims / self.temperature, dim=-1).float()
+        if bool(valid.all()):
+            return top, torch.softmax(sims / self.temperature, dim=-1).float()
+        q = torch.softmax((sims / self.temperature).masked_fill(~valid, float("-inf")), dim=-1).float()
+        return top, q.masked_fill(~valid, 0.0)  # a row with no valid candidate: all 0, not NaN

@@ -163,6 +163,11 @@ class FastState:
     def static(self) -> bool:
         return self.lm.compiled is not None
 
+    def candidates_width(self, top_k: int, vocab: int) -> int:
+        """Candidates taken per row for a step whose largest top_k is `top_k`: that many, or, for a
+        compiled step, the next power of two (fewer shapes to compile)."""
+        return min(vocab, 1 << (top_k - 1).bit_length()) if self.static else top_k
+
     def _cache(self, beams: int, positions: int) -> KVCache:
         if self.cache is None:
             c = self.lm.lm.config
@@ -256,6 +261,9 @@ class ExactState:
 
     def __init__(self, lm: ExactLM):
         self.lm = lm
+
+    def candidates_width(self, top_k: int, vocab: int) -> int:
+        return top_k
 
     def begin(self, prompt: list[int], beams: int, max_tokens: int) -> torch.Tensor:
         return torch.arange(beams)

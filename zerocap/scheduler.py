@@ -1,16 +1,24 @@
-"""Continuous batching: requests from many callers decoded together by one engine.
+"""Continuous batching: requests from many callers, of any settings, decoded together by one engine.
 
 A caller turns its input into a target itself (so a bad input fails only its own request, before
-it joins) and `submit`s it; a thread steps the running batch (batch.py). Between two steps --
-never in the middle of one -- waiting requests join the batch and finished ones leave and are
-answered, so a request waits at most one step to start and a short caption does not wait for a
-long one. A request shares the batch with those of the same step shapes (batch.Request.group:
-beam_size, top_k, num_iterations, fusion_factor, grad_norm_factor); one of another group waits
-until the batch has drained, and meanwhile younger requests do not overtake it (first come,
-first served, group by group). At most `max_batch` requests are decoded together; the others wait.
+it joins) and `submit`s it; a thread steps the running requests (batch.py). Between two steps --
+never in the middle of one -- waiting requests join and finished ones leave and are answered, so
+a request waits at most one step to start and a short caption does not wait for a long one.
+Requests join in the order they came (first come, first served), whatever their settings, while
+fewer than `max_batch` run; the others wait.
 
-Isolation: a cancelled request leaves the batch before the next step; a request whose step
-fails (a bug, a broken device) fails alone and its error is kept; out of memory, the batch is
+Lanes: no request starves the others. Requests of any settings can share a step (each row keeps
+its own knobs), but a step costs what its heaviest row costs, so requests run in lanes of
+similar cost (`Request.cost`: beams x candidates x iterations; within a factor LANE_RATIO of the
+lane's first request), each lane a batch stepped as one. The lanes take turns step by step,
+fairly by time: the next step is always that of the lane that has had the least decoding time
+so far (its virtual time, as Linux's CFS schedules tasks; a new lane starts at the least of the
+others'). A heavy request therefore holds the light ones for at most one of its steps at a time,
+and gets half the time while they run: light requests run about half as fast beside it, not
+stopped for its whole length (bench/RESULTS.md has the numbers).
+
+Isolation: a cancelled request leaves its lane before the next step; a request whose step
+fails (a bug, a broken device) fails alone and its error is kept; out of memory, a lane is
 stepped in halves (the requests keep their state, each still advances one token per round) and
 fewer join from then on, and only a request that is out of memory on its own fails, with advice.
 `health()` says whether the loop and the device still work.
@@ -18,6 +26,7 @@ fewer join from then on, and only a request that is out of memory on its own fai
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from typing import Callable
@@ -28,6 +37,8 @@ from .batch import Batch, Request
 from .errors import InputError
 
 OUT_OF_MEMORY = "out of memory: lower beam_size or top_k, or combine fewer terms"
+LANE_RATIO = 4.0  # requests whose step costs are within this factor share a lane
+MAX_LANES = 4  # lanes at most; beyond, a request joins the lane nearest its cost
 
 
 class Cancelled(Exception):
@@ -41,6 +52,7 @@ class Ticket:
         self.request = request
         self.submitted = time.perf_counter()
         self.started: float | None = None  # its first step
+        self.lane = None  # the scheduler's lane it runs in
         self.cancelled = False
         self._done = threading.Event()
         self._result = None
@@ -92,13 +104,24 @@ class Ticket:
                 pass
 
 
+class Lane:
+    """Requests of similar cost, decoded as one batch; `seconds`: its decoding time so far."""
+
+    def __init__(self, engine, max_requests: int, cost: float, seconds: float):
+        self.batch = Batch(engine, max_requests)
+        self.cost, self.seconds = cost, seconds
+
+    def fits(self, request: Request) -> bool:
+        return 1 / LANE_RATIO <= request.cost / self.cost <= LANE_RATIO
+
+
 class Scheduler:
     """One engine's decoding loop, shared by every caller (see the module docstring)."""
 
     def __init__(self, engine, max_batch: int = 8):
         self.engine = engine
         self.max_batch = max(1, min(max_batch, engine.form.max_images or max_batch))
-        self.batch = Batch(engine, self.max_batch)
+        self.lanes: list[Lane] = []
         self.error: str | None = None  # why the loop cannot go on (a broken device), if it cannot
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._running: dict[int, Ticket] = {}  # id(request) -> ticket
@@ -127,6 +150,11 @@ class Scheduler:
         """Requests waiting or running."""
         with self._cond:
             return len(self._waiting) + len(self._running)
+
+    @property
+    def requests(self) -> list[Request]:
+        """The requests being decoded, lane by lane."""
+        return [r for lane in list(self.lanes) for r in lane.batch.requests]
 
     def health(self) -> str | None:
         """None when the loop and the device work, else why not."""
@@ -166,29 +194,46 @@ class Scheduler:
                 joining = self._joining()
             self._admit(joining)
             self._drop_cancelled()
-            if self._running:
-                self._step()
+            self.lanes = [lane for lane in self.lanes if lane.batch.requests]
+            if self.lanes:
+                # the least served lane steps next; on a tie (a new lane) the lighter one
+                lane = min(self.lanes, key=lambda lane: (lane.seconds, lane.cost))
+                start = time.perf_counter()
+                self._step(lane)
+                lane.seconds += time.perf_counter() - start
         self._fail_all(Cancelled("the decoder was closed"))
 
     def _joining(self) -> list[Ticket]:
-        """The waiting requests that join before the next step: first come, first served, group by
-        group (an older request of another group stops younger ones from joining)."""
+        """The waiting requests that join before the next step: first come, first served, while
+        there is room."""
         for ticket in [t for t in self._waiting if t.cancelled]:
             self._waiting.remove(ticket)
             ticket._finish(error=Cancelled("cancelled before it started"))
         most = min(self.max_batch, 2 * self._chunk) if self._chunk else self.max_batch
-        group = self.batch.group or (self._waiting[0].request.group if self._waiting else None)
         joining = []
-        while self._waiting and len(self._running) + len(joining) < most and self._waiting[0].request.group == group:
+        while self._waiting and len(self._running) + len(joining) < most:
             joining.append(self._waiting.popleft())
         return joining
 
+    def _lane_for(self, request: Request) -> Lane:
+        """The lane of requests of its cost; a new one while there are fewer than MAX_LANES."""
+        fitting = [lane for lane in self.lanes if lane.fits(request)]
+        if fitting:
+            return min(fitting, key=lambda lane: abs(math.log(request.cost / lane.cost)))
+        if len(self.lanes) < MAX_LANES:
+            lane = Lane(self.engine, self.max_batch, request.cost,
+                        min((lane.seconds for lane in self.lanes), default=0.0))
+            self.lanes.append(lane)
+            return lane
+        return min(self.lanes, key=lambda lane: abs(math.log(request.cost / lane.cost)))
+
     def _admit(self, joining: list[Ticket]) -> None:
         for i, ticket in enumerate(joining):
+            lane = self._lane_for(ticket.request)
             try:
-                self.batch.add(ticket.request)
+                lane.batch.add(ticket.request)
             except (torch.cuda.OutOfMemoryError, MemoryError):
-                self._out_of_memory()
+                self._out_of_memory(lane)
                 if not self._running:  # out of memory on its own
                     ticket._finish(error=InputError(OUT_OF_MEMORY))
                     continue
@@ -198,32 +243,34 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 -- a request that cannot start fails alone
                 ticket._finish(error=e)
                 continue
+            ticket.lane = lane
             ticket.started = time.perf_counter()
             self._running[id(ticket.request)] = ticket
 
     def _drop_cancelled(self) -> None:
         for ticket in [t for t in self._running.values() if t.cancelled]:
-            self.batch.remove(ticket.request)
+            ticket.lane.batch.remove(ticket.request)
             self._fail(ticket, Cancelled("cancelled"))
 
-    def _step(self) -> None:
-        requests = list(self.batch.requests)
+    def _step(self, lane: Lane) -> None:
+        batch = lane.batch
+        requests = list(batch.requests)
         chunks = [requests] if not self._chunk else [requests[i:i + self._chunk]
                                                       for i in range(0, len(requests), self._chunk)]
         for chunk in chunks:
             try:
-                finished = self.batch.step(only=chunk)
+                finished = batch.step(only=chunk)
             except (torch.cuda.OutOfMemoryError, MemoryError):
-                self._out_of_memory()
+                self._out_of_memory(lane)
                 if len(chunk) == 1:  # out of memory on its own: it cannot be decoded here
-                    self.batch.remove(chunk[0])
+                    batch.remove(chunk[0])
                     self._fail(self._running[id(chunk[0])], InputError(OUT_OF_MEMORY))
                 return  # the next round steps smaller chunks
             except Exception as e:  # noqa: BLE001 -- a bug or a broken device: these requests fail
                 if "CUDA" in str(e) or "device-side" in str(e):
                     self.error = f"{type(e).__name__}: {e}"
                 for r in chunk:
-                    self.batch.remove(r)
+                    batch.remove(r)
                     self._fail(self._running[id(r)], e)
                 continue
             for r in finished:
@@ -236,11 +283,11 @@ class Scheduler:
                 except Exception as e:  # noqa: BLE001
                     ticket._finish(error=e)
 
-    def _out_of_memory(self) -> None:
+    def _out_of_memory(self, lane: Lane) -> None:
         """Free what the allocator holds and step (and admit) fewer requests at once from now on."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        size = self._chunk or len(self.batch.requests) or 1
+        size = self._chunk or len(lane.batch.requests) or 1
         self._chunk = max(1, size // 2)
 
     def _fail(self, ticket: Ticket, error: BaseException) -> None:

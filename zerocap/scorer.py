@@ -76,8 +76,9 @@ class StringCandidates:
     def __init__(self, scorer: TextScorer, prefix_texts: list[str]):
         self.scorer, self.prefixes = scorer, prefix_texts
 
-    def features(self, top: torch.Tensor) -> torch.Tensor:
-        """Normalised features (R, K, D) of prefix_r + token for the candidates top (R, K)."""
+    def features(self, top: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised features (R, K, D) of prefix_r + token for the candidates top (R, K) (valid
+        (R, K): those needed; a candidate path may compute more)."""
         strings = self.scorer.token_strings
         rows = [[p + strings[t] for t in ids] for p, ids in zip(self.prefixes, top.tolist())]
         feats = [self.scorer.normalised(self.scorer.text_features(texts)) for texts in rows]
@@ -299,7 +300,9 @@ class StepFeatures:
         self.slot[r, top[r, k]] = torch.arange(start, start + r.numel(), dtype=torch.int32, device=r.device)
         fresh = feats[r, k]  # (m, D)
         self.table = fresh if self.table is None else torch.cat([self.table, fresh])
-        return self.table[self.slot.gather(1, top).long()]  # (R, K, D)
+        if self.table.shape[0] == 0:  # nothing needed yet (every row frozen): any finite features
+            return feats
+        return self.table[self.slot.gather(1, top).long()]  # (R, K, D); an unseen candidate: some row
 
 
 class _ClipCandidates:
@@ -310,9 +313,10 @@ class _ClipCandidates:
 
 
 class ExactCandidates(_ClipCandidates):
-    """CLIP's own `encode_text` on full 77-token rows (the authors' operation order)."""
+    """CLIP's own `encode_text` on full 77-token rows (the authors' operation order): every
+    candidate, as they do (one request at a time, so `valid` is all of them)."""
 
-    def features(self, top: torch.Tensor) -> torch.Tensor:
+    def features(self, top: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         with record_function("zerocap.candidate_rows"):
             shared, suffix, eot = self.candidates.rows(self.prefixes, top)
         with record_function("zerocap.clip_candidates"):
@@ -337,8 +341,8 @@ class FixedCandidates(_ClipCandidates):
         with record_function("zerocap.clip_prefix"):
             self.cache = scorer.run_compiled("encode_prefix", self.prefix_rows)
 
-    def features(self, top: torch.Tensor) -> torch.Tensor:
-        R, K = top.shape
+    def features(self, top: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        R, K = top.shape  # every candidate, valid or not: the buffers' shapes are fixed
         with record_function("zerocap.candidate_rows"):
             shared, suffix, eot = self.candidates.rows(self.prefixes, top)  # (R, K), (R, K, S), (R, K)
         W = self.WIDTH
@@ -365,8 +369,12 @@ class FastCandidates(_ClipCandidates):
             self.cache = scorer.encode_prefix(self.prefix_rows)
         self.seen = StepFeatures(len(self.prefixes), len(self.candidates.strings), self.prefix_rows.device)
 
-    def features(self, top: torch.Tensor) -> torch.Tensor:
+    def features(self, top: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Features of the candidates `top` (R, K); with `valid`, only those are computed (the others
+        come back as any finite features)."""
         new = self.seen.missing(top)  # (R, K) only candidates no earlier iteration ranked
+        if valid is not None:
+            new = new & valid
         with record_function("zerocap.candidate_rows"):
             shared, suffix, eot = self.candidates.rows(self.prefixes, top, needed=new)
         with record_function("zerocap.clip_candidates"):
