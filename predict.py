@@ -322,11 +322,13 @@ class Predictor(BaseRunner):
         try:
             while not done.done() or not lines.empty():
                 line = asyncio.ensure_future(lines.get())
-                await asyncio.wait({line, done}, return_when=asyncio.FIRST_COMPLETED)
-                if line.done():
+                try:
+                    await asyncio.wait({line, done}, return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when this prediction is cancelled: no task is left pending
+                    if not line.done():
+                        line.cancel()
+                if line.done() and not line.cancelled():
                     print(line.result(), flush=True)
-                else:
-                    line.cancel()
         except asyncio.CancelledError:
             ticket.cancel()
             raise
