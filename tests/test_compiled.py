@@ -90,6 +90,40 @@ def test_a_static_batch_of_requests_of_other_settings(static_engine, engine, ima
         scheduler.close()
 
 
+def test_a_static_step_reads_the_smallest_size_that_holds_its_requests(static_engine, engine, images, monkeypatch):
+    """Compiled layouts in sizes: a lone request of 3 beams in a batch sized for 8 requests steps
+    4 slots, not 24; when others join it grows to the next power of two, and when they leave the
+    slots are packed low again and it shrinks -- each request with its eager beams."""
+    import zerocap.lm
+
+    real, sizes = zerocap.lm.FastState.rows, []
+
+    def rows(state, requests, device):
+        out = real(state, requests, device)
+        if state.static:
+            sizes.append((len(requests), len(out.contexts)))
+        return out
+
+    monkeypatch.setattr(zerocap.lm.FastState, "rows", rows)
+    cfgs = [ZeroCapConfig(**{**SMALL, "max_tokens": 8}), ZeroCapConfig(**{**SMALL, "max_tokens": 2}),
+            ZeroCapConfig(**{**SMALL, "max_tokens": 3})]
+    scheduler = Scheduler(static_engine, max_batch=8)
+    try:
+        first = scheduler.submit(static_engine.request(Target(static_engine.targets.image_target(images[0]), images[0]),
+                                                       static_engine.check(cfgs[0])))
+        while not first.request.steps_taken:
+            time.sleep(0.01)
+        others = [scheduler.submit(static_engine.request(Target(static_engine.targets.image_target(images[i]),
+                                                                images[i]), static_engine.check(cfgs[i])))
+                  for i in (1, 2)]
+        for i, ticket in zip((0, 1, 2), [first] + others):
+            assert_same_beams(ticket.result(120), engine.caption([images[i]], config=cfgs[i])[0])
+        assert first.lane.batch.state.cache.slots == 8 * 3
+        assert sizes[0] == (1, 4) and (3, 16) in sizes and sizes[-1] == (1, 4), sizes
+    finally:
+        scheduler.close()
+
+
 def test_fixed_buffers_give_the_candidates_features(static_engine, engine):
     from zerocap.scorer import FastCandidates, FixedCandidates
 

@@ -115,6 +115,7 @@ class Batch:
         requests = list(self.requests if only is None else only)
         if not requests:
             return []
+        self.state.pack(self.requests)  # a compiled step reads the smallest size that holds them
         rows = self.state.rows(requests, self.engine.device)
         logprobs, pending = self._logprobs(requests, rows)
         beams, reorders = [], []

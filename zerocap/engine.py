@@ -146,13 +146,21 @@ class ZeroCap:
         return getattr(self.lm_adapter, "compiled", None)
 
     def warm_up(self, cfg: ZeroCapConfig, batch: int = 1) -> float:
-        """Decode `batch` captions of a grey image with `cfg` (compiling what that configuration
-        runs, when compiled); the seconds it took."""
+        """Decode captions of a grey image with `cfg`: `batch` of them, and, when compiled, first 1,
+        2, 4, ... of them, so that every size of the static layout a batch of up to `batch` such
+        requests steps (lm.FastState.size) is compiled; two tokens each (a step's shapes do not
+        depend on how far it is). The seconds it took."""
         from PIL import Image
 
         start = time.perf_counter()
         target = Target(self.targets.image_target(Image.new("RGB", (64, 64), (127, 127, 127))), "warm-up")
-        self.decode_targets([target] * batch, self.check(cfg))
+        cfg = self.check(cfg)
+        counts = [batch]
+        if self.compiled is not None:
+            counts = sorted({min(batch, 1 << i) for i in range(batch.bit_length() + 1)})
+            cfg = cfg.replace(max_tokens=min(2, cfg.max_tokens))
+        for n in counts:  # in a batch sized for `batch`, as the scheduler's: the same sizes
+            self.decode_targets([target] * n, cfg, max_requests=batch)
         return time.perf_counter() - start
 
     # ---- loading ------------------------------------------------------------------------------
@@ -235,12 +243,14 @@ class ZeroCap:
         targets = [VIDEO.target(self, os.fspath(v), n, frames=frames, every=every) for v, n in zip(videos, names)]
         return self.decode_targets(targets, cfg, progress)
 
-    def decode_targets(self, targets: Sequence[Target], cfg: ZeroCapConfig,
-                       progress: Progress | None = None) -> list[CaptionResult]:
+    def decode_targets(self, targets: Sequence[Target], cfg: ZeroCapConfig, progress: Progress | None = None,
+                       max_requests: int | None = None) -> list[CaptionResult]:
         """One caption per target (modes.Target), decoded together (as many at once as the form
-        allows); each result names its target and carries what its mode adds."""
+        allows); each result names its target and carries what its mode adds. max_requests: the
+        batch's size (default: the targets'), which a compiled step's layout is sized by."""
         requests = [self.request(t, cfg) for t in targets]
-        waiting, batch = list(requests), Batch(self, min(len(requests), self.form.max_images or len(requests)))
+        most = min(max_requests or len(requests), self.form.max_images or len(requests))
+        waiting, batch = list(requests), Batch(self, most)
         while waiting or len(batch):
             while waiting and batch.accepts(waiting[0], self.form.max_images):
                 batch.add(waiting.pop(0))

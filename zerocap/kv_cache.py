@@ -46,6 +46,15 @@ class KVCache:
         self.lengths[slots] = 0
         return slots
 
+    def move(self, source: list[int], target: list[int]) -> None:
+        """Move the rows of slots `source` to the free slots `target` (the sources become free)."""
+        src = torch.tensor(source, dtype=torch.long, device=self.device)
+        dst = torch.tensor(target, dtype=torch.long, device=self.device)
+        self.data[:, :, dst] = self.data[:, :, src]
+        self.lengths[dst] = self.lengths[src]
+        self.lengths[src] = 0
+        self.free = sorted((set(self.free) - set(target)) | set(source))
+
     def release(self, slots: torch.Tensor) -> None:
         self.lengths[slots] = 0
         self.free = sorted(set(self.free) | set(slots.tolist()))

@@ -124,7 +124,9 @@ class Rows:
         self.slots, self.contexts, self.index = slots, contexts, index
         self.last = torch.tensor([c[-1] for c in contexts], device=device)[:, None]  # (R, 1)
         self.active = torch.tensor([i for rows in index for i in rows], dtype=torch.long, device=device)
-        self.dense = len(self.active) == len(contexts)  # every row is a request's, in order
+        # every row is a request's, in order (a static step's rows are slots: any order)
+        self.dense = len(self.active) == len(contexts) and bool(
+            (self.active == torch.arange(len(contexts), device=device)).all())
 
 
 class FastLM(GenericLM):
@@ -151,9 +153,12 @@ class FastState:
     """One batch's LM state in the fast form: a KV cache with a row per beam.
 
     Eager (the default), a step reads the rows of the requests it advances, as long as the
-    longest holds. Compiled, it reads every slot of the cache at its full capacity -- the same
-    shapes at every step, whatever the requests, so the compiled step is captured once:
-    `max_requests` x beam_size slots, capacity for prompt + max_tokens rounded up to 32."""
+    longest holds. Compiled, it reads the cache's slots at its full capacity in sizes: the
+    requests' slots are packed low (`pack`) and a step reads the smallest power of two of slots
+    that holds them -- so a configuration compiles once per size (1, 2, 4, ... slots) and a
+    lone request steps its own few, not the whole batch's (all of them once a power of two
+    would pass them); the cache holds `max_requests` x beam_size slots, capacity for prompt +
+    max_tokens rounded up to 32."""
 
     def __init__(self, lm: FastLM, max_requests: int | None = None):
         self.lm, self.max_requests = lm, max_requests
@@ -193,8 +198,31 @@ class FastState:
     def end(self, slots: torch.Tensor) -> None:
         self.cache.release(slots)
 
+    def pack(self, requests) -> None:
+        """Static layout: move the requests' slots into the lowest ones, so that a step reads the
+        smallest size that holds them (`rows`)."""
+        if not self.static or self.cache is None:
+            return
+        used = sum(len(r.slots) for r in requests)
+        free_low = [s for s in self.cache.free if s < used]
+        for r in requests:
+            high = [i for i, s in enumerate(r.slots.tolist()) if s >= used]
+            if not high:
+                continue
+            target, free_low = free_low[:len(high)], free_low[len(high):]
+            self.cache.move([int(r.slots[i]) for i in high], target)
+            r.slots = r.slots.clone()
+            r.slots[high] = torch.tensor(target, dtype=r.slots.dtype, device=r.slots.device)
+
+    def size(self, requests) -> int:
+        """Static layout: the slots a step reads -- the smallest power of two that holds the
+        requests' slots (a lone request in a container sized for 16 steps its own few)."""
+        highest = max(int(r.slots.max()) for r in requests) + 1
+        return min(self.cache.slots, 1 << (highest - 1).bit_length())
+
     def rows(self, requests, device) -> Rows:
-        """The step's rows: eager, the requests' own, request by request; static, every slot."""
+        """The step's rows: eager, the requests' own, request by request; static, every slot of
+        the step's size."""
         contexts = [r.contexts() for r in requests]
         if not self.static:
             slots = torch.cat([r.slots[:len(c)] for r, c in zip(requests, contexts)])
@@ -203,22 +231,23 @@ class FastState:
                 index.append(list(range(start, start + len(c))))
                 start += len(c)
             return Rows(slots, [row for c in contexts for row in c], index, device)
-        rows: list[list[int]] = [[0]] * self.cache.slots
+        rows: list[list[int]] = [[0]] * self.size(requests)
         index = []
         for r, c in zip(requests, contexts):
             mine = r.slots[:len(c)].tolist()
             for slot, row in zip(mine, c):
                 rows[slot] = row
             index.append(mine)
-        return Rows(torch.arange(self.cache.slots, device=device), rows, index, device)
+        return Rows(torch.arange(len(rows), device=device), rows, index, device)
 
     @torch.no_grad()
     def plain(self, rows: Rows):
         """(plain next-token probs (R, V) fp32, their logits, past (L, 2, R, H, T, hd) or None,
         positions, mask, what to append at the end of the step) for the step's rows."""
         if self.static:
-            past, mask = self.cache.data, self.cache.mask()
-            positions = self.cache.lengths
+            size = len(rows.contexts)
+            past, mask = self.cache.data[:, :, :size], self.cache.mask()[:size]
+            positions = self.cache.lengths[:size]
             logits, kv = self.lm.compiled.plain(rows.last, past, positions, mask)
             return torch.softmax(logits, dim=-1), logits, past, positions, mask, kv
         past, mask = self.cache.read(rows.slots)
@@ -264,6 +293,9 @@ class ExactState:
 
     def candidates_width(self, top_k: int, vocab: int) -> int:
         return top_k
+
+    def pack(self, requests) -> None:
+        pass
 
     def begin(self, prompt: list[int], beams: int, max_tokens: int) -> torch.Tensor:
         return torch.arange(beams)
