@@ -165,6 +165,83 @@ def concurrency_rows(zc: ZeroCap, images, cfg: ZeroCapConfig, levels: list[int],
     return "\n".join(lines) + "\n"
 
 
+SMALL = dict(max_tokens=3, beam_size=2, top_k=32)  # the issue's light requests
+HEAVY = dict(beam_size=6, top_k=256, max_tokens=20, num_iterations=6)  # ... and its heavy one
+OTHER = dict(beam_size=3, top_k=24, num_iterations=4, fusion_factor=0.95, grad_norm_factor=0.8)  # other settings, a like cost
+
+
+def _clients(zc, scheduler, targets, cfgs_for, clients: int, per_client: int) -> list[float]:
+    """Closed loop: each client sends its next request when its answer arrives; the latencies."""
+    import threading
+
+    latencies, lock = [], threading.Lock()
+
+    def client(c):
+        for i in range(per_client):
+            cfg = cfgs_for(c * per_client + i)
+            start = time.perf_counter()
+            scheduler.submit(zc.request(targets[(c + i) % len(targets)], cfg)).result()
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies
+
+
+def _pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def mixed_rows(zc: ZeroCap, images, device, clients: int = 5, per_client: int = 8) -> str:
+    """Requests of other settings among the default ones (one engine, one scheduler): throughput
+    and latency by share of other settings; light requests' latency with a heavy one in flight."""
+    from zerocap.modes import Target
+    from zerocap.scheduler import Scheduler
+
+    targets = [Target(zc.targets.image_target(im), f"image {i}") for i, im in enumerate(images)]
+    small, heavy, other = (zc.check(zc.config("caption", **k)) for k in (SMALL, HEAVY, {**SMALL, **OTHER}))
+    lines = ["| share of other settings | requests | captions/min | vs all alike | p50 s | p95 s |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    base = None
+    for share in (0.0, 0.3, 0.5):
+        scheduler = Scheduler(zc, max_batch=8)
+        every = round(1 / share) if share else 0
+        start = time.perf_counter()
+        lat = _clients(zc, scheduler, targets, lambda i: other if every and i % every == 0 else small, clients,
+                       per_client)
+        seconds = time.perf_counter() - start
+        scheduler.close()
+        rate = 60 * len(lat) / seconds
+        base = base or rate
+        lines.append(f"| {share:.0%} | {len(lat)} | {rate:.0f} | {rate / base:.0%} | {_pct(lat, 0.5):.2f} |"
+                     f" {_pct(lat, 0.95):.2f} |")
+        print(lines[-1], flush=True)
+    # a heavy request among light ones
+    scheduler = Scheduler(zc, max_batch=8)
+    alone_start = time.perf_counter()
+    scheduler.submit(zc.request(targets[0], heavy)).result()
+    heavy_alone = time.perf_counter() - alone_start
+    baseline = _clients(zc, scheduler, targets, lambda i: small, clients, per_client)
+    ticket = scheduler.submit(zc.request(targets[0], heavy))
+    beside = _clients(zc, scheduler, targets, lambda i: small, clients, per_client)
+    during = ticket.done()
+    ticket.result()
+    scheduler.close()
+    lines.append("")
+    lines.append(f"A heavy request (beam 6, top-k 256, 20 tokens, 6 iterations; {heavy_alone:.2f} s alone) sent among"
+                 f" {clients} clients of light ones (beam 2, top-k 32, 3 tokens): light p50 {_pct(baseline, 0.5):.2f} s"
+                 f" without it, {_pct(beside, 0.5):.2f} s beside it ({_pct(beside, 0.5) / _pct(baseline, 0.5):.1f}x;"
+                 f" p95 {_pct(baseline, 0.95):.2f} -> {_pct(beside, 0.95):.2f} s); {len(beside)} light requests"
+                 f" finished {'while it decoded' if not during else 'in all (it finished first)'}.")
+    print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def machine(device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -194,6 +271,9 @@ def main() -> int:
                                                            " sizes)")
     p.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",") if x], default=[1, 4, 16],
                    metavar="LEVELS", help="captions/s with this many clients in flight (comma list; '' = skip)")
+    p.add_argument("--no-mixed", dest="mixed", action="store_false",
+                   help="skip the mixed-settings rows (other settings among the defaults; a heavy request among"
+                        " light ones)")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled caption (where the time goes, by engine region)")
     p.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32")
@@ -277,6 +357,7 @@ def main() -> int:
         if args.concurrency else ""
     if concurrency_table:
         concurrency_table = f"Engine: fast form, {f'compiled ({served})' if served else 'eager'}.\n\n" + concurrency_table
+    mixed_table = mixed_rows(engine_for("fast", served), images, device) if args.mixed else ""
     profile_table = profile_caption(engine_for("fast"), images[0], cfg, device) if args.profile else ""
     print(profile_table, flush=True)
 
@@ -293,6 +374,10 @@ def main() -> int:
     if concurrency_table:
         tail += ("\nMany clients, one engine (the scheduler decodes what is in flight together; each client sends"
                  " its next request when its answer arrives):\n\n" + concurrency_table)
+    if mixed_table:
+        tail += ("\nRequests of other settings among light ones (5 clients, each sending its next request when its"
+                 " answer arrives; other settings: beam 3, top-k 24, 4 iterations, fusion 0.95, grad-norm 0.8):\n\n"
+                 + mixed_table)
     tail += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     tail += "\n" + profile_table if profile_table else ""
     print(head + body + tail)

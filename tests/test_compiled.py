@@ -92,8 +92,9 @@ def test_a_static_batch_of_requests_of_other_settings(static_engine, engine, ima
 
 def test_a_static_step_reads_the_smallest_size_that_holds_its_requests(static_engine, engine, images, monkeypatch):
     """Compiled layouts in sizes: a lone request of 3 beams in a batch sized for 8 requests steps
-    4 slots, not 24; when others join it grows to the next power of two, and when they leave the
-    slots are packed low again and it shrinks -- each request with its eager beams."""
+    3 slots, not 24; when others join it grows to the next size (lm.step_size: 12 for 9 slots),
+    and when they leave the slots are packed low again and it shrinks -- each request with its
+    eager beams."""
     import zerocap.lm
 
     real, sizes = zerocap.lm.FastState.rows, []
@@ -119,7 +120,7 @@ def test_a_static_step_reads_the_smallest_size_that_holds_its_requests(static_en
         for i, ticket in zip((0, 1, 2), [first] + others):
             assert_same_beams(ticket.result(120), engine.caption([images[i]], config=cfgs[i])[0])
         assert first.lane.batch.state.cache.slots == 8 * 3
-        assert sizes[0] == (1, 4) and (3, 16) in sizes and sizes[-1] == (1, 4), sizes
+        assert sizes[0] == (1, 3) and (3, 12) in sizes and sizes[-1] == (1, 3), sizes
     finally:
         scheduler.close()
 

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zerocap",
         description="Zero-shot image captioning and visual-semantic arithmetic (ZeroCap, CVPR 2022).",
     )
-    names = list(modes.MODES) + ["eval"]
+    names = list(modes.MODES) + ["eval", "selfcheck"]
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(names) + "}")
     for mode in modes.MODES.values():
         what = "one result per input; folders, patterns and lists make a dataset job" if mode.kind.one_per_input \
@@ -174,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(mode.name, help=mode.help, description=f"{mode.name}: {mode.help} ({what}).")
         KIND_ARGUMENTS[mode.kind.name](p)
         _add_common(p, mode.name)
+    sc = sub.add_parser("selfcheck", help="decode a probe caption compiled and eagerly: device, path, time, agreement",
+                        description="Check this machine's decoding: a probe caption decoded with the compiled step"
+                                    " (when compiled: --compile, or on a GPU by default) and eagerly; prints the"
+                                    " device, the path that would serve, the time per caption of each and whether"
+                                    " their beams agree. Exit status 1 when they differ. For bug reports.")
+    sm = sc.add_argument_group("models and running")
+    sm.add_argument("--lm", help="Hugging Face causal-LM directory (default: $ZEROCAP_WEIGHTS/gpt2-medium)")
+    sm.add_argument("--clip", help="OpenAI CLIP checkpoint (default: $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
+    sm.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    sm.add_argument("--compile", nargs="?", const="default", default="auto",
+                    choices=["auto", "off", "default", "reduce-overhead"], metavar="MODE",
+                    help="auto (default: reduce-overhead on a GPU, off on a CPU, as the container), off, default,"
+                         " reduce-overhead")
     ev = sub.add_parser("eval", help="score captions against references: COCO metrics, CLIP-S, RefCLIP-S",
                         description="BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE (pycocoevalcap; Java for the PTB"
                                     " tokeniser, METEOR and SPICE) and CLIP-S / RefCLIP-S (Hessel et al. 2021).")
@@ -204,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _route(argv: list[str]) -> list[str]:
     """Accept the authors' run.py style (no subcommand, --run_type) by inserting the subcommand."""
-    if argv and (argv[0] in list(modes.MODES) + ["eval"] or argv[0] in ("-h", "--help")):
+    if argv and (argv[0] in list(modes.MODES) + ["eval", "selfcheck"] or argv[0] in ("-h", "--help")):
         return argv
     run_type = "caption"
     for i, a in enumerate(argv):

@@ -20,6 +20,8 @@ from .limits import BATCH_SIZE
 def run(args) -> int:
     if args.command == "eval":
         return evaluate(args)
+    if args.command == "selfcheck":
+        return selfcheck(args)
     mode = modes.get(args.command)
     cfg = preset(args.preset or mode.name, **{name: getattr(args, name) for name in KNOBS})
     if not BATCH_SIZE.allows(args.batch_size):
@@ -201,6 +203,25 @@ def request(args, mode, cfg) -> int:
     for result in engine.decode_targets(targets, engine.check(cfg)):
         emit(result.to_dict())
     return 0
+
+
+def selfcheck(args) -> int:
+    """A probe caption compiled and eagerly: the report, exit 1 when their beams differ."""
+    from . import selfcheck as check
+    from .engine import ZeroCap
+    from .loading import quiet_transformers, resolve_device
+
+    device = resolve_device(args.device)
+    mode = {"auto": "reduce-overhead" if device.type == "cuda" else None, "off": None}.get(args.compile, args.compile)
+    args.lm_model = args.clip_checkpoints = None
+    lm_path, clip_path = model_paths(args)
+    quiet_transformers()
+    engine = ZeroCap.load(lm_path, clip_path, device=str(device), compile=mode or False)
+    if engine.compiled is not None:
+        engine.warm_up(check.PROBE)
+    result = check.check(engine)
+    print(result.report())
+    return 1 if result.agree is False else 0
 
 
 def evaluate(args) -> int:

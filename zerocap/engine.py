@@ -15,6 +15,7 @@ together), the scorer (scorer.py) and the input modes (modes.py). Pipeline of on
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -145,11 +146,32 @@ class ZeroCap:
         """The compiled step (compiled.Compiled), or None when decoding eagerly."""
         return getattr(self.lm_adapter, "compiled", None)
 
+    def decompile(self) -> None:
+        """Decode eagerly from now on (selfcheck.py: the compiled step failed its check)."""
+        if hasattr(self.lm_adapter, "compiled"):
+            self.lm_adapter.compiled = None
+        if getattr(self.scorer, "compiled", None) is not None:
+            self.scorer.compiled = None
+
+    @contextlib.contextmanager
+    def eagerly(self):
+        """Decode eagerly inside the block (batches made there), compiled again after; for checks
+        while no other decoding runs."""
+        lm, clip = getattr(self.lm_adapter, "compiled", None), getattr(self.scorer, "compiled", None)
+        self.decompile()
+        try:
+            yield
+        finally:
+            if lm is not None:
+                self.lm_adapter.compiled = lm
+            if clip is not None:
+                self.scorer.compiled = clip
+
     def warm_up(self, cfg: ZeroCapConfig, batch: int = 1) -> float:
-        """Decode captions of a grey image with `cfg`: `batch` of them, and, when compiled, first 1,
-        2, 4, ... of them, so that every size of the static layout a batch of up to `batch` such
-        requests steps (lm.FastState.size) is compiled; two tokens each (a step's shapes do not
-        depend on how far it is). The seconds it took."""
+        """Decode captions of a grey image with `cfg`: `batch` of them, and, when compiled, as many
+        as reach each size of the static layout that a batch of up to `batch` such requests steps
+        (lm.step_size), so that each is compiled; two tokens each (a step's shapes do not depend
+        on how far it is). The seconds it took."""
         from PIL import Image
 
         start = time.perf_counter()
@@ -157,7 +179,12 @@ class ZeroCap:
         cfg = self.check(cfg)
         counts = [batch]
         if self.compiled is not None:
-            counts = sorted({min(batch, 1 << i) for i in range(batch.bit_length() + 1)})
+            from .lm import step_size
+
+            sizes: dict[int, int] = {}  # size -> the fewest requests that step it
+            for n in range(1, batch + 1):
+                sizes.setdefault(min(step_size(n * cfg.beam_size), batch * cfg.beam_size), n)
+            counts = sorted(sizes.values())
             cfg = cfg.replace(max_tokens=min(2, cfg.max_tokens))
         for n in counts:  # in a batch sized for `batch`, as the scheduler's: the same sizes
             self.decode_targets([target] * n, cfg, max_requests=batch)

@@ -129,6 +129,15 @@ class Rows:
             (self.active == torch.arange(len(contexts), device=device)).all())
 
 
+def step_size(slots: int) -> int:
+    """The sizes a compiled step reads, in steps of at most 1.5x: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
+    (few shapes to compile, at most a third of a step spent on empty slots)."""
+    size = 1
+    while size < slots:
+        size = size * 3 // 2 if size & (size - 1) == 0 and size > 1 else size * 4 // 3 if size > 2 else size + 1
+    return size
+
+
 class FastLM(GenericLM):
     """Keeps each row's past in a KV cache; one-token steps (see the module docstring)."""
 
@@ -154,9 +163,9 @@ class FastState:
 
     Eager (the default), a step reads the rows of the requests it advances, as long as the
     longest holds. Compiled, it reads the cache's slots at its full capacity in sizes: the
-    requests' slots are packed low (`pack`) and a step reads the smallest power of two of slots
-    that holds them -- so a configuration compiles once per size (1, 2, 4, ... slots) and a
-    lone request steps its own few, not the whole batch's (all of them once a power of two
+    requests' slots are packed low (`pack`) and a step reads the smallest size (`step_size`: 1,
+    2, 3, 4, 6, 8, 12, ...) of slots that holds them -- so a configuration compiles once per
+    size and a lone request steps its own few, not the whole batch's (all of them once a size
     would pass them); the cache holds `max_requests` x beam_size slots, capacity for prompt +
     max_tokens rounded up to 32."""
 
@@ -215,10 +224,9 @@ class FastState:
             r.slots[high] = torch.tensor(target, dtype=r.slots.dtype, device=r.slots.device)
 
     def size(self, requests) -> int:
-        """Static layout: the slots a step reads -- the smallest power of two that holds the
+        """Static layout: the slots a step reads -- the smallest size (`step_size`) that holds the
         requests' slots (a lone request in a container sized for 16 steps its own few)."""
-        highest = max(int(r.slots.max()) for r in requests) + 1
-        return min(self.cache.slots, 1 << (highest - 1).bit_length())
+        return min(self.cache.slots, step_size(max(int(r.slots.max()) for r in requests) + 1))
 
     def rows(self, requests, device) -> Rows:
         """The step's rows: eager, the requests' own, request by request; static, every slot of
