@@ -6,7 +6,9 @@
 # What it times, in one run that fits ~8 minutes on one H200: the fast form eager, compiled
 # (default) and compiled with CUDA graphs (reduce-overhead), each with its warm-up (compile)
 # time; the literal reference decoder (the authors' algorithm, ~40 s a caption); a batch of 16;
-# captions/s with 1, 4 and 16 clients in flight (the container's engine); a profile. The exact
+# captions/s with 1, 4 and 16 clients in flight (the container's engine); mixed settings (30%
+# and 50% of other settings, a heavy request among light ones) and a lone request in containers
+# sized for 1, 8 and 16 (compiled sizes); a profile. The exact
 # form is left out (as slow as the reference at real sizes). Partial results stay in the log.
 set -euo pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then
