@@ -26,3 +26,5 @@ def test_tiny_benchmark_writes_its_table(tmp_path):
     levels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and
               line.split("|")[2].strip() in ("2", "4") and line.split("|")[1].strip() in ("1", "2")]
     assert levels == ["1", "2"]  # captions/s with 1 and 2 clients in flight
+    assert "| 30% | 40 |" in text and "| 50% | 40 |" in text  # other settings among light requests
+    assert "A heavy request (beam 6, top-k 256, 20 tokens, 6 iterations;" in text
