@@ -220,8 +220,8 @@ class Predictor(BaseRunner):
             seconds = self.model.warm_up(self.model.config("caption"), self.scheduler.max_batch)
             print(f"compiled the decoding step ({mode}) in {seconds:.1f} s", flush=True)
         # the compiled path checks itself: a probe caption compiled and eagerly (eager serves if they differ)
-        self.check = selfcheck.check(self.model, time_eager=False)
-        print(self.check.line(), flush=True)
+        self.decoding = selfcheck.check(self.model, time_eager=False)  # which path serves, and why
+        print(self.decoding.line(), flush=True)
         warm = Image.new("RGB", (64, 64), (127, 127, 127))  # first-call kernels and caches
         cfg = self.model.config("caption", beam_size=2, max_tokens=2, top_k=16)
         self.scheduler.caption(self.model.request(Target(self.model.targets.image_target(warm), "warm-up"), cfg))
