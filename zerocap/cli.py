@@ -23,6 +23,8 @@ from .config import FIELD_TYPES, KNOBS, PRESETS, describe_knob
 from .errors import InputError
 from .limits import BATCH_SIZE, EVERY, FRAMES, LIST_BYTES, LIST_NAMES
 
+COMMANDS = ("eval", "selfcheck")  # the commands besides one per input mode
+
 # config field -> the authors' run.py spellings (each knob is also --its-name-with-dashes)
 AUTHORS_FLAGS = {
     "cond_text": ["--cond_text"],
@@ -66,9 +68,7 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
         g.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(),
                        type=str if kind is str else _number(kind), help=describe_knob(name))
     m = p.add_argument_group("models and running")
-    m.add_argument("--lm", help="Hugging Face causal-LM directory (default: $ZEROCAP_WEIGHTS/gpt2-medium;"
-                                " missing weights are downloaded unless offline)")
-    m.add_argument("--clip", help="OpenAI CLIP checkpoint (default: $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
+    _add_models(m)
     folders = ", ".join(f"{f.flag} = weights/{f.folder}" for f in families.FAMILIES if f.flag)
     m.add_argument("--lm_model", "--lm-model", choices=families.flags(), default=None,
                    help=f"the authors' spelling: {folders} (fetched on first use, or by script/download-weights"
@@ -99,6 +99,13 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
                    help="no effect: the decoder is deterministic, so there is nothing to seed")
     a.add_argument("--reset_context_delta", action="store_true", help="no effect: always on")
     m.add_argument("--run_type", choices=["caption", "arithmetics"], help=argparse.SUPPRESS)
+
+
+def _add_models(g) -> None:
+    """--lm and --clip: the models, as commands.model_paths finds them."""
+    g.add_argument("--lm", help="Hugging Face causal-LM directory (default: $ZEROCAP_WEIGHTS/gpt2-medium;"
+                                " missing weights are downloaded unless offline)")
+    g.add_argument("--clip", help="OpenAI CLIP checkpoint (default: $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
 
 
 def _add_dataset(p: argparse.ArgumentParser, what: str) -> None:
@@ -166,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zerocap",
         description="Zero-shot image captioning and visual-semantic arithmetic (ZeroCap, CVPR 2022).",
     )
-    names = list(modes.MODES) + ["eval", "selfcheck"]
+    names = list(modes.MODES) + list(COMMANDS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(names) + "}")
     for mode in modes.MODES.values():
         what = "one result per input; folders, patterns and lists make a dataset job" if mode.kind.one_per_input \
@@ -180,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     " device, the path that would serve, the time per caption of each and whether"
                                     " their beams agree. Exit status 1 when they differ. For bug reports.")
     sm = sc.add_argument_group("models and running")
-    sm.add_argument("--lm", help="Hugging Face causal-LM directory (default: $ZEROCAP_WEIGHTS/gpt2-medium)")
-    sm.add_argument("--clip", help="OpenAI CLIP checkpoint (default: $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
+    _add_models(sm)
+    sc.set_defaults(lm_model=None, clip_checkpoints=None)  # the authors' spellings, not offered here
     sm.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     sm.add_argument("--compile", nargs="?", const="default", default="auto",
                     choices=["auto", "off", "default", "reduce-overhead"], metavar="MODE",
@@ -217,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _route(argv: list[str]) -> list[str]:
     """Accept the authors' run.py style (no subcommand, --run_type) by inserting the subcommand."""
-    if argv and (argv[0] in list(modes.MODES) + ["eval", "selfcheck"] or argv[0] in ("-h", "--help")):
+    if argv and (argv[0] in list(modes.MODES) + list(COMMANDS) or argv[0] in ("-h", "--help")):
         return argv
     run_type = "caption"
     for i, a in enumerate(argv):

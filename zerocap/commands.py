@@ -49,14 +49,9 @@ def model_paths(args) -> tuple[str, str]:
     missing files are fetched (unless offline) -- only those the flags did not name."""
     from . import families, weights
 
-    lm = args.lm
     clip_path = args.clip or (os.path.join(args.clip_checkpoints, "ViT-B-32.pt") if args.clip_checkpoints else None)
-    if lm and clip_path:
-        return lm, clip_path
     lm_dir = families.by_flag(args.lm_model).folder if args.lm_model else weights.LM_DIR
-    default_lm, default_clip = weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr),
-                                              lm=None if lm else lm_dir, clip=not clip_path)
-    return lm or default_lm, clip_path or default_clip
+    return weights.locate(args.lm, clip_path, lm_dir)
 
 
 def form(args) -> forms.Form:
@@ -106,18 +101,15 @@ def dataset(args, mode, cfg) -> int:
                               mix_settings=args.mix_settings,
                               warn=lambda m: print(f"zerocap: note: {m}", file=sys.stderr))
     todo = sum(1 for i in inputs if results is None or i not in results)
-    if todo == 0:  # every input is done already: nothing to load the models for
-        summary = run_job(inputs, lambda items: iter(()), lambda record: None, results, key, unit=f"{key}s")
-        results.close()
-        print(f"zerocap: {summary.line(args.out)}", file=sys.stderr)
-        return 1 if summary.any_failed else 0
-    quiet_transformers()
-    bar = progress_bar("img" if key == "image" else "clip")
+    bar = progress_bar("img" if key == "image" else "clip") if todo else None
     backend = None
     try:
-        backend = _backend(args, mode, cfg, options, where, lm_path, clip_path, bar, todo)
+        if todo:  # (every input done already: no model to load)
+            quiet_transformers()
+            backend = _backend(args, mode, cfg, options, where, lm_path, clip_path, bar, todo)
         emit = emitter(args.json, quiet=results is not None and not args.json, bar=bar, key=key)
-        summary = run_job(inputs, backend, emit, results, key, bar, unit=f"{key}s", settings=made_with)
+        summary = run_job(inputs, backend or (lambda items: iter(())), emit, results, key, bar, unit=f"{key}s",
+                          settings=made_with)
     finally:
         if bar is not None:
             bar.close()
@@ -213,7 +205,6 @@ def selfcheck(args) -> int:
 
     device = resolve_device(args.device)
     mode = {"auto": "reduce-overhead" if device.type == "cuda" else None, "off": None}.get(args.compile, args.compile)
-    args.lm_model = args.clip_checkpoints = None
     lm_path, clip_path = model_paths(args)
     quiet_transformers()
     engine = ZeroCap.load(lm_path, clip_path, device=str(device), compile=mode or False)

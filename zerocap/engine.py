@@ -204,14 +204,9 @@ class ZeroCap:
         "cpu", "cuda", "cuda:N"."""
         from .loading import load_models
 
-        if lm is None or clip is None:
-            import sys
+        from .weights import locate
 
-            from . import weights
-
-            default_lm, default_clip = weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr),
-                                                      lm=None if lm else weights.LM_DIR, clip=clip is None)
-            lm, clip = lm or default_lm, clip or default_clip
+        lm, clip = locate(lm, clip)
         return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype, quiet=quiet), form=form, compile=compile)
 
     # ---- public API ---------------------------------------------------------------------------

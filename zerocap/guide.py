@@ -17,20 +17,18 @@ class Guide:
 
     candidates: the scorer's candidate features for these rows' prefixes (`.features(top, valid)`);
     targets (R, D): each row's normalised target; top_k (R,): each row's own top-k (requests of
-    other settings share a step), or one int for all; temperature: (R, 1), each row's; width: the
+    other settings share a step); temperature: (R, 1), each row's; width: the
     candidates taken per row (default the largest top_k; a compiled step fixes it). A row's
     candidates past its own top_k are neither scored nor weighted (q = 0), so it gets the
     distribution it gets alone.
     """
 
-    def __init__(self, candidates, targets: torch.Tensor, top_k, temperature: torch.Tensor,
+    def __init__(self, candidates, targets: torch.Tensor, top_k: torch.Tensor, temperature: torch.Tensor,
                  width: int | None = None):
         self.candidates = candidates
         self.targets = targets[:, None, :]  # (R, 1, D)
-        R = targets.shape[0]
-        self.top_k = torch.as_tensor(top_k, device=targets.device).expand(R) if not isinstance(top_k, torch.Tensor) \
-            else top_k.to(targets.device)
-        self.width = width or int(self.top_k.max())
+        self.top_k = top_k
+        self.width = width or int(top_k.max())
         self.temperature = temperature
 
     @torch.no_grad()

@@ -132,10 +132,8 @@ class Rows:
 def step_size(slots: int) -> int:
     """The sizes a compiled step reads, in steps of at most 1.5x: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
     (few shapes to compile, at most a third of a step spent on empty slots)."""
-    size = 1
-    while size < slots:
-        size = size * 3 // 2 if size & (size - 1) == 0 and size > 1 else size * 4 // 3 if size > 2 else size + 1
-    return size
+    power = 1 << (slots - 1).bit_length()  # the next power of two
+    return 3 * power // 4 if power >= 4 and slots <= 3 * power // 4 else power
 
 
 class FastLM(GenericLM):

@@ -237,15 +237,12 @@ class Scheduler:
 
     def _lane_for(self, request: Request) -> Lane:
         """The lane of requests of its cost; a new one while there are fewer than MAX_LANES."""
-        fitting = [lane for lane in self.lanes if lane.fits(request)]
-        if fitting:
-            return min(fitting, key=lambda lane: abs(math.log(request.cost / lane.cost)))
-        if len(self.lanes) < MAX_LANES:
-            lane = Lane(self.engine, self.max_batch, request.cost,
-                        min((lane.seconds for lane in self.lanes), default=0.0))
-            self.lanes.append(lane)
-            return lane
-        return min(self.lanes, key=lambda lane: abs(math.log(request.cost / lane.cost)))
+        nearest = min(self.lanes, key=lambda lane: abs(math.log(request.cost / lane.cost)), default=None)
+        if nearest is not None and (nearest.fits(request) or len(self.lanes) >= MAX_LANES):
+            return nearest  # (when any lane fits, the nearest does)
+        lane = Lane(self.engine, self.max_batch, request.cost, min((lane.seconds for lane in self.lanes), default=0.0))
+        self.lanes.append(lane)
+        return lane
 
     def _admit(self, joining: list[Ticket]) -> None:
         for i, ticket in enumerate(joining):

@@ -151,6 +151,17 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def locate(lm: str | None = None, clip: str | None = None, lm_dir: str = LM_DIR,
+           log: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """(LM folder, CLIP checkpoint): those given, as they are (never downloaded); the others from
+    the weights folder ($ZEROCAP_WEIGHTS, else ./weights; the LM from its `lm_dir`), missing files
+    fetched unless offline -- only those not given. The command line's rule and Python's."""
+    if lm and clip:
+        return lm, clip
+    default_lm, default_clip = ensure(root(), log=log, lm=None if lm else lm_dir, clip=not clip)
+    return lm or default_lm, clip or default_clip
+
+
 # ---- download --------------------------------------------------------------------------------
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
