@@ -260,6 +260,7 @@ def test_own_lm_without_clip_needs_only_clip_from_the_weights_folder(capsys, mon
 
 @pytest.mark.parametrize("args,message", [
     (["caption", "{img}", "--retry-failed"], "--retry-failed needs --out FILE"),
+    (["caption", "{img}", "--mix-settings"], "--mix-settings needs --out FILE"),
     (["caption", "{img}", "--actors", "2"], "--actors needs --ray and a number from 1 up"),
     (["caption", "{img}", "--ray", "--actors", "0"], "--actors needs --ray and a number from 1 up"),
     (["caption", "{img}", "--list", "no-such-list.txt"], "cannot read the list no-such-list.txt"),
