@@ -16,6 +16,7 @@ together), the scorer (scorer.py) and the input modes (modes.py). Pipeline of on
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -140,6 +141,13 @@ class ZeroCap:
         self.lm_adapter.compile(mode)
         if self.device.type == "cuda" and hasattr(self.scorer, "compile"):
             self.scorer.compile(mode)  # CLIP's passes on fixed-size buffers: launch-bound on a GPU, not on a CPU
+
+    @functools.cached_property
+    def pseudo_tokens(self):
+        """The evolving pseudo-tokens method on these models (pseudo_tokens.py)."""
+        from .pseudo_tokens import PseudoTokens
+
+        return PseudoTokens(self)
 
     @property
     def compiled(self):

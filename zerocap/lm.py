@@ -57,6 +57,30 @@ def gpt2_step(lm, last: torch.Tensor, past: torch.Tensor, positions: torch.Tenso
     return lm.lm_head(tr.ln_f(x))[:, -1, :].float(), torch.stack(kv)
 
 
+def gpt2_forward(lm, ids: torch.Tensor, last: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """GPT-2 on whole rows `ids` (R, T) after an optional prefix of keys/values (L, 2, R, H, P, hd)
+    -> logits (R, V) fp32 at each row's position `last` (R,) only (rows padded on the right: a
+    causal LM's real positions never see the padding). Differentiable in the prefix."""
+    tr = lm.transformer
+    R, T = ids.shape
+    P = 0 if prefix is None else prefix.shape[-2]
+    H = tr.h[0].attn.num_heads
+    dev = ids.device
+    x = tr.wte(ids) + tr.wpe(torch.arange(P, P + T, device=dev))  # (R, T, d)
+    mask = torch.ones(T, P + T, dtype=torch.bool, device=dev).tril(P)  # query i sees keys <= P + i
+    for i, block in enumerate(tr.h):
+        qkv = block.attn.c_attn(block.ln_1(x)).view(R, T, 3, H, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (R, H, T, hd)
+        if prefix is not None:
+            k, v = torch.cat([prefix[i, 0], k], dim=2), torch.cat([prefix[i, 1], v], dim=2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + block.attn.c_proj(a.transpose(1, 2).reshape(R, T, -1))
+        mlp = block.mlp
+        x = x + mlp.c_proj(F.gelu(mlp.c_fc(block.ln_2(x)), approximate="tanh"))
+    x = x[torch.arange(R, device=dev), last]  # (R, d): the LM head at the positions read only
+    return lm.lm_head(tr.ln_f(x)).float()
+
+
 class GenericLM:
     """A frozen Hugging Face causal LM through its own forward."""
 

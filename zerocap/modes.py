@@ -35,6 +35,7 @@ class Target:
     vector: Any  # torch.Tensor (D,): the normalised CLIP target
     name: str  # how the result names what was captioned
     details: Any = None  # what the mode adds to the result: an object with to_dict(), or None
+    frames: Any = None  # torch.Tensor (F, D): each frame's normalised embedding, for a method that reads them
 
 
 @dataclass

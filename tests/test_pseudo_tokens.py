@@ -1,0 +1,150 @@
+"""The pseudo-token method against a literal transcription of the authors' CapGenerator.py
+(tests/reference_pseudo_tokens.py): the same sampled sentences, best captions and final beams,
+in both forms, on images and on a clip."""
+import copy
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from reference_pseudo_tokens import CLIPTextGenerator, filter_video, reference_args
+from zerocap import InputError
+from zerocap.modes import Target
+from zerocap.pseudo_tokens import SCHEDULES, PseudoTokenConfig, clip_target, distinct_runs
+
+av = pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def ref_tokenizer(engine):
+    return copy.deepcopy(engine.tokenizer)  # their constructor sets its pad token
+
+
+def reference(engine, tokenizer, cfg, frames):
+    gen = CLIPTextGenerator(engine.lm, tokenizer, engine.scorer.clip, **reference_args(cfg))
+    by_clip, by_mixed, sentences, beams = gen.generate(frames)
+    return {"sentences": sentences, "best_clip": by_clip[0], "best_mixed": by_mixed[0], "beams": beams}
+
+
+def ours(engine, cfg, target):
+    r = engine.pseudo_tokens.decode([target], cfg)[0]
+    return {"sentences": [s.text for s in r.sentences], "best_clip": r.best_clip, "best_mixed": r.best_mixed,
+            "beams": [b.text for b in r.beams]}
+
+
+def random_case(rng: random.Random) -> PseudoTokenConfig:
+    return PseudoTokenConfig(
+        seed=rng.randrange(1000), sentence_iterations=rng.randint(1, 3), max_tokens=rng.randint(2, 7),
+        sampling_top_k=rng.randint(1, 5), beam_size=rng.randint(1, 4), dummy_tokens=rng.randint(1, 6),
+        learning_rate=rng.choice([0.006, 0.02, 0.1]), lr_schedule=rng.choice(SCHEDULES),
+        token_wise=rng.random() < 0.6, randomized_prompt=rng.random() < 0.6,
+        clip_temperature=rng.choice([1.0, 0.1]), ce_scale=rng.choice([0.8, 0.2]))
+
+
+def image_frames(engine, path):
+    v = engine.targets.image_target(path)
+    return Target(v, path), v[None]
+
+
+def compare(engine, tokenizer, cases, targets):
+    agree, cases_seen = 0, []
+    for cfg, (target, frames) in zip(cases, targets):
+        got, want = ours(engine, cfg, target), reference(engine, tokenizer, cfg, frames)
+        agree += got == want
+        cases_seen.append((cfg, got == want))
+    return agree, cases_seen
+
+
+@pytest.mark.numeric
+def test_fast_form_samples_what_their_code_samples(engine, ref_tokenizer, images):
+    rng = random.Random(1)
+    cases = [random_case(rng) for _ in range(4)]
+    targets = [image_frames(engine, images[i % len(images)]) for i in range(len(cases))]
+    agree, seen = compare(engine, ref_tokenizer, cases, targets)
+    assert agree == len(cases), seen  # on these cases, every one (the 90% rule is for many, in the slow test)
+
+
+@pytest.mark.numeric
+def test_the_defaults_of_their_readme_command(engine, ref_tokenizer, images):
+    cfg = PseudoTokenConfig(sentence_iterations=2, max_tokens=6)  # token-wise, randomized prompts
+    target, frames = image_frames(engine, images[0])
+    assert ours(engine, cfg, target) == reference(engine, ref_tokenizer, cfg, frames)
+
+
+@pytest.mark.slow
+@pytest.mark.numeric
+@pytest.mark.parametrize("form", ["fast", "exact"])
+def test_both_forms_agree_with_their_code_on_nine_cases_in_ten(form, engine, exact_engine, ref_tokenizer, images):
+    eng = engine if form == "fast" else exact_engine
+    rng = random.Random(7)
+    cases = [random_case(rng) for _ in range(12)]
+    targets = [image_frames(eng, images[i % len(images)]) for i in range(len(cases))]
+    agree, seen = compare(eng, ref_tokenizer, cases, targets)
+    assert agree >= 0.9 * len(cases), seen
+
+
+def test_their_defaults_and_knob_ranges():
+    d = PseudoTokenConfig()
+    assert (d.seed, d.max_tokens, d.dummy_tokens, d.sentence_iterations, d.sampling_top_k, d.clip_temperature,
+            d.clip_scale, d.ce_scale, d.beam_size, d.learning_rate, d.lr_schedule, d.weight_decay_scale,
+            d.repetition_penalty, d.entity_penalty, d.ending_bonus, d.end_token, d.token_wise,
+            d.randomized_prompt) == (0, 20, 5, 30, 3, 1.0, 1.0, 0.8, 5, 0.006, "cosine", 0.3, 2.0, 2.0, 2.0, ".",
+                                     True, True)
+    for bad, message in [(dict(sentence_iterations=0), "sentence_iterations must be an integer from 1 to 200"),
+                         (dict(lr_schedule="linear"), "lr_schedule must be one of constant, cosine, exponential"),
+                         (dict(learning_rate=float("nan")), "learning_rate must be a finite number"),
+                         (dict(token_wise=1), "token_wise must be true or false")]:
+        with pytest.raises(InputError, match=message):
+            PseudoTokenConfig(**bad).validate()
+
+
+# ---- a clip: every fps // 3-th frame, near-duplicates collapsed ---------------------------------------
+def write_clip(path, fps=9):
+    """3 s at 9 fps: runs of repeated frames (three different pictures, each held a while)."""
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    order = [0] * 8 + [1] * 10 + [2] * 4 + [0] * 5
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=fps)
+        s.height, s.width, s.pix_fmt = 48, 64, "bgr0"
+        for i in order:
+            for packet in s.encode(av.VideoFrame.from_ndarray(pictures[i], format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return str(path), order
+
+
+def their_frames(engine, path):
+    """Their run.py: every (fps // 3)-th decoded frame, CLIP features normalised, filter_video."""
+    from PIL import Image
+
+    with av.open(path) as c:
+        arrays = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    feats = []
+    for a in arrays[::3]:  # 9 fps // 3
+        e = engine.targets.raw_image(Image.fromarray(a))
+        feats.append(e / e.norm())
+    feats = torch.stack(feats).float()
+    kept, indices = filter_video(feats, feats @ feats.T)
+    return kept, indices
+
+
+@pytest.mark.numeric
+def test_a_clip_is_read_and_captioned_as_theirs(engine, ref_tokenizer, tmp_path):
+    path, order = write_clip(tmp_path / "clip.mkv")
+    target = clip_target(engine, path, "clip.mkv")
+    frames, indices = their_frames(engine, path)
+    assert target.details.sampled == 9 and target.details.sampling.startswith("every 3th frame")
+    assert [round(t * 9 / 3) for t in target.details.times] == indices  # the same frames kept
+    assert torch.allclose(target.frames, frames, atol=1e-6)
+    cfg = PseudoTokenConfig(sentence_iterations=2, max_tokens=5, seed=3)
+    assert ours(engine, cfg, target) == reference(engine, ref_tokenizer, cfg, frames)
+
+
+def test_the_near_duplicate_filter_keeps_the_first_of_each_run():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    near = torch.nn.functional.normalize(torch.tensor([1.0, 0.3]), dim=0)  # cosine 0.958 to a
+    frames = torch.stack([a, near, a, b, b, a])
+    assert distinct_runs(frames) == filter_video(frames, frames @ frames.T)[1] == [0, 3, 5]

@@ -1,0 +1,704 @@
+"""Evolving pseudo-tokens: the authors' follow-up method (Tewel, Shalev, Nadler, Schwartz, Wolf,
+"Zero-Shot Video Captioning with Evolving Pseudo-Tokens", 2022; YoadTew/zero-shot-video-to-text,
+model/CapGenerator.py), for clips and images.
+
+A prefix of `dummy_tokens` pseudo-tokens -- the LM's keys/values of that many BOS tokens plus an
+offset that starts at zero -- is learned with AdamW while the LM samples whole sentences:
+`sentence_iterations` times, a sentence of at most `max_tokens` tokens is drawn from the top
+`sampling_top_k` tokens (after the token rules below), each token's loss being CLIP's (the
+shifted LM's 512 most likely continuations scored against every frame, a softmax per frame,
+averaged over frames) plus `ce_scale` x the shifted LM's cross-entropy against the plain LM's
+distribution. With `token_wise` the prefix takes an optimiser step after every token, else
+after every sentence; the learning rate follows `lr_schedule` sentence by sentence. A prompt is
+drawn per sentence from their 12 with `randomized_prompt`. The answer: the sentences ranked by
+CLIP similarity to the frames (`best_clip`, their returned caption), by a mixed score
+(`best_mixed`), and a beam search from `cond_text` with the learned prefix (`beams`).
+
+Randomness is the request's own (`random.Random(seed)` for the prompts, a CPU `torch.Generator`
+seeded alike for the draws), so a request's output does not depend on what it shares a step
+with. Rows of any settings share a step (`PseudoTokenBatch.step`: one token of every sampling
+row); the forms (forms.py) are those of ZeroCap: `exact` scores candidates with CLIP's own
+encode_text on full rows, one request at a time; `fast` reads the CLIP prefix's keys/values once
+per step and runs only the candidates' suffixes, every request of the batch in one pass.
+tests/reference_pseudo_tokens.py is their code transcribed; tests/test_pseudo_tokens.py holds
+both forms to it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from .config import FIELD_TYPES as _ZC_TYPES  # noqa: F401  (the shared knobs' types agree)
+from .config import Range, knob
+from .errors import InputError
+from .lm import gpt2_forward
+
+NAME = "pseudo-tokens"
+SCHEDULES = ("constant", "cosine", "exponential")
+PROMPTS = ("Image of", "Picture of", "Photo of", "Video of", "Image shows", "Picture shows", "Photo shows",
+           "Video shows", "Image showing", "Picture showing", "Photo showing", "Video showing")
+CANDIDATES = 512  # continuations CLIP scores per token (fixed in their code)
+HISTORY = 16  # tokens whose similar forms the repetition penalty reads
+SIMILAR = 8  # similar forms kept per token
+ETA_MIN = 1e-4  # the cosine schedule's last learning rate
+GAMMA = 0.9  # the exponential schedule's factor per sentence
+
+
+@dataclass(frozen=True)
+class PseudoTokenConfig:
+    """Every knob of the method, with the defaults of the authors' README command
+    (`--token_wise --randomized_prompt`, the rest as their run.py declares)."""
+
+    cond_text: str = knob("Image of a", "prompt of the final beam search; a beam's caption is cond_text + its text",
+                          max_length=300)
+    seed: int = knob(0, "seed of the prompt choices and of the sampling", 0, 2**31 - 1, serve=(0, 2**31 - 1))
+    max_tokens: int = knob(20, "tokens per sampled sentence and beam at most (their --target_seq_length)", 1, 100,
+                           serve=(1, 40))
+    dummy_tokens: int = knob(5, "pseudo-tokens in the learned prefix (their --num_dummy_tokens)", 1, 50, serve=(1, 20))
+    sentence_iterations: int = knob(30, "sentences sampled while the prefix learns (their --sentence_iterations)",
+                                    1, 200, serve=(1, 60))
+    sampling_top_k: int = knob(3, "tokens a sampled token is drawn from", 1, 100, serve=(1, 50))
+    clip_temperature: float = knob(1.0, "softmax temperature over the candidates' CLIP similarities", 0.0, 10.0,
+                                   lo_open=True, serve=(0.001, 10.0))
+    clip_scale: float = knob(1.0, "weight of the CLIP loss (and of CLIP in the mixed ranking)", 0.0, 100.0,
+                             serve=(0.0, 10.0))
+    ce_scale: float = knob(0.8, "weight of the fluency loss (and of fluency in the mixed ranking)", 0.0, 100.0,
+                           serve=(0.0, 5.0))
+    beam_size: int = knob(5, "beams of the final beam search", 1, 100, serve=(1, 20))
+    learning_rate: float = knob(0.006, "AdamW's learning rate for the prefix", 0.0, 10.0, lo_open=True,
+                                serve=(0.0001, 1.0))
+    lr_schedule: str = knob("cosine", "learning rate by sentence: constant, cosine (to 1e-4) or exponential (x0.9)")
+    weight_decay_scale: float = knob(0.3, "AdamW's weight decay = learning_rate x this", 0.0, 100.0,
+                                     serve=(0.0, 10.0))
+    repetition_penalty: float = knob(2.0, "damping of tokens similar to the last 16 (1 = off)", 0.0, 10.0,
+                                     lo_open=True, serve=(0.5, 5.0))
+    entity_penalty: float = knob(2.0, "logit penalty of capitalised or non-letter tokens", 0.0, 100.0,
+                                 serve=(0.0, 20.0))
+    ending_bonus: float = knob(2.0, "logit bonus of the end token", -100.0, 100.0, serve=(-10.0, 10.0))
+    end_token: str = knob(".", "text whose first LM token ends a sentence or beam")
+    token_wise: bool = knob(True, "an optimiser step after every token (else after every sentence)")
+    randomized_prompt: bool = knob(True, "each sentence starts from one of their 12 prompts (else from BOS alone)")
+
+    def replace(self, **changes) -> "PseudoTokenConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def validate(self) -> "PseudoTokenConfig":
+        """Raise InputError naming the first bad field and what is allowed; return self."""
+        for f in FIELDS:
+            name, spec, value = f.name, f.metadata["knob"], getattr(self, f.name)
+            kind = type(f.default)
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise InputError(f"{name} must be true or false, got {value!r}")
+                continue
+            if kind is str:
+                if not isinstance(value, str):
+                    raise InputError(f"{name} must be a string, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    kind is int and not isinstance(value, int)):
+                raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            if not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value}")
+            if value not in spec.range:
+                raise InputError(f"{name} must be {spec.range.describe(kind is int)}, got {value}")
+        if self.lr_schedule not in SCHEDULES:
+            raise InputError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if not self.end_token:
+            raise InputError("end_token must be a non-empty string")
+        return self
+
+
+FIELDS = dataclasses.fields(PseudoTokenConfig)
+KNOBS = {f.name: f.metadata["knob"] for f in FIELDS}
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
+DEFAULTS = PseudoTokenConfig()
+_ = Range  # the ranges are config.Range, as ZeroCap's
+
+
+# ---- the token rules (their update_special_tokens_logits), vectorised over rows ------------------------
+class TokenRules:
+    """The vocabulary's tables for their token rules, built once per end token."""
+
+    def __init__(self, tokenizer, vocab: int, end_id: int, device):
+        spacer = "Ġ"
+        lower = set("abcdefghijklmnopqrstuvwxyz")
+        upper = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        special = {" ", ",", "'", spacer}
+        n = tokenizer.vocab_size
+        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+        letters = lower | upper
+        forbidden = [i for i, p in enumerate(pieces) if not set(p) <= letters | special or i == end_id]
+        first = [i for i, p in enumerate(pieces) if not set(p) <= letters]
+        later = [i for i, p in enumerate(pieces) if not set(p) <= lower | special]
+        self.end_id = end_id
+        self.forbidden = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self.forbidden[[i for i in forbidden if i != end_id]] = True  # their NoBadWords re-allows the end token
+        self.first = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self.first[first] = True
+        self.later = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self.later[later] = True
+        similar = torch.zeros(n, SIMILAR, dtype=torch.long)
+        banned = set(forbidden)
+        reduced = {i: p.replace(spacer, "").upper() for i, p in enumerate(pieces) if i not in banned}
+        for _, group in groupby(sorted(reduced, key=reduced.get), key=reduced.get):
+            tokens = list(group)[:SIMILAR]  # their table has 8 slots (GPT-2's largest group is smaller)
+            for t in tokens:
+                similar[t, :len(tokens)] = torch.tensor(tokens)
+        self.similar = similar.to(device)
+
+    def apply(self, contexts: list[list[int]], steps: list[int], logits: torch.Tensor, knobs: "RowKnobs") -> torch.Tensor:
+        """Their rules on logits (R, V) of rows with these contexts (BOS, prompt and tokens so far)
+        at these token indices; a new tensor."""
+        R, V = logits.shape
+        dev = logits.device
+        # similar-form repetition penalty over the last HISTORY tokens (token 0 fills empty slots, as theirs)
+        hist = torch.zeros(R, HISTORY * SIMILAR, dtype=torch.long)
+        for r, ctx in enumerate(contexts):
+            h = ctx[-HISTORY:]
+            ids = self.similar[torch.tensor(h, device=self.similar.device)].reshape(-1).cpu()
+            hist[r, :ids.numel()] = ids
+            hist[r, ids.numel():] = ids[0] if ids.numel() else 0
+        hist = hist.to(dev)
+        score = logits.gather(1, hist)
+        pen = knobs.repetition_penalty[:, None]
+        score = torch.where(score < 0, score * pen, score / pen)
+        logits = logits.scatter(1, hist, score)
+        # no repeated 3-gram (their NoRepeatNGramLogitsProcessor(3)) and the minimum length
+        rows, cols = [], []
+        for r, ctx in enumerate(contexts):
+            if len(ctx) >= 2:
+                tail = (ctx[-2], ctx[-1])
+                for j in range(len(ctx) - 2):
+                    if (ctx[j], ctx[j + 1]) == tail:
+                        rows.append(r)
+                        cols.append(ctx[j + 2])
+            if len(ctx) < knobs.min_length[r]:
+                rows.append(r)
+                cols.append(knobs.end_ids[r])
+        if rows:
+            logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = -math.inf
+        logits = logits.masked_fill(knobs.forbidden, -math.inf)
+        first = torch.tensor([s == 0 for s in steps], device=dev)[:, None]
+        unwanted = torch.where(first, knobs.first, knobs.later)
+        logits = logits + torch.where(unwanted, -knobs.entity_penalty[:, None], logits.new_zeros(()))
+        end = knobs.end_index
+        logits[end] = logits[end] + knobs.ending_bonus
+        forcing = [r for r, s in enumerate(steps) if s >= knobs.max_tokens[r] - knobs.min_length_raw[r]]
+        for r in forcing:  # promote ending near the length limit (few rows, few steps)
+            row = logits[r:r + 1]
+            e = knobs.end_ids[r]
+            threshold = row[:, e].clone()
+            top_values, top_indices = row.topk(knobs.top_k[r], 1)
+            row[row < top_values[:, -1:]] = -math.inf
+            row[:, e] = threshold
+            bump = top_values[:, -1] > threshold
+            row[bump, top_indices[bump, -1]] = -math.inf
+        return logits.masked_fill(logits != logits, -math.inf)
+
+
+@dataclass
+class RowKnobs:
+    """Per-row knobs of a step's rows, as tensors where the rules read them together."""
+
+    repetition_penalty: torch.Tensor
+    entity_penalty: torch.Tensor
+    ending_bonus: torch.Tensor
+    forbidden: torch.Tensor  # (R, V)
+    first: torch.Tensor  # (R, V)
+    later: torch.Tensor  # (R, V)
+    end_index: tuple  # (rows, end ids) for advanced indexing
+    end_ids: list
+    min_length: list  # the context length below which the end token is barred (their MinLength: whole context)
+    min_length_raw: list  # max_tokens // 2
+    max_tokens: list
+    top_k: list
+
+    @classmethod
+    def of(cls, rules: list[TokenRules], cfgs: list[PseudoTokenConfig], device) -> "RowKnobs":
+        t = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
+        ends = [r.end_id for r in rules]
+        return cls(t([c.repetition_penalty for c in cfgs]), t([c.entity_penalty for c in cfgs]),
+                   t([c.ending_bonus for c in cfgs]),
+                   torch.stack([r.forbidden for r in rules]), torch.stack([r.first for r in rules]),
+                   torch.stack([r.later for r in rules]),
+                   (torch.arange(len(cfgs), device=device), torch.tensor(ends, device=device)), ends,
+                   [c.max_tokens // 2 for c in cfgs], [c.max_tokens // 2 for c in cfgs],
+                   [c.max_tokens for c in cfgs], [c.sampling_top_k for c in cfgs])
+
+
+# ---- a request and its state -----------------------------------------------------------------------
+@dataclass
+class Sentence:
+    text: str  # as they decode it: prompt included, special tokens skipped
+    clip_score: float  # CLIP's logit-scaled similarity to the frames, averaged over frames
+    log_prob: float  # their "avg perplexity": the plain LM's log-probs of the tokens, summed, / (length - 1)
+
+
+@dataclass
+class PTBeam:
+    text: str
+    caption: str
+    score: float
+
+
+@dataclass
+class PseudoTokenResult:
+    sentences: list[Sentence]  # in the order sampled
+    best_clip: str  # their returned caption
+    best_mixed: str
+    beams: list[PTBeam]  # best first
+    seed: int
+    cond_text: str
+    target: str
+    tokens: int  # tokens sampled, all sentences together
+    seconds: float
+    details: Any = None
+    method: str = NAME
+
+    @property
+    def caption(self) -> str:
+        return self.best_clip
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        del d["details"]
+        if self.details is not None:
+            d.update(self.details.to_dict())
+        d["timing"] = {"seconds": d.pop("seconds"), "tokens": d.pop("tokens"),
+                       "seconds_per_token": self.seconds / max(1, self.tokens)}
+        return d
+
+
+@dataclass(eq=False)
+class PseudoTokenRequest:
+    """One caption by this method: its frames (F, D normalised), config and state."""
+
+    frames: torch.Tensor
+    cfg: PseudoTokenConfig
+    name: str
+    details: Any = None
+    progress: Callable | None = None  # progress(sentence, sentence_iterations, [best sentence so far])
+    joined: float = field(default_factory=time.perf_counter)
+    error: BaseException | None = None
+    shared: list[int] = field(default_factory=list)
+    # state
+    sentence: int = 0
+    tokens: list[int] = field(default_factory=list)
+    index: int = 0  # token index in the sentence
+    log_prob: Any = 0
+    sentences: list[Sentence] = field(default_factory=list)
+    sims: list = field(default_factory=list)
+    ppls: list = field(default_factory=list)
+    sampled: int = 0
+    beams: list[PTBeam] | None = None
+    offset: torch.Tensor | None = None  # the learned offset (L, 2, 1, H, P, hd), a leaf
+    optimizer: Any = None
+    schedule: Any = None
+    rng: random.Random | None = None
+    generator: torch.Generator | None = None
+    rules: TokenRules | None = None
+
+    @property
+    def cost(self) -> float:
+        """What one of its steps costs, in candidate scorings (the scheduler's lanes)."""
+        return CANDIDATES + 64
+
+    @property
+    def done(self) -> bool:
+        return self.beams is not None
+
+
+class PseudoTokenBatch:
+    """Pseudo-token requests sharing decoding steps: each step samples one token of every request
+    (whatever sentence each is at, whatever its settings); a request whose sentences are done
+    runs its final beam search in the step that follows."""
+
+    def __init__(self, engine, max_requests: int | None = None):
+        self.engine = engine
+        self.method = engine.pseudo_tokens
+        self.requests: list[PseudoTokenRequest] = []
+        self.most = max_requests
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def accepts(self, request, most: int | None = None) -> bool:
+        return most is None or len(self.requests) < most
+
+    def add(self, request: PseudoTokenRequest) -> None:
+        m, cfg = self.method, request.cfg
+        init = m.prefix(cfg.dummy_tokens)
+        request.offset = torch.zeros_like(init).requires_grad_(True)
+        request.optimizer = torch.optim.AdamW([request.offset], lr=cfg.learning_rate,
+                                              weight_decay=cfg.learning_rate * cfg.weight_decay_scale)
+        if cfg.lr_schedule == "cosine":
+            request.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(request.optimizer, eta_min=ETA_MIN,
+                                                                          T_max=cfg.sentence_iterations)
+        elif cfg.lr_schedule == "exponential":
+            request.schedule = torch.optim.lr_scheduler.ExponentialLR(request.optimizer, gamma=GAMMA)
+        request.rng = random.Random(cfg.seed)
+        request.generator = torch.Generator().manual_seed(cfg.seed)
+        request.rules = m.rules(cfg.end_token)
+        self._begin_sentence(request)
+        self.requests.append(request)
+
+    def remove(self, request) -> None:
+        self.requests.remove(request)
+
+    def result(self, request: PseudoTokenRequest) -> PseudoTokenResult:
+        return self.method.result(request)
+
+    def _begin_sentence(self, r: PseudoTokenRequest) -> None:
+        e = self.engine
+        prompt = r.rng.choice(PROMPTS if r.cfg.randomized_prompt else ("",))
+        r.tokens = e.tokenizer.encode(e.bos + prompt)
+        r.index, r.log_prob = 0, 0
+
+    def step(self, only: list | None = None) -> list:
+        """One token of every request (or of those in `only`); the finished ones are returned and
+        removed."""
+        requests = list(self.requests if only is None else only)
+        if not requests:
+            return []
+        sampling = [r for r in requests if r.sentence < r.cfg.sentence_iterations]
+        ending = [r for r in requests if r.sentence >= r.cfg.sentence_iterations]
+        finished = []
+        if sampling:
+            self._sample(sampling)
+        for r in ending:
+            r.beams = self.method.beams(r)
+        for r in requests:
+            r.shared.append(len(requests))
+            if r.done or r.error is not None:
+                finished.append(r)
+        for r in finished:
+            self.remove(r)
+        return finished
+
+    def _sample(self, rows: list[PseudoTokenRequest]) -> None:
+        e, m = self.engine, self.method
+        dev = e.device
+        contexts = [list(r.tokens) for r in rows]
+        ids, last = _right_padded(contexts, dev)
+        with torch.no_grad():
+            unshifted = torch.softmax(m.forward(ids, last), dim=-1)
+        if len({r.cfg.dummy_tokens for r in rows}) == 1:
+            prefix = torch.cat([m.prefix(r.cfg.dummy_tokens) + r.offset for r in rows], dim=2)
+            logits = m.forward(ids, last, prefix)
+        else:  # prefixes of other lengths: each its own pass
+            logits = torch.cat([m.forward(ids[j:j + 1, :int(last[j]) + 1], last[j:j + 1] * 0 + last[j],
+                                          m.prefix(r.cfg.dummy_tokens) + r.offset) for j, r in enumerate(rows)])
+        probs = torch.softmax(logits, dim=-1) + 2e-45
+        top = probs.topk(min(CANDIDATES, probs.shape[-1]), -1).indices  # (R, K)
+        texts = e.tokenizer.batch_decode(contexts, skip_special_tokens=True)
+        feats = e.candidates(texts).features(top)  # (R, K, D) normalised
+        losses = []
+        for j, r in enumerate(rows):
+            sim = m.logit_scale * (feats[j] @ r.frames.T).float()  # (K, F)
+            target = torch.softmax(sim / r.cfg.clip_temperature, dim=0)
+            clip_loss = (-target * probs[j][top[j]].log().unsqueeze(-1)).sum(0).mean()
+            fluency = -(unshifted[j] * probs[j].log()).sum()
+            losses.append(r.cfg.clip_scale * clip_loss + r.cfg.ce_scale * fluency)
+        torch.stack(losses).sum().backward()
+        for r in rows:
+            if r.cfg.token_wise:
+                r.optimizer.step()
+                r.optimizer.zero_grad()
+        knobs = RowKnobs.of([r.rules for r in rows], [r.cfg for r in rows], dev)
+        fixed = rows[0].rules.apply(contexts, [r.index for r in rows], logits.detach(), knobs)
+        done = []
+        for j, r in enumerate(rows):
+            values, options = fixed[j:j + 1].topk(r.cfg.sampling_top_k)
+            choice = torch.multinomial(torch.softmax(values, dim=-1).cpu(), 1, generator=r.generator)[0]
+            token = int(options[0, int(choice)])
+            r.tokens.append(token)
+            r.log_prob = r.log_prob + unshifted[j:j + 1].log()[:, token]
+            r.sampled += 1
+            if token == r.rules.end_id or r.index + 1 >= r.cfg.max_tokens:
+                done.append(r)
+            else:
+                r.index += 1
+        if done:
+            self._end_sentences(done)
+
+    def _end_sentences(self, rows: list[PseudoTokenRequest]) -> None:
+        e, m = self.engine, self.method
+        texts = e.tokenizer.batch_decode([r.tokens for r in rows], skip_special_tokens=True)
+        feats = e.scorer.normalised(e.scorer.text_features(texts))  # (n, D)
+        for j, (r, text) in enumerate(zip(rows, texts)):
+            if not r.cfg.token_wise:
+                r.optimizer.step()
+                r.optimizer.zero_grad()
+            if r.schedule is not None:
+                r.schedule.step()
+            ppl = r.log_prob / r.index  # theirs: divided by the last token's index (0 at a one-token sentence)
+            sim = (m.logit_scale * (feats[j:j + 1] @ r.frames.T).float()).mean(-1)  # (1,)
+            r.sims.append(sim)
+            r.ppls.append(ppl.detach())
+            r.sentences.append(Sentence(text, float(sim), float(ppl)))
+            r.sentence += 1
+            if r.progress is not None:
+                try:
+                    r.progress(r.sentence, r.cfg.sentence_iterations, [text])
+                except Exception as exc:  # noqa: BLE001 -- stops that request alone (e.g. a cancellation)
+                    r.error = exc
+            if r.sentence < r.cfg.sentence_iterations:
+                self._begin_sentence(r)
+
+
+def _right_padded(contexts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of other lengths, padded on the right (a causal LM's real positions never see the
+    padding): (ids (R, T), each row's last position (R,))."""
+    T = max(len(c) for c in contexts)
+    ids = torch.tensor([c + [c[-1]] * (T - len(c)) for c in contexts], device=device)
+    return ids, torch.tensor([len(c) - 1 for c in contexts], device=device)
+
+
+def prefix_cache(prefix: torch.Tensor) -> DynamicCache:
+    """A cache of the prefix (L, 2, R, H, P, hd)."""
+    return DynamicCache(ddp_cache_data=[(kv[0], kv[1]) for kv in prefix])
+
+
+def rank(sims: list, ppls: list, clip_scale: float, ce_scale: float) -> tuple[list[int], list[int]]:
+    """Their ranking: (order by CLIP similarity, order by the mixed score), best first."""
+    sims_t = torch.cat(sims)
+    clip_prob = F.softmax(sims_t * clip_scale, dim=0)
+    lm_prob = F.softmax(torch.cat(ppls, dim=0) * ce_scale, 0)
+    mixed = clip_prob * lm_prob
+    return sims_t.sort(descending=True)[1].tolist(), mixed.sort(descending=True)[1].tolist()
+
+
+class PseudoTokens:
+    """The method on one engine's models: what its steps ask of the LM and of CLIP, cached."""
+
+    name = NAME
+    Config = PseudoTokenConfig
+    Batch = PseudoTokenBatch
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.written_out = not engine.form.exact_lm and engine.family.fast_step(engine.lm) is not None
+        self._prefixes: dict[int, torch.Tensor] = {}
+        self._rules: dict[str, TokenRules] = {}
+        clip = getattr(engine.scorer, "clip", None)
+        self.logit_scale = clip.logit_scale.exp().float() if clip is not None else torch.tensor(100.0)
+
+    def check(self, cfg: PseudoTokenConfig) -> PseudoTokenConfig:
+        cfg = cfg.validate()
+        e = self.engine
+        if e.family.name != "gpt2":
+            raise InputError(f"the {NAME} method runs on GPT-2 (their code's LM); this LM is {e.family.name}")
+        if not e.tokenizer.encode(cfg.end_token, add_special_tokens=False):
+            raise InputError(f"end_token {cfg.end_token!r} has no LM token")
+        longest = max(len(e.tokenizer.encode(e.bos + p)) for p in PROMPTS) + cfg.max_tokens
+        beam = len(e.tokenizer.encode(e.bos + cfg.cond_text)) + cfg.max_tokens
+        room = e.lm.config.n_positions - cfg.dummy_tokens
+        if max(longest, beam) > room:
+            raise InputError(f"max_tokens ({cfg.max_tokens}) with dummy_tokens ({cfg.dummy_tokens}) and the prompt"
+                             f" run past the LM's {e.lm.config.n_positions} positions; lower them")
+        return cfg
+
+    def request(self, target, cfg: PseudoTokenConfig, progress=None) -> PseudoTokenRequest:
+        """A checked config's caption of `target` (its `frames`, else its vector as one frame)."""
+        frames = getattr(target, "frames", None)
+        if frames is None:
+            frames = target.vector[None]
+        return PseudoTokenRequest(frames.to(self.engine.device, torch.float32), cfg, target.name, target.details,
+                                  progress)
+
+    def prefix(self, tokens: int) -> torch.Tensor:
+        """The LM's keys/values of `tokens` BOS tokens (L, 2, 1, H, P, hd): where the pseudo-tokens start."""
+        if tokens not in self._prefixes:
+            e = self.engine
+            bos = e.tokenizer.bos_token_id
+            with torch.no_grad():
+                out = e.lm(torch.full((1, tokens), bos, device=e.device), use_cache=True)
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            self._prefixes[tokens] = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+        return self._prefixes[tokens]
+
+    def forward(self, ids: torch.Tensor, last: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (R, V) fp32 at positions `last` (R,) of ids (R, T) (padded on the right) after the
+        prefix (L, 2, R, H, P, hd) if any, differentiable in it. The exact form runs the LM's own
+        forward, as theirs; the fast form GPT-2 written out (lm.gpt2_forward: fewer kernels, the
+        LM head only where read)."""
+        e = self.engine
+        if self.written_out:
+            return gpt2_forward(e.lm, ids, last, prefix)
+        kwargs = {} if prefix is None else {e.lm_adapter._cache_arg: prefix_cache(prefix)}
+        logits = e.lm(ids, **kwargs).logits
+        return logits[torch.arange(ids.shape[0], device=ids.device), last].float()
+
+    def rules(self, end_token: str) -> TokenRules:
+        if end_token not in self._rules:
+            e = self.engine
+            end_id = e.tokenizer.encode(end_token, add_special_tokens=False)[0]
+            self._rules[end_token] = TokenRules(e.tokenizer, e.vocab_size, end_id, e.device)
+        return self._rules[end_token]
+
+    @torch.no_grad()
+    def beams(self, r: PseudoTokenRequest) -> list[PTBeam]:
+        """Their final beam search from BOS + cond_text with the learned prefix."""
+        e, cfg = self.engine, r.cfg
+        B = cfg.beam_size
+        prefix = self.prefix(cfg.dummy_tokens) + r.offset.detach()
+        generated = torch.tensor([e.tokenizer.encode(e.bos + cfg.cond_text)], device=e.device)
+        gen = scores = None
+        lengths = torch.ones(B, device=e.device)
+        stopped = torch.zeros(B, dtype=torch.bool, device=e.device)
+        rules = r.rules
+        for i in range(cfg.max_tokens):
+            last = torch.full((generated.shape[0],), generated.shape[1] - 1, device=e.device)
+            logits = self.forward(generated, last, prefix)
+            n = logits.shape[0]
+            knobs = RowKnobs.of([rules] * n, [cfg] * n, e.device)
+            logits = rules.apply(generated.tolist(), [i] * n, logits, knobs)
+            logits = torch.log_softmax(logits, dim=-1)
+            if scores is None:
+                prefix = prefix.repeat(1, 1, B, 1, 1, 1)
+                scores, next_tokens = logits.topk(B, -1)
+                generated = generated.repeat(B, 1)
+                next_tokens, scores = next_tokens.permute(1, 0), scores.squeeze(0)
+                gen = next_tokens
+            else:
+                logits[stopped] = -math.inf
+                logits[stopped, 0] = 0
+                total = scores[:, None] + logits
+                lengths[~stopped] += 1
+                average = total / lengths[:, None]
+                average, next_tokens = average.view(-1).topk(B, -1)
+                source = next_tokens // total.shape[1]
+                lengths = lengths[source]
+                next_tokens = (next_tokens % total.shape[1]).unsqueeze(1)
+                gen = torch.cat((gen[source], next_tokens), dim=-1)
+                generated = generated[source]
+                scores = average * lengths
+                stopped = stopped[source]
+            generated = torch.cat((generated, next_tokens), dim=1)
+            stopped = stopped + next_tokens.eq(rules.end_id).squeeze(-1)
+            if stopped.all():
+                break
+        scores = scores / lengths
+        texts = [e.tokenizer.decode(row[:int(n)]) for row, n in zip(gen.tolist(), lengths.tolist())]
+        order = scores.argsort(descending=True).tolist()
+        return [PTBeam(texts[k], cfg.cond_text + texts[k], float(scores[k])) for k in order]
+
+    def result(self, r: PseudoTokenRequest) -> PseudoTokenResult:
+        by_clip, by_mixed = rank(r.sims, r.ppls, r.cfg.clip_scale, r.cfg.ce_scale)
+        texts = [s.text for s in r.sentences]
+        return PseudoTokenResult(r.sentences, texts[by_clip[0]], texts[by_mixed[0]], r.beams, r.cfg.seed,
+                                 r.cfg.cond_text, r.name, r.sampled, time.perf_counter() - r.joined, r.details)
+
+    def decode(self, targets, cfg: PseudoTokenConfig, progress=None) -> list[PseudoTokenResult]:
+        """One result per target (modes.Target), decoded together as the form allows."""
+        e = self.engine
+        cfg = self.check(cfg)
+        requests = [self.request(t, cfg) for t in targets]
+        most = e.form.max_images or len(requests)
+        waiting, batch = list(requests), PseudoTokenBatch(e, most)
+        while waiting or len(batch):
+            while waiting and batch.accepts(waiting[0], most):
+                batch.add(waiting.pop(0))
+            for r in batch.step():
+                if r.error is not None:
+                    raise r.error
+            if progress is not None:
+                live = [r for r in requests if r.sentences]
+                if live:
+                    progress(max(r.sentence for r in live), cfg.sentence_iterations,
+                             [r.sentences[-1].text for r in live])
+        return [self.result(r) for r in requests]
+
+
+# ---- clips as the authors read them --------------------------------------------------------------
+NEAR_DUPLICATE = 0.9  # their filter_video: a frame this similar to its run's first joins that run
+
+
+def distinct_runs(frames: torch.Tensor) -> list[int]:
+    """Indices of the frames kept by their near-duplicate filter: a run of consecutive frames each
+    more similar than NEAR_DUPLICATE (cosine) to the run's first collapses into that first."""
+    sims = frames @ frames.T
+    kept, first = [0], 0
+    for i in range(1, frames.shape[0]):
+        if not sims[first, i] > NEAR_DUPLICATE:
+            kept.append(i)
+            first = i
+    return kept
+
+
+@dataclass
+class ClipFrames:
+    """What a clip's result adds: the frames its sentences were steered by."""
+
+    times: list[float]  # seconds from the start, of the kept frames
+    sampled: int  # frames sampled before the near-duplicate filter
+    sampling: str  # how they were sampled, in words
+
+    def to_dict(self) -> dict:
+        return {"frame_times": self.times, "frames": len(self.times), "frames_sampled": self.sampled,
+                "sampling": self.sampling}
+
+
+def authors_every(path: str) -> tuple[float, int, float, float]:
+    """(seconds between their sampled frames -- every max(1, fps // 3)-th frame --, that step, fps,
+    the clip's duration). Their fps // 3 is 0 below 3 fps (their code then fails); here every frame."""
+    from .video import _av, _duration
+
+    av = _av()
+    rate, duration = 0.0, 0.0
+    try:
+        with av.open(path) as container:
+            if container.streams.video:
+                stream = container.streams.video[0]
+                rate = float(stream.average_rate or stream.guessed_rate or 0)
+                duration = _duration(container, stream)
+    except (av.error.FFmpegError, UnicodeDecodeError):
+        pass  # FrameSampler says what is wrong with the file
+    rate = rate if math.isfinite(rate) and rate > 0 else 3.0
+    step = max(1, int(rate // 3))
+    return step / rate, step, rate, duration
+
+
+def clip_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None):
+    """A clip as the method reads it (a modes.Target with `frames`): by default every
+    max(1, fps // 3)-th frame (their run.py; at most video.MAX_FRAMES, else that many spread
+    evenly), or the frames asked for; each frame's normalised CLIP embedding; then their
+    near-duplicate filter."""
+    from .download import local_file
+    from .modes import Target
+    from .video import MAX_FRAMES, FrameSampler
+
+    with local_file(source) as path:
+        how = f"{frames} frames spread evenly" if frames is not None else (
+            f"a frame every {every:g} s" if every is not None else "")
+        if frames is None and every is None:
+            seconds, step, rate, duration = authors_every(path)
+            how = f"every {step}th frame ({rate:g} fps // 3)" if step > 1 else "every frame"
+            if duration > seconds * MAX_FRAMES:
+                how = f"{MAX_FRAMES} frames spread evenly (every {step}th frame would be more than {MAX_FRAMES})"
+                sampled = list(FrameSampler(path, name, frames=MAX_FRAMES))
+            else:
+                sampled = list(FrameSampler(path, name, every=seconds))
+        else:
+            sampled = list(FrameSampler(path, name, frames, every))
+        embeddings = []
+        for _, image in sampled:
+            e = engine.targets.raw_image(image, name)
+            embeddings.append(e / e.norm())
+    if not embeddings:
+        raise InputError(f"{name}: no frames to caption")
+    stacked = torch.stack(embeddings).float()
+    kept = distinct_runs(stacked)
+    times = [round(sampled[i][0], 3) for i in kept]
+    vector = engine.targets.mean([stacked[i] for i in kept], name)
+    return Target(vector, name, ClipFrames(times, len(sampled), how), frames=stacked[kept])
