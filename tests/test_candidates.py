@@ -111,3 +111,19 @@ def test_features_are_reused_within_a_step(engine):
         torch.testing.assert_close(feats, scorer.encode_candidates(cache, shared, suffix, eot), rtol=1e-4, atol=1e-5)
     assert new.tolist() == [(~torch.isin(second[r], first[r])).tolist() for r in range(2)]
     assert new[:, :20].sum() == 0 and seen.table.shape[0] == 60 + int(new.sum())
+
+
+def test_the_tokenizers_bpe_gives_clips_pieces(engine):
+    """candidates.bpe_ids runs CLIP's merges in the `tokenizers` library; on words made of CLIP's own
+    pieces glued together (what a candidate continuing a word makes) and on random characters,
+    its pieces are those of CLIP's Python bpe."""
+    import string
+
+    tok = engine.scorer.candidates.tok
+    rng = random.Random(0)
+    pieces = [w.replace("</w>", "") for w in tok.encoder if w.replace("</w>", "").isalpha()]
+    words = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 4)))[:30] for _ in range(3000)]
+    words += ["".join(rng.choice(string.ascii_lowercase + "'.,!-") for _ in range(rng.randint(1, 16)))
+              for _ in range(2000)]
+    for w in words:
+        assert engine.scorer.candidates.bpe_ids(w) == [tok.encoder[p] for p in tok.bpe(w).split(" ")], w

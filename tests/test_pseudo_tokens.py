@@ -136,7 +136,7 @@ def test_a_clip_is_read_and_captioned_as_theirs(engine, ref_tokenizer, tmp_path)
     path, order = write_clip(tmp_path / "clip.mkv")
     target = clip_target(engine, path, "clip.mkv")
     frames, indices = their_frames(engine, path)
-    assert target.details.sampled == 9 and target.details.sampling.startswith("every 3th frame")
+    assert target.details.sampled == 9 and target.details.sampling.startswith("every 3rd frame")
     assert [round(t * 9 / 3) for t in target.details.times] == indices  # the same frames kept
     assert torch.allclose(target.frames, frames, atol=1e-6)
     cfg = PseudoTokenConfig(sentence_iterations=2, max_tokens=5, seed=3)

@@ -60,6 +60,10 @@ class Request:
         c = self.cfg
         return c.beam_size * (c.top_k + 64) * (c.num_iterations + 1)
 
+    def new_batch(self, engine, max_requests: int | None = None) -> "Batch":
+        """A batch of requests of this kind (the scheduler's lanes)."""
+        return Batch(engine, max_requests)
+
     @property
     def done(self) -> bool:
         return self.beams is not None and (bool(self.beams.done.all()) or self.step >= self.cfg.max_tokens)
@@ -107,6 +111,10 @@ class Batch:
     def remove(self, request: Request) -> None:
         self.requests.remove(request)
         self.state.end(request.slots)
+
+    def result(self, request: Request):
+        """A finished request's CaptionResult."""
+        return self.engine.result(request)
 
     def step(self, only: list[Request] | None = None) -> list[Request]:
         """Advance every request (or those of `only`) by one token; return (and remove) those that

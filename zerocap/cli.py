@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from . import forms, modes
+from . import forms, methods, modes, pseudo_tokens
 from .config import FIELD_TYPES, KNOBS, PRESETS, describe_knob
 from .errors import InputError
 from .limits import BATCH_SIZE, EVERY, FRAMES, LIST_BYTES, LIST_NAMES
@@ -45,6 +45,32 @@ AUTHORS_FLAGS = {
 }
 
 
+# the pseudo-token knobs' spellings in their video-to-text run.py
+PT_AUTHORS_FLAGS = {
+    "dummy_tokens": ["--num_dummy_tokens", "--dummy_tokens"],
+    "sentence_iterations": ["--sentence_iterations"],
+    "sampling_top_k": ["--sampling_top_k"],
+    "learning_rate": ["--learning_rate"],
+    "lr_schedule": ["--scheduler_type"],
+    "weight_decay_scale": ["--weight_decay_scale"],
+    "entity_penalty": ["--entity_penalty"],
+    "ending_bonus": ["--ending_bonus"],
+}
+PT_SWITCHES = {  # knob -> (flags that turn it on, flags that turn it off)
+    "token_wise": (["--token-wise", "--token_wise"], ["--per-sentence"]),
+    "randomized_prompt": (["--randomized-prompt", "--randomized_prompt"], ["--no-randomized-prompt"]),
+}
+
+
+def describe_pt_knob(name: str) -> str:
+    spec, kind = pseudo_tokens.KNOBS[name], pseudo_tokens.FIELD_TYPES[name]
+    parts = [spec.help]
+    if spec.range is not None:
+        parts.append(spec.range.describe(kind is int))
+    parts.append(f"default {getattr(pseudo_tokens.DEFAULTS, name)!r}")
+    return ", ".join(parts)
+
+
 def _number(kind):
     def parse(text):
         try:
@@ -55,18 +81,46 @@ def _number(kind):
     return parse
 
 
+def _schedule(text: str) -> str:
+    """--lr-schedule, with their --scheduler_type spellings (nothing, expo)."""
+    return {"nothing": "constant", "expo": "exponential"}.get(text, text)
+
+
 def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
     from . import families
 
     g = p.add_argument_group("decoding (defaults: the paper's, per preset)")
+    g.add_argument("--method", choices=list(methods.METHODS), default=methods.DEFAULT.name,
+                   help="; ".join(f"{m.name}: {m.help}" for m in methods.METHODS.values()))
     g.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help=f"the paper's settings for a use (default: this command's, {mode})")
+                   help=f"the paper's settings for a use (default: this command's, {mode}; zerocap only)")
     for name in KNOBS:
         kind = FIELD_TYPES[name]
         flag = "--" + name.replace("_", "-")
         flags = [flag] + [a for a in AUTHORS_FLAGS.get(name, []) if a != flag]
+        text = describe_knob(name)
+        if name in methods.SHARED:
+            text = "zerocap: " + text + "; pseudo-tokens: " + describe_pt_knob(name)
         g.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(),
-                       type=str if kind is str else _number(kind), help=describe_knob(name))
+                       type=str if kind is str else _number(kind), help=text)
+    t = p.add_argument_group("method pseudo-tokens (their video-to-text run.py's defaults; with --method"
+                             " pseudo-tokens only)")
+    for name in pseudo_tokens.KNOBS:
+        if name in methods.SHARED or name in PT_SWITCHES:
+            continue
+        kind = pseudo_tokens.FIELD_TYPES[name]
+        flag = "--" + name.replace("_", "-")
+        flags = [flag] + [a for a in PT_AUTHORS_FLAGS.get(name, []) if a != flag]
+        parse = _schedule if name == "lr_schedule" else str if kind is str else _number(kind)
+        extra = {"choices": list(pseudo_tokens.SCHEDULES)} if name == "lr_schedule" else {}
+        t.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(), type=parse,
+                       help=describe_pt_knob(name) + (" (zerocap: accepted, no effect: it is deterministic)"
+                                                      if name == "seed" else ""), **extra)
+    for name, (on, off) in PT_SWITCHES.items():
+        t.add_argument(*on, dest=name, action="store_const", const=True, default=None,
+                       help=describe_pt_knob(name))
+        t.add_argument(*off, dest=name, action="store_const", const=False, default=None,
+                       help=f"the opposite of {on[0]}")
     m = p.add_argument_group("models and running")
     _add_models(m)
     folders = ", ".join(f"{f.flag} = weights/{f.folder}" for f in families.FAMILIES if f.flag)
@@ -95,10 +149,8 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
                         " early makes room for the next at once")
     m.add_argument("--json", action="store_true", help="one JSON object per result on stdout (JSONL)")
     a = p.add_argument_group("the authors' flags, accepted so their command lines run")
-    a.add_argument("--seed", type=_number(int), default=None,
-                   help="no effect: the decoder is deterministic, so there is nothing to seed")
     a.add_argument("--reset_context_delta", action="store_true", help="no effect: always on")
-    m.add_argument("--run_type", choices=["caption", "arithmetics"], help=argparse.SUPPRESS)
+    m.add_argument("--run_type", choices=["caption", "arithmetics", *VIDEO_TO_TEXT_RUN_TYPES], help=argparse.SUPPRESS)
 
 
 def _add_models(g) -> None:
@@ -138,17 +190,19 @@ def _add_dataset(p: argparse.ArgumentParser, what: str) -> None:
 def _image_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, patterns or URLs (anywhere among"
                                                                " the flags)")
-    p.add_argument("--caption_img_path", "--caption-img-path", dest="more_inputs", action="append", default=[],
-                   metavar="IMAGE", help="the authors' spelling of INPUT")
+    p.add_argument("--caption_img_path", "--caption-img-path", "--data_path", dest="more_inputs", action="append",
+                   default=[], metavar="IMAGE", help="the authors' spellings of INPUT")
     _add_dataset(p, "image")
 
 
 def _video_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="video files, folders, patterns or URLs (anywhere among"
                                                                " the flags)")
-    p.set_defaults(more_inputs=[])
+    p.add_argument("--data_path", dest="more_inputs", action="append", default=[], metavar="VIDEO",
+                   help="their video-to-text run.py's spelling of INPUT")
     p.add_argument("--frames", type=_number(int), default=None, metavar="N",
-                   help=f"frames spread evenly over the clip, {FRAMES.said} (default 8)")
+                   help=f"frames spread evenly over the clip, {FRAMES.said} (default: zerocap 8; pseudo-tokens every"
+                        " fps // 3-th frame, as their run.py, at most 64)")
     p.add_argument("--every", type=_number(float), default=None, metavar="SECONDS",
                    help=f"instead: a frame every SECONDS, {EVERY.said} ({FRAMES.said} frames)")
     _add_dataset(p, "video")
@@ -232,7 +286,14 @@ def _route(argv: list[str]) -> list[str]:
             run_type = argv[i + 1]
         elif a.startswith("--run_type="):
             run_type = a.split("=", 1)[1]
+    if run_type in VIDEO_TO_TEXT_RUN_TYPES:  # their video-to-text run.py: the pseudo-token method
+        method = [] if any(a == "--method" or a.startswith("--method=") for a in argv) else ["--method",
+                                                                                              pseudo_tokens.NAME]
+        return [VIDEO_TO_TEXT_RUN_TYPES[run_type]] + method + argv
     return ["arithmetic" if run_type == "arithmetics" else run_type] + argv
+
+
+VIDEO_TO_TEXT_RUN_TYPES = {"caption_images": "caption", "caption_videos": "video"}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

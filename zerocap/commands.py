@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import sys
 
-from . import forms, modes
-from .config import KNOBS, preset
+from . import forms, methods, modes
 from .errors import InputError
 from .limits import BATCH_SIZE
+
+KNOB_FLAGS = list(dict.fromkeys(k for m in methods.METHODS.values() for k in m.knobs))  # every method's knobs
 
 
 def run(args) -> int:
@@ -23,7 +24,8 @@ def run(args) -> int:
     if args.command == "selfcheck":
         return selfcheck(args)
     mode = modes.get(args.command)
-    cfg = preset(args.preset or mode.name, **{name: getattr(args, name) for name in KNOBS})
+    method = methods.get(args.method)
+    cfg = method.config(mode.name, args.preset, **{name: getattr(args, name, None) for name in KNOB_FLAGS})
     if not BATCH_SIZE.allows(args.batch_size):
         raise InputError(f"--batch-size must be {BATCH_SIZE.said}, got {args.batch_size}")
     return dataset(args, mode, cfg) if mode.kind.one_per_input else request(args, mode, cfg)
@@ -58,6 +60,12 @@ def form(args) -> forms.Form:
     chosen = forms.get(args.form)
     if args.compile and chosen.exact_lm:
         raise InputError("--compile runs the fast form; the exact form keeps the authors' operation order, eagerly")
+    if args.method != methods.ZEROCAP.name:
+        if args.compile:
+            raise InputError(f"--compile compiles ZeroCap's decoding step; method {args.method} runs eagerly")
+        if args.lm_dtype != "float32":
+            raise InputError(f"method {args.method} runs the LM in float32 (its prefix is learned by gradient"
+                             " steps, as theirs); leave out --lm-dtype")
     return chosen
 
 
@@ -131,7 +139,9 @@ def settings(mode, cfg, chosen: forms.Form, lm_dtype: str, options: dict, lm_pat
 
     check_lm_dir(lm_path)  # missing weights are said as loading says them
     check_clip_file(clip_path)
-    return {"mode": mode.name, "form": chosen.name, "lm_dtype": lm_dtype, **dataclasses.asdict(cfg), **options,
+    method = methods.of(cfg)  # (ZeroCap's lines name no method: files written before there were two stay resumable)
+    named = {} if method is methods.ZEROCAP else {"method": method.name}
+    return {"mode": mode.name, **named, "form": chosen.name, "lm_dtype": lm_dtype, **dataclasses.asdict(cfg), **options,
             "lm": fingerprint(lm_path), "clip": fingerprint(clip_path)}
 
 
@@ -188,7 +198,7 @@ def request(args, mode, cfg) -> int:
     quiet_transformers()
     engine = ZeroCap.load(lm_path, clip_path, device=where[0], lm_dtype=args.lm_dtype, form=form(args),
                           compile=args.compile)
-    targets = mode.kind.targets(engine, inputs)
+    targets = mode.kind.targets(engine, inputs, cfg=cfg)
     if args.compile:
         warm_up([engine], cfg, len(targets))
     emit = emitter(args.json, quiet=False)

@@ -226,8 +226,18 @@ class ZeroCap:
         """The preset `mode` with overrides, validated against these models."""
         return self.check(preset(mode, **overrides))
 
+    def _other(self, cfg):
+        """The decoder of cfg's method when it is not ZeroCap's (methods.py), else None."""
+        from .methods import of
+
+        runner = of(cfg).runner(self)
+        return None if runner is self else runner
+
     def check(self, cfg: ZeroCapConfig) -> ZeroCapConfig:
-        """Validate `cfg` and check it against these models; InputError says what is wrong."""
+        """Validate `cfg` (of any method) and check it against these models; InputError says what is wrong."""
+        other = self._other(cfg)
+        if other is not None:
+            return other.check(cfg)
         return self.facts.check(cfg, self.tokenizer, self.scorer.text_tokens, self.scorer.max_text_tokens)
 
     def prompt_ids(self, cfg: ZeroCapConfig) -> list[int]:
@@ -235,6 +245,11 @@ class ZeroCap:
 
     def _begin(self, items, what: str, config, overrides: dict, names, default=None):
         """(checked config, the items as a list, their names) -- every entry point's opening."""
+        method = overrides.pop("method", None)
+        if config is None and method is not None and method != "zerocap":  # another method's defaults
+            from .methods import get
+
+            config = get(method).Config()
         cfg = self.check((config or default or ZeroCapConfig()).replace(**overrides))
         items = list(items) if isinstance(items, (list, tuple)) else [items]
         if not items and what != "term":
@@ -270,7 +285,8 @@ class ZeroCap:
         """Caption each video file (see zerocap/video.py): `frames` spread evenly (default 8), or a
         frame `every` so many seconds; each result's details say which distinct frames were used."""
         cfg, videos, names = self._begin(videos, "video", config, overrides, names)
-        targets = [VIDEO.target(self, os.fspath(v), n, frames=frames, every=every) for v, n in zip(videos, names)]
+        targets = [VIDEO.target(self, os.fspath(v), n, frames=frames, every=every, cfg=cfg)
+                   for v, n in zip(videos, names)]
         return self.decode_targets(targets, cfg, progress)
 
     def decode_targets(self, targets: Sequence[Target], cfg: ZeroCapConfig, progress: Progress | None = None,
@@ -278,6 +294,9 @@ class ZeroCap:
         """One caption per target (modes.Target), decoded together (as many at once as the form
         allows); each result names its target and carries what its mode adds. max_requests: the
         batch's size (default: the targets'), which a compiled step's layout is sized by."""
+        other = self._other(cfg)
+        if other is not None:
+            return other.decode(targets, cfg, progress)
         requests = [self.request(t, cfg) for t in targets]
         most = min(max_requests or len(requests), self.form.max_images or len(requests))
         waiting, batch = list(requests), Batch(self, most)
@@ -300,7 +319,10 @@ class ZeroCap:
 
     # ---- the parts a decoding step asks of the engine (batch.py) ----------------------------------
     def request(self, target: Target, cfg: ZeroCapConfig, progress=None) -> Request:
-        """A checked config's caption of `target`, ready to join a batch."""
+        """A checked config's caption of `target`, ready to join a batch (its method's kind of request)."""
+        other = self._other(cfg)
+        if other is not None:
+            return other.request(target, cfg, progress)
         end_id = self.tokenizer.encode(cfg.end_token, add_special_tokens=False)[0]
         return Request(target.vector.to(self.device), cfg, target.name, self.prompt_ids(cfg), end_id, target.details,
                        progress)

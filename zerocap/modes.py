@@ -86,7 +86,7 @@ class Kind:
     def check_options(self, options: dict) -> None:
         """A dataset job's options, checked before any work."""
 
-    def targets(self, engine, checked: Inputs) -> list[Target]:
+    def targets(self, engine, checked: Inputs, cfg=None) -> list[Target]:
         raise NotImplementedError
 
     def target(self, engine, source: str, name: str, **options) -> Target:
@@ -111,7 +111,7 @@ class ImageKind(Kind):
         sent = given["image"]
         return Inputs([sent.path], [sent.name or "image"])
 
-    def targets(self, engine, checked):
+    def targets(self, engine, checked, cfg=None):
         return [Target(engine.targets.image_target(path, name), name) for path, name in zip(checked.items,
                                                                                             checked.names)]
 
@@ -155,15 +155,15 @@ class VideoKind(Kind):
 
         check_sampling(options.get("frames"), options.get("every"))
 
-    def targets(self, engine, checked):
-        return [self.target(engine, path, name, frames=checked.options.get("frames"))
+    def targets(self, engine, checked, cfg=None):
+        return [self.target(engine, path, name, frames=checked.options.get("frames"), cfg=cfg)
                 for path, name in zip(checked.items, checked.names)]
 
-    def target(self, engine, source, name, frames=None, every=None, **options):
-        from .video import video_target
+    def target(self, engine, source, name, frames=None, every=None, cfg=None, **options):
+        """A clip as the method of `cfg` reads it (methods.py; ZeroCap's when None)."""
+        from .methods import DEFAULT, of
 
-        vector, frames_used = video_target(engine, source, name, frames=frames, every=every)
-        return Target(vector, name, frames_used)
+        return (DEFAULT if cfg is None else of(cfg)).read_clip(engine, source, name, frames, every)
 
 
 class TermsKind(Kind):
@@ -214,7 +214,7 @@ class TermsKind(Kind):
             out.append(w)
         return out
 
-    def targets(self, engine, checked):
+    def targets(self, engine, checked, cfg=None):
         from .target import Term
 
         n = checked.options["images"]

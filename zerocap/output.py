@@ -14,12 +14,21 @@ def print_text(d: dict) -> None:
     """A result record as text on stdout."""
     out = sys.stdout
     out.write(f"{d['target']}\n")
-    out.write(f"  best mixed:   {d['best_mixed']}\n  best CLIP:    {d['best_clip']}\n")
-    out.write(f"  best fluency: {d['best_fluency']}\n  beams (score, CLIP similarity, perplexity):\n")
-    for b in d["beams"]:
-        out.write(f"    {b['score']:8.3f}  {b['clip_score']:6.3f}  {b['perplexity']:10.4g}  {b['caption']}\n")
+    if "sentences" in d:  # the pseudo-token method: their caption first, then what made it
+        out.write(f"  best CLIP:    {d['best_clip']}\n  best mixed:   {d['best_mixed']}\n  beams (score):\n")
+        for b in d["beams"]:
+            out.write(f"    {b['score']:8.3f}  {b['caption']}\n")
+        out.write(f"  {len(d['sentences'])} sentences sampled (seed {d['seed']}), in order (CLIP score, log-prob):\n")
+        for s in d["sentences"]:
+            out.write(f"    {s['clip_score']:8.3f}  {s['log_prob']:8.3f}  {s['text']}\n")
+    else:
+        out.write(f"  best mixed:   {d['best_mixed']}\n  best CLIP:    {d['best_clip']}\n")
+        out.write(f"  best fluency: {d['best_fluency']}\n  beams (score, CLIP similarity, perplexity):\n")
+        for b in d["beams"]:
+            out.write(f"    {b['score']:8.3f}  {b['clip_score']:6.3f}  {b['perplexity']:10.4g}  {b['caption']}\n")
     if d.get("frame_times"):
-        distinct = f"{d['frames']} distinct frames of {d['frames_asked']} asked"
+        distinct = (f"{d['frames']} distinct frames of {d['frames_asked']} asked" if "frames_asked" in d
+                    else f"{d['frames']} kept of {d['frames_sampled']} sampled, {d['sampling']}")
         out.write(f"  frames at {', '.join(f'{t:.2f}' for t in d['frame_times'])} s ({distinct})\n")
     out.write(f"  {d['timing']['tokens']} tokens in {d['timing']['seconds']:.2f} s\n")
     out.flush()

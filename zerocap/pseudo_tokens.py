@@ -317,6 +317,9 @@ class PseudoTokenRequest:
     def done(self) -> bool:
         return self.beams is not None
 
+    def new_batch(self, engine, max_requests: int | None = None) -> "PseudoTokenBatch":
+        return PseudoTokenBatch(engine, max_requests)
+
 
 class PseudoTokenBatch:
     """Pseudo-token requests sharing decoding steps: each step samples one token of every request
@@ -669,6 +672,10 @@ def authors_every(path: str) -> tuple[float, int, float, float]:
     return step / rate, step, rate, duration
 
 
+def _nth(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def clip_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None):
     """A clip as the method reads it (a modes.Target with `frames`): by default every
     max(1, fps // 3)-th frame (their run.py; at most video.MAX_FRAMES, else that many spread
@@ -683,9 +690,9 @@ def clip_target(engine, source: str, name: str, frames: int | None = None, every
             f"a frame every {every:g} s" if every is not None else "")
         if frames is None and every is None:
             seconds, step, rate, duration = authors_every(path)
-            how = f"every {step}th frame ({rate:g} fps // 3)" if step > 1 else "every frame"
+            how = f"every {_nth(step)} frame ({rate:g} fps // 3)" if step > 1 else "every frame"
             if duration > seconds * MAX_FRAMES:
-                how = f"{MAX_FRAMES} frames spread evenly (every {step}th frame would be more than {MAX_FRAMES})"
+                how = f"{MAX_FRAMES} frames spread evenly (every {_nth(step)} frame would be more than {MAX_FRAMES})"
                 sampled = list(FrameSampler(path, name, frames=MAX_FRAMES))
             else:
                 sampled = list(FrameSampler(path, name, every=seconds))

@@ -7,7 +7,8 @@ a request waits at most one step to start and a short caption does not wait for 
 Requests join in the order they came (first come, first served), whatever their settings, while
 fewer than `max_batch` run; the others wait.
 
-Lanes: no request starves the others. Requests of any settings can share a step (each row keeps
+Lanes: no request starves the others. Requests of one method (methods.py) and any settings can
+share a step (each row keeps
 its own knobs), but a step costs what its heaviest row costs, so requests run in lanes of
 similar cost (`Request.cost`: beams x candidates x iterations; within a factor LANE_RATIO of the
 lane's first request), each lane a batch stepped as one. The lanes take turns step by step,
@@ -120,14 +121,19 @@ def release_memory(device) -> None:
 
 
 class Lane:
-    """Requests of similar cost, decoded as one batch; `seconds`: its decoding time so far."""
+    """Requests of one method and of similar cost, decoded as one batch (the request's own kind:
+    `new_batch`); `seconds`: its decoding time so far."""
 
-    def __init__(self, engine, max_requests: int, cost: float, seconds: float):
-        self.batch = Batch(engine, max_requests)
-        self.cost, self.seconds = cost, seconds
+    def __init__(self, engine, request, max_requests: int, seconds: float):
+        self.batch = request.new_batch(engine, max_requests)
+        self.kind = type(request)
+        self.cost, self.seconds = request.cost, seconds
+
+    def takes(self, request) -> bool:
+        return type(request) is self.kind
 
     def fits(self, request: Request) -> bool:
-        return 1 / LANE_RATIO <= request.cost / self.cost <= LANE_RATIO
+        return self.takes(request) and 1 / LANE_RATIO <= request.cost / self.cost <= LANE_RATIO
 
 
 class Scheduler:
@@ -237,10 +243,11 @@ class Scheduler:
 
     def _lane_for(self, request: Request) -> Lane:
         """The lane of requests of its cost; a new one while there are fewer than MAX_LANES."""
-        nearest = min(self.lanes, key=lambda lane: abs(math.log(request.cost / lane.cost)), default=None)
+        same = [lane for lane in self.lanes if lane.takes(request)]  # its method's lanes
+        nearest = min(same, key=lambda lane: abs(math.log(request.cost / lane.cost)), default=None)
         if nearest is not None and (nearest.fits(request) or len(self.lanes) >= MAX_LANES):
             return nearest  # (when any lane fits, the nearest does)
-        lane = Lane(self.engine, self.max_batch, request.cost, min((lane.seconds for lane in self.lanes), default=0.0))
+        lane = Lane(self.engine, request, self.max_batch, min((lane.seconds for lane in self.lanes), default=0.0))
         self.lanes.append(lane)
         return lane
 
@@ -296,7 +303,7 @@ class Scheduler:
                     ticket._finish(error=r.error)
                     continue
                 try:
-                    ticket._finish(self.engine.result(r))
+                    ticket._finish(batch.result(r))
                 except Exception as e:  # noqa: BLE001
                     ticket._finish(error=e)
 

@@ -64,7 +64,7 @@ class Local:
                 outstanding -= 1
             scheduler = min(self.schedulers, key=lambda s: s.load)
             try:
-                target = self.mode.kind.target(scheduler.engine, item.source, item.name, **self.options)
+                target = self.mode.kind.target(scheduler.engine, item.source, item.name, cfg=self.cfg, **self.options)
             except InputError as e:
                 yield index, error_record(key, item, e)
                 continue

@@ -26,7 +26,7 @@ def caption_batch(engine, items: list[Input], mode, cfg, options: dict | None = 
     good, targets = [], []
     for i, item in enumerate(items):
         try:
-            targets.append(mode.kind.target(engine, item.source, item.name, **(options or {})))
+            targets.append(mode.kind.target(engine, item.source, item.name, cfg=cfg, **(options or {})))
         except InputError as e:
             records[i] = error_record(key, item, e)
             continue

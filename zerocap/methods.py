@@ -1,0 +1,97 @@
+"""The methods, chosen once: how a caption is made from the frozen LM and CLIP.
+
+  zerocap        ZeroCap's context shift (Tewel et al., CVPR 2022): gradient steps on the LM's
+                 key/value cache at every token, a beam search (engine.py, batch.py); the default
+  pseudo-tokens  evolving pseudo-tokens (Tewel et al. 2022, their method for clips and images): a
+                 learned prefix optimised while whole sentences are sampled (pseudo_tokens.py)
+
+A method is its knob table (a frozen dataclass: defaults, ranges, help), how a mode's settings
+become its config, its decoder on an engine (`runner`), and how it reads a clip. A config knows
+its method (`of(cfg)`), so the engine, the scheduler, dataset jobs and the container dispatch
+through it; the command line and predict.py pick one by name (`get`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from . import config as _config
+from . import pseudo_tokens as _pt
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    help: str
+    Config: type  # the knob table
+    presets: bool  # whether the modes' presets change its knobs (ZeroCap's do; the pseudo-tokens' have none)
+    runner: Callable  # engine -> its decoder of this method (check, request, decode_targets, result, Batch)
+    read_clip: Callable  # (engine, source, name, frames, every) -> modes.Target
+    ignored: tuple = ()  # other methods' knobs it accepts and ignores (the authors' flags of its own run.py)
+
+    @property
+    def knobs(self) -> dict:
+        return {f.name: f.metadata["knob"] for f in dataclasses.fields(self.Config)}
+
+    @property
+    def defaults(self):
+        return self.Config()
+
+    def config(self, mode: str, preset: str | None = None, **knobs):
+        """The mode's config of this method with the knobs given (None: not given), validated;
+        a knob of another method is refused in words."""
+        given = {k: v for k, v in knobs.items() if v is not None and k not in self.ignored}
+        foreign = [k for k in given if k not in self.knobs]
+        if foreign:
+            owners = {k: [m.name for m in METHODS.values() if k in m.knobs] for k in foreign}
+            raise InputError(f"{', '.join(foreign)} {'is a knob' if len(foreign) == 1 else 'are knobs'} of"
+                             f" method {_and(sorted({o for os in owners.values() for o in os}))}, not of {self.name}")
+        if not self.presets:
+            if preset is not None:
+                raise InputError(f"method {self.name} has no presets (its defaults are the authors' for every"
+                                 f" mode); leave out preset")
+            return self.Config().replace(**given).validate()
+        return _config.preset(preset or mode, **given)
+
+
+def _and(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else (names[0] if names else "?")
+
+
+def _zerocap_clip(engine, source, name, frames=None, every=None):
+    from .modes import Target
+    from .video import video_target
+
+    vector, frames_used = video_target(engine, source, name, frames=frames, every=every)
+    return Target(vector, name, frames_used)
+
+
+ZEROCAP = Method("zerocap", "ZeroCap's context shift: gradient steps on the LM's key/value cache at every token,"
+                 " then a beam search (the default)", _config.ZeroCapConfig, True, lambda engine: engine,
+                 _zerocap_clip, ignored=("seed",))  # their ZeroCap run.py's --seed: nothing to seed
+PSEUDO_TOKENS = Method(_pt.NAME, "evolving pseudo-tokens (the authors' follow-up, for clips and images): a learned"
+                       " prefix optimised while whole sentences are sampled", _pt.PseudoTokenConfig, False,
+                       lambda engine: engine.pseudo_tokens, _pt.clip_target)
+METHODS = {m.name: m for m in (ZEROCAP, PSEUDO_TOKENS)}
+DEFAULT = ZEROCAP
+SHARED = [k for k in PSEUDO_TOKENS.knobs if k in ZEROCAP.knobs]  # the knobs both take, by name
+
+
+def get(name: "str | Method | None") -> Method:
+    if name is None:
+        return DEFAULT
+    if isinstance(name, Method):
+        return name
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def of(cfg) -> Method:
+    """The method whose config `cfg` is."""
+    for m in METHODS.values():
+        if isinstance(cfg, m.Config):
+            return m
+    raise TypeError(f"not a method's config: {type(cfg).__name__}")
