@@ -33,9 +33,8 @@ from cog import BaseModel, BaseRunner, Input, Path
 from cog.input import FieldInfo
 from cog.types import URLPath
 
-from zerocap import InputError, modes, preset, selfcheck, weights
+from zerocap import InputError, methods, modes, selfcheck, weights
 from zerocap.modes import Target
-from zerocap.config import SERVED_KNOBS
 from zerocap.loading import quiet_transformers, resolve_device
 
 MAX_TERMS = 16  # images + texts in one arithmetic target
@@ -44,13 +43,19 @@ FILE_RULE = ("send the file as a URL (https://...) or a data URL (data:{mime};ba
 
 
 class Output(BaseModel):
-    caption: str  # best by beam score (the authors' "best mixed")
-    best_clip: str  # beam whose text is closest to the target in CLIP space
-    best_fluency: str  # beam with the lowest GPT-2 perplexity
-    beams: list[str]  # every beam's caption, best first
+    caption: str  # the method's answer: zerocap's best by beam score ("best mixed"); pseudo-tokens' best by CLIP
+    best_clip: str  # zerocap: the beam closest to the target in CLIP space; pseudo-tokens: the sentence closest
+    best_fluency: str  # zerocap: the beam with the lowest GPT-2 perplexity; pseudo-tokens: empty
+    best_mixed: str  # zerocap: the caption; pseudo-tokens: the sentence best by their mixed score
+    beams: list[str]  # every beam's caption, best first (pseudo-tokens: their final beam search)
     beam_scores: list[float]  # mean log-probability per token (beam-search score / length)
-    clip_scores: list[float]  # cosine similarity of each beam's text with the target
-    perplexities: list[float]  # GPT-2 perplexity of each beam's text; -1 when undefined
+    clip_scores: list[float]  # zerocap: cosine similarity of each beam's text with the target; else empty
+    perplexities: list[float]  # zerocap: GPT-2 perplexity of each beam's text, -1 when undefined; else empty
+    method: str
+    seed: int  # pseudo-tokens: the seed; zerocap: -1 (deterministic)
+    sentences: list[str]  # pseudo-tokens: every sampled sentence, in the order sampled; zerocap: empty
+    sentence_clip_scores: list[float]  # their CLIP score of each sentence (logit-scaled, mean over frames)
+    sentence_log_probs: list[float]  # their "avg perplexity" of each sentence (a mean log-prob); -1e9 when undefined
     mode: str
     target: str  # what was captioned: the file name, or the arithmetic expression
     cond_text: str
@@ -58,7 +63,8 @@ class Output(BaseModel):
     seconds: float  # decoding time, reranking included
     frame_times: list[float]  # mode video: the distinct frames (seconds) the caption describes; else empty
     frames: int  # mode video: how many distinct frames that is; else 0
-    frames_asked: int  # mode video: frames asked for (times falling on one frame count it once); else 0
+    frames_asked: int  # mode video: frames asked for (times falling on one frame count it once); pseudo-tokens:
+    # frames sampled before their near-duplicate filter; else 0
 
 
 # ---- checking a request against the declarations ------------------------------------------------
@@ -111,6 +117,8 @@ def allowed(info: FieldInfo, kind: type) -> str:
         return "a URL (https://...) or a data URL (data:...;base64,...) of a file"
     if kind is str:
         return "a string" + (f" of at most {info.max_length} characters" if info.max_length else "")
+    if kind is bool:
+        return "true or false"
     what = "an integer" if kind is int else "a number"
     if info.ge is not None and info.le is not None:
         return f"{what} from {info.ge:g} to {info.le:g}"
@@ -136,7 +144,10 @@ def _check_one(name: str, value, kind: type, info: FieldInfo):
     wrong = InputError(f"{name} must be {allowed(info, kind)}, got {_show(value)}")
     if kind is Path:
         return server_file(name, value)
-    if kind is str:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise wrong
+    elif kind is str:
         if not isinstance(value, str):
             raise wrong
         if info.max_length is not None and len(value) > info.max_length:
@@ -225,6 +236,9 @@ class Predictor(BaseRunner):
         warm = Image.new("RGB", (64, 64), (127, 127, 127))  # first-call kernels and caches
         cfg = self.model.config("caption", beam_size=2, max_tokens=2, top_k=16)
         self.scheduler.caption(self.model.request(Target(self.model.targets.image_target(warm), "warm-up"), cfg))
+        pt = self.model.pseudo_tokens  # the other method's vocabulary tables and prefix, built once
+        pt.rules(pt.Config.end_token)
+        pt.prefix(pt.Config.dummy_tokens)
         print(f"ready: up to {self.scheduler.max_batch} predictions decoded together on {self.model.device}",
               flush=True)
 
@@ -240,6 +254,7 @@ class Predictor(BaseRunner):
     async def run(
         self,
         mode: str = Input(default="caption", choices=["caption", "knowledge", "ocr", "arithmetic", "video"], description="caption: describe the image. knowledge: name the place or person ('Image of'). ocr: read the text in it ('Image of text that says'). arithmetic: describe a weighted sum of images and texts, e.g. woman + king - man. video: describe what the frames of a clip share."),  # noqa: E501
+        method: str = Input(default="zerocap", choices=['zerocap', 'pseudo-tokens'], description="zerocap: ZeroCap's context shift: gradient steps on the LM's key/value cache at every token, then a beam search (the default); pseudo-tokens: evolving pseudo-tokens (the authors' follow-up, for clips and images): a learned prefix optimised while whole sentences are sampled."),  # noqa: E501
         image: Optional[Path] = Input(default=None, description="The image (a URL or data URL; JPEG, PNG, WebP, GIF, BMP or TIFF; at most 80,000,000 pixels (80 MP)). For caption, knowledge and ocr; in arithmetic, the first image term."),  # noqa: E501
         images: Optional[list[Path]] = Input(default=None, description="arithmetic: the images to combine (URLs or data URLs), after `image` if given; at most 16 images and texts together."),  # noqa: E501
         image_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per image term (image first, then images), numbers from -10 to 10, e.g. 1, 1, -1; empty = all 1."),  # noqa: E501
@@ -249,33 +264,47 @@ class Predictor(BaseRunner):
         frames: int = Input(default=8, ge=1, le=32, description="video: frames spread evenly over the clip, an integer from 1 to 32; the caption describes their mean CLIP embedding."),  # noqa: E501
         cond_text: Optional[str] = Input(default=None, max_length=300, description="Prompt the caption continues; a caption is cond_text + the generated text. Empty = the mode's (default 'Image of a'; knowledge 'Image of'; ocr 'Image of text that says')."),  # noqa: E501
         beam_size: int = Input(default=5, ge=1, le=20, description="Beams kept by the length-normalised beam search (at most top_k); more = slower, more varied."),  # noqa: E501
-        max_tokens: int = Input(default=15, ge=1, le=40, description="Tokens generated at most (the authors' --target_seq_length)."),  # noqa: E501
+        max_tokens: Optional[int] = Input(default=None, ge=1, le=40, description="Tokens generated at most (the authors' --target_seq_length). Empty = the method's and mode's (zerocap: default 15; pseudo-tokens: 20)."),  # noqa: E501
         num_iterations: int = Input(default=5, ge=0, le=20, description="Gradient steps on the LM's key/value cache per token (0 = the plain LM)."),  # noqa: E501
         top_k: int = Input(default=512, ge=1, le=2048, description="Candidate tokens scored by CLIP per beam and iteration (at least beam_size)."),  # noqa: E501
         end_factor: Optional[float] = Input(default=None, ge=0.5, le=2.0, description="End-token boost from end_factor_from on: higher = shorter captions. Empty = the mode's (default 1.01; knowledge 1.04; ocr 1.04; arithmetic 1.06)."),  # noqa: E501
         end_factor_from: int = Input(default=1, ge=0, le=40, description="First step of the end-token boost (the paper says 3, the authors' code 1)."),  # noqa: E501
         fusion_factor: Optional[float] = Input(default=None, ge=0.0, le=1.0, description="Next-token probs = shifted^f x plain^(1-f). Empty = the mode's (default 0.99; arithmetic 0.95)."),  # noqa: E501
         grad_norm_factor: Optional[float] = Input(default=None, ge=0.0, le=2.0, description="The gradient is divided by its norm to this power. Empty = the mode's (default 0.9; arithmetic 0.95)."),  # noqa: E501
-        ce_scale: float = Input(default=0.2, ge=0.0, le=5.0, description="Weight of the fluency loss: the shifted LM's KL divergence from the plain LM."),  # noqa: E501
+        ce_scale: Optional[float] = Input(default=None, ge=0.0, le=5.0, description="Weight of the fluency loss: the shifted LM's KL divergence from the plain LM. Empty = the method's and mode's (zerocap: default 0.2; pseudo-tokens: 0.8)."),  # noqa: E501
         clip_scale: float = Input(default=1.0, ge=0.0, le=10.0, description="Weight of the CLIP loss."),
         stepsize: float = Input(default=0.3, ge=0.0, le=3.0, description="Step size of the context shift."),
-        clip_temperature: float = Input(default=0.01, ge=0.001, le=1.0, description="Softmax temperature over the candidates' CLIP similarities."),  # noqa: E501
-        repetition_penalty: float = Input(default=1.0, ge=0.5, le=3.0, description="Damping of the last 4 context tokens (1 = off)."),  # noqa: E501
+        clip_temperature: Optional[float] = Input(default=None, ge=0.001, le=1.0, description="Softmax temperature over the candidates' CLIP similarities. Empty = the method's and mode's (zerocap: default 0.01; pseudo-tokens: 1.0)."),  # noqa: E501
+        repetition_penalty: Optional[float] = Input(default=None, ge=0.5, le=3.0, description="Damping of the last 4 context tokens (1 = off). Empty = the method's and mode's (zerocap: default 1.0; pseudo-tokens: 2.0)."),  # noqa: E501
         forbidden_factor: float = Input(default=20.0, ge=1.0, le=100.0, description="Damping of bare numbers and ( ) , ! : newline."),  # noqa: E501
+        seed: int = Input(default=0, ge=0, le=2147483647, description='pseudo-tokens: seed of the prompt choices and of the sampling.'),  # noqa: E501
+        dummy_tokens: int = Input(default=5, ge=1, le=20, description='pseudo-tokens: pseudo-tokens in the learned prefix (their --num_dummy_tokens).'),  # noqa: E501
+        sentence_iterations: int = Input(default=30, ge=1, le=60, description='pseudo-tokens: sentences sampled while the prefix learns (their --sentence_iterations).'),  # noqa: E501
+        sampling_top_k: int = Input(default=3, ge=1, le=50, description='pseudo-tokens: tokens a sampled token is drawn from.'),  # noqa: E501
+        learning_rate: float = Input(default=0.006, ge=0.0001, le=1.0, description="pseudo-tokens: AdamW's learning rate for the prefix."),  # noqa: E501
+        lr_schedule: str = Input(default='cosine', choices=['constant', 'cosine', 'exponential'], description='pseudo-tokens: learning rate by sentence: constant, cosine (to 1e-4) or exponential (x0.9).'),  # noqa: E501
+        weight_decay_scale: float = Input(default=0.3, ge=0.0, le=10.0, description="pseudo-tokens: AdamW's weight decay = learning_rate x this."),  # noqa: E501
+        entity_penalty: float = Input(default=2.0, ge=0.0, le=20.0, description='pseudo-tokens: logit penalty of capitalised or non-letter tokens.'),  # noqa: E501
+        ending_bonus: float = Input(default=2.0, ge=-10.0, le=10.0, description='pseudo-tokens: logit bonus of the end token.'),  # noqa: E501
+        token_wise: bool = Input(default=True, description='pseudo-tokens: an optimiser step after every token (else after every sentence).'),  # noqa: E501
+        randomized_prompt: bool = Input(default=True, description='pseudo-tokens: each sentence starts from one of their 12 prompts (else from BOS alone).'),  # noqa: E501
     ) -> Output:
         values = dict(locals())
-        knobs = {name: values[name] for name in SERVED_KNOBS}
-        chosen = modes.get(mode)
+        chosen, how = modes.get(mode), methods.get(method)
         # an input left at its declared default is not given (frames has one, for video)
         defaults = _declared(Predictor.run.__wrapped__)[0]
         given = {name: None if values[name] == defaults[name].default else sent(values[name]) for name in MODE_INPUTS}
         inputs = chosen.kind.check(chosen, given)
-        cfg = self.model.check(preset(mode, **{**knobs, "cond_text": cond_text or None}))
+        # the method's knobs as sent (empty: its default); another method's only when given (then refused)
+        knobs = {name: values[name] for name in methods.SERVED
+                 if name in how.knobs or values[name] != defaults[name].default}
+        methods.refuse_foreign(how, knobs)
+        cfg = self.model.check(how.config(mode, None, **{**knobs, "cond_text": cond_text or None}))
         start = time.perf_counter()
 
         def read():  # on a worker thread, a few at a time: bounded memory whatever arrives at once
             with self.reading:
-                return chosen.kind.targets(self.model, inputs)
+                return chosen.kind.targets(self.model, inputs, cfg=cfg)
 
         targets = await asyncio.to_thread(read)
         result, ticket = await self._decode(self.model.request(targets[0], cfg), cfg)
@@ -287,14 +316,38 @@ class Predictor(BaseRunner):
         self.record_metric("total_seconds", seconds)
         self.record_metric("compiled_step", int(self.model.compiled is not None))  # 0: eager serves (setup log says why)
         out = result.to_dict()
-        return Output(
-            caption=result.best_mixed,
+        if how is methods.ZEROCAP:
+            return Output(
+                caption=result.best_mixed,
+                best_clip=result.best_clip,
+                best_fluency=result.best_fluency,
+                best_mixed=result.best_mixed,
+                beams=[b.caption for b in result.beams],
+                beam_scores=[b.score for b in result.beams],
+                clip_scores=[b.clip_score for b in result.beams],
+                perplexities=[b.perplexity if math.isfinite(b.perplexity) else -1.0 for b in result.beams],
+                method=how.name, seed=-1, sentences=[], sentence_clip_scores=[], sentence_log_probs=[],
+                mode=mode,
+                target=result.target,
+                cond_text=cfg.cond_text,
+                tokens=result.tokens,
+                seconds=seconds,
+                frame_times=out.get("frame_times", []),
+                frames=out.get("frames", 0),
+                frames_asked=out.get("frames_asked", 0),
+            )
+        return Output(  # the pseudo-token method: their returned caption, the sentences that made it
+            caption=result.best_clip,
             best_clip=result.best_clip,
-            best_fluency=result.best_fluency,
+            best_fluency="",
+            best_mixed=result.best_mixed,
             beams=[b.caption for b in result.beams],
             beam_scores=[b.score for b in result.beams],
-            clip_scores=[b.clip_score for b in result.beams],
-            perplexities=[b.perplexity if math.isfinite(b.perplexity) else -1.0 for b in result.beams],
+            clip_scores=[], perplexities=[],
+            method=how.name, seed=cfg.seed,
+            sentences=[x.text for x in result.sentences],
+            sentence_clip_scores=[_finite(x.clip_score) for x in result.sentences],
+            sentence_log_probs=[_finite(x.log_prob) for x in result.sentences],
             mode=mode,
             target=result.target,
             cond_text=cfg.cond_text,
@@ -302,7 +355,7 @@ class Predictor(BaseRunner):
             seconds=seconds,
             frame_times=out.get("frame_times", []),
             frames=out.get("frames", 0),
-            frames_asked=out.get("frames_asked", 0),
+            frames_asked=out.get("frames_sampled", 0),
         )
 
     async def _decode(self, request, cfg):
@@ -313,7 +366,7 @@ class Predictor(BaseRunner):
         done = loop.create_future()
 
         def progress(step: int, total: int, best: list[str]) -> None:  # on the scheduler's thread
-            loop.call_soon_threadsafe(lines.put_nowait, f"token {step}/{total}: {cfg.cond_text}{best[0]}")
+            loop.call_soon_threadsafe(lines.put_nowait, methods.progress_line(cfg, step, total, best))
 
         def finished(_ticket) -> None:
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
@@ -368,6 +421,11 @@ READING = 2  # requests whose inputs are read (decoded, embedded) at once: bound
 HERE = os.path.dirname(os.path.abspath(__file__))
 LITERAL_MODES = ["caption", "knowledge", "ocr", "arithmetic", "video"]  # the `mode` Input's choices, as declared
 MODE_INPUTS = ("image", "images", "image_weights", "texts", "text_weights", "video", "frames")
+
+
+def _finite(x: float) -> float:
+    """JSON has no infinity: their mean log-prob of a one-token sentence divides by zero."""
+    return x if math.isfinite(x) else -1e9
 
 
 def sent(value):

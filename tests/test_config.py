@@ -97,28 +97,36 @@ def cog_inputs() -> dict:
 
 
 def test_every_cog_input_restates_the_tables_word_for_word():
-    """cog's build reads predict.py statically, so its Inputs restate the knob table, the modes and
-    the limits as literals: each description is the one the tables give, word for word."""
-    from zerocap.config import SERVED_KNOBS, cog_description, preset_dependent
+    """cog's build reads predict.py statically, so its Inputs restate the knob tables (both
+    methods'), the modes and the limits as literals: each description is the one the tables give,
+    word for word."""
+    from zerocap import methods
     from zerocap.limits import FRAMES
     from zerocap.modes import cog_descriptions
+    from zerocap.pseudo_tokens import SCHEDULES
 
     inputs = cog_inputs()
     assert inputs["mode"].choices == list(MODES) and inputs["mode"].default == "caption"
+    assert inputs["method"].choices == list(methods.METHODS) and inputs["method"].default == "zerocap"
+    assert inputs["method"].description == methods.method_description()
     others = cog_descriptions()
-    knobs = set(inputs) - set(others)
-    assert knobs == set(SERVED_KNOBS)  # no knob left out, none invented
+    knobs = set(inputs) - set(others) - {"method"}
+    assert knobs == set(methods.SERVED)  # no knob left out, none invented
     for name, description in others.items():
         assert inputs[name].description == description, name
     assert (inputs["frames"].ge, inputs["frames"].le) == FRAMES.serve
-    for name in SERVED_KNOBS:
-        info, spec = inputs[name], KNOBS[name]
-        # a knob some mode changes defaults to "empty = the mode's"
-        assert info.default == (None if preset_dependent(name) else getattr(DEFAULTS, name)), name
+    assert inputs["lr_schedule"].choices == list(SCHEDULES)
+    for name in methods.SERVED:
+        owner = methods.ZEROCAP if name in methods.ZEROCAP.knobs else methods.PSEUDO_TOKENS
+        info, spec = inputs[name], owner.knobs[name]
+        # a knob some mode changes, or whose default differs by method, defaults to "empty = ..."
+        assert info.default == (None if methods.optional(name) else getattr(owner.defaults, name)), name
         if spec.serve is not None:
             assert (info.ge, info.le) == (spec.serve.lo, spec.serve.hi), name
+        if name in methods.SHARED:  # one input serves both: the same served range
+            assert methods.PSEUDO_TOKENS.knobs[name].serve == spec.serve, name
         assert info.max_length == spec.max_length, name
-        assert info.description == cog_description(name), name
+        assert info.description == methods.cog_description(name), name
 
 
 def readme() -> str:
@@ -144,18 +152,31 @@ def test_the_readmes_inputs_table_restates_the_tables():
     from zerocap.config import SERVED_KNOBS, preset_dependent
     from zerocap.limits import CLIP_PROMPT_TOKENS, FRAMES, PIXELS, TERMS, WEIGHT
 
+    from zerocap import methods, pseudo_tokens
+
     table = readme_inputs_table()
     assert set(cog_inputs()) == set(table)
     for name in SERVED_KNOBS:
         kind, default, allowed, does = table[name]
         spec = KNOBS[name]
         want_default = "the mode's" if preset_dependent(name) else f"{getattr(DEFAULTS, name):g}"
+        if methods.differs(name):  # e.g. max_tokens: "the method's (15; pseudo-tokens 20)"
+            want_default = (f"the method's ({getattr(DEFAULTS, name):g}; pseudo-tokens"
+                            f" {getattr(pseudo_tokens.DEFAULTS, name):g})")
         assert default == want_default, name
         if spec.serve is not None:
             assert allowed == f"{spec.serve.lo:g}–{spec.serve.hi:g}", name
             assert kind == ("integer" if FIELD_TYPES[name] is int else "number"), name
         assert does == spec.help, name  # the knob's help line, word for word
+    for name in methods.SERVED:
+        if name in KNOBS:
+            continue
+        kind, default, allowed, does = table[name]
+        assert does == "pseudo-tokens: " + pseudo_tokens.KNOBS[name].help, name
+        d = getattr(pseudo_tokens.DEFAULTS, name)
+        assert default == (str(d).lower() if isinstance(d, bool) else f"`{d}`" if isinstance(d, str) else f"{d:g}"), name
     assert table["mode"][2] == ", ".join(MODES)
+    assert table["method"][2] == ", ".join(methods.METHODS)
     assert PIXELS.said in table["image"][2] and PIXELS.said in table["video"][2]
     assert table["images"][2] == TERMS.say(served=True)
     assert WEIGHT.say(served=True) in table["image_weights"][2] and WEIGHT.say(served=True) in table["text_weights"][2]

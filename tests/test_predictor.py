@@ -114,8 +114,16 @@ def test_mode_and_terms(predictor, images, inputs, message):
 
 
 @pytest.mark.parametrize("inputs,message", [
-    ({"bogus": 1}, "unknown input bogus; the inputs are: mode, image, images, image_weights, texts,"),
-    ({"seed": 3, "bogus": 1}, "unknown inputs bogus, seed;"),
+    ({"bogus": 1}, "unknown input bogus; the inputs are: mode, method, image, images, image_weights, texts,"),
+    ({"sed": 3, "bogus": 1}, "unknown inputs bogus, sed;"),
+    ({"method": "pseudo-tokens", "num_iterations": 3}, "num_iterations, top_k are knobs of method zerocap, not of"
+                                                       " pseudo-tokens"),  # (SMALL's top_k too)
+    ({"sentence_iterations": 3, "seed": 2}, "seed, sentence_iterations are knobs of method pseudo-tokens, not of"
+                                            " zerocap"),
+    ({"method": "pseudo-tokens", "token_wise": 1}, "token_wise must be true or false, got 1"),
+    ({"method": "pseudo-tokens", "lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine, exponential"),
+    ({"method": "pseudo-tokens", "sentence_iterations": 61}, "sentence_iterations must be an integer from 1 to 60"),
+    ({"method": "sat"}, "method must be one of zerocap, pseudo-tokens, got \"sat\""),
     ({"texts": "a crown"}, "texts must be a list of values, each a string; got the single value \"a crown\""),
     ({"texts": [1, 2]}, "texts[0] must be a string, got 1"),
     ({"texts": [None]}, "texts[0] must be a string, got null"),

@@ -40,13 +40,18 @@ class Knob:
     range: Range | None = None  # numbers: what the decoder accepts
     serve: Range | None = None  # numbers: what one Cog request may ask for (None: not a Cog input)
     max_length: int | None = None  # strings: the Cog input's length limit (None: not a Cog input)
+    served: bool = False  # a Cog input though neither (true/false knobs)
+
+    @property
+    def is_served(self) -> bool:
+        return self.serve is not None or self.max_length is not None or self.served
 
 
 def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tuple | None = None,
-         max_length: int | None = None):
+         max_length: int | None = None, served: bool = False):
     rng = None if lo is None else Range(lo, hi, lo_open)
     srv = None if serve is None else Range(*serve)
-    return field(default=default, metadata={"knob": Knob(help, rng, srv, max_length)})
+    return field(default=default, metadata={"knob": Knob(help, rng, srv, max_length, served)})
 
 
 @dataclass(frozen=True)

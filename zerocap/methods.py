@@ -43,17 +43,22 @@ class Method:
         """The mode's config of this method with the knobs given (None: not given), validated;
         a knob of another method is refused in words."""
         given = {k: v for k, v in knobs.items() if v is not None and k not in self.ignored}
-        foreign = [k for k in given if k not in self.knobs]
-        if foreign:
-            owners = {k: [m.name for m in METHODS.values() if k in m.knobs] for k in foreign}
-            raise InputError(f"{', '.join(foreign)} {'is a knob' if len(foreign) == 1 else 'are knobs'} of"
-                             f" method {_and(sorted({o for os in owners.values() for o in os}))}, not of {self.name}")
+        refuse_foreign(self, given)
         if not self.presets:
             if preset is not None:
                 raise InputError(f"method {self.name} has no presets (its defaults are the authors' for every"
                                  f" mode); leave out preset")
             return self.Config().replace(**given).validate()
         return _config.preset(preset or mode, **given)
+
+
+def refuse_foreign(method: Method, given: dict) -> None:
+    """InputError naming the knobs given that belong to other methods only."""
+    foreign = [k for k, v in given.items() if v is not None and k not in method.knobs]
+    if foreign:
+        owners = sorted({m.name for m in METHODS.values() for k in foreign if k in m.knobs})
+        raise InputError(f"{', '.join(foreign)} {'is a knob' if len(foreign) == 1 else 'are knobs'} of method"
+                         f" {_and(owners)}, not of {method.name}")
 
 
 def _and(names: list[str]) -> str:
@@ -95,3 +100,47 @@ def of(cfg) -> Method:
         if isinstance(cfg, m.Config):
             return m
     raise TypeError(f"not a method's config: {type(cfg).__name__}")
+
+
+# ---- the container's inputs: every method's served knobs, said once ---------------------------------
+def served(method: Method) -> list[str]:
+    return [name for name, k in method.knobs.items() if k.is_served]
+
+
+SERVED = list(dict.fromkeys(served(ZEROCAP) + served(PSEUDO_TOKENS)))  # the Cog inputs that are knobs
+
+
+def differs(name: str) -> bool:
+    """A knob both methods take, with other defaults."""
+    return name in SHARED and getattr(ZEROCAP.defaults, name) != getattr(PSEUDO_TOKENS.defaults, name)
+
+
+def optional(name: str) -> bool:
+    """Whether the Cog input is optional: empty = the method's (and mode's) default."""
+    return (name in ZEROCAP.knobs and _config.preset_dependent(name)) or differs(name)
+
+
+def cog_description(name: str) -> str:
+    """The Cog input's description of a served knob (predict.py restates it as a literal)."""
+    if name not in ZEROCAP.knobs:
+        spec = PSEUDO_TOKENS.knobs[name]
+        return f"{PSEUDO_TOKENS.name}: {spec.help}."
+    if not differs(name):
+        return _config.cog_description(name)
+    spec = ZEROCAP.knobs[name]
+    text = spec.help[0].upper() + spec.help[1:] + "."
+    return (text + f" Empty = the method's and mode's ({ZEROCAP.name}: {_config._preset_values(name)};"
+            f" {PSEUDO_TOKENS.name}: {getattr(PSEUDO_TOKENS.defaults, name)!r}).")
+
+
+def method_description() -> str:
+    """The Cog `method` input's description."""
+    return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."
+
+
+def progress_line(cfg, step: int, total: int, best: list[str]) -> str:
+    """One line of a prediction's log after a step: a token of ZeroCap's beams, a sentence of the
+    pseudo-tokens'."""
+    if of(cfg) is ZEROCAP:
+        return f"token {step}/{total}: {cfg.cond_text}{best[0]}"
+    return f"sentence {step}/{total}: {best[0]}"

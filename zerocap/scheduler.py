@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from .batch import Batch, Request
+from .batch import Request
 from .errors import InputError
 
 OUT_OF_MEMORY = "out of memory: lower beam_size or top_k, or combine fewer terms"
