@@ -526,3 +526,64 @@ def test_memory_returns_after_three_79_megapixel_images(server):
     assert server.wait(until=("READY",), timeout=20)["status"] == "READY"
     time.sleep(1)
     assert worker_rss_mb(server) - before < 200, (before, worker_rss_mb(server))
+
+
+# ---- the pseudo-token method through the server --------------------------------------------------------
+PT = {"method": "pseudo-tokens", "sentence_iterations": 3, "max_tokens": 6, "beam_size": 2}
+
+
+def test_the_pseudo_token_method_answers_with_its_sentences(server, uris):
+    out = server.predict(image=uris[0], seed=4, **PT)
+    assert out["status"] == "succeeded", out.get("error")
+    o = out["output"]
+    assert o["method"] == "pseudo-tokens" and o["seed"] == 4
+    assert len(o["sentences"]) == len(o["sentence_clip_scores"]) == len(o["sentence_log_probs"]) == 3
+    assert o["caption"] == o["best_clip"] and o["best_clip"] in o["sentences"] and o["best_mixed"] in o["sentences"]
+    assert len(o["beams"]) == 2 and all(b.startswith("Image of a") for b in o["beams"])
+    assert o["clip_scores"] == [] and o["perplexities"] == [] and o["best_fluency"] == ""
+    assert "sentence 1/3: " in out["logs"]  # per-sentence progress in the prediction's logs
+
+
+def test_a_knob_of_the_other_method_fails_that_prediction_in_words(server, uris):
+    out = server.predict(image=uris[0], num_iterations=3, **PT)
+    assert_failed(server, out, "num_iterations is a knob of method zerocap, not of pseudo-tokens")
+
+
+def test_four_pseudo_token_requests_together_are_faster_each_with_its_output_alone(server, uris):
+    bodies = [{"input": {"image": uris[i % 4], "seed": i, **PT}} for i in range(4)]
+    start = time.time()
+    alone = [http("POST", server.url + "/predictions", b, timeout=300) for b in bodies]
+    one_by_one = time.time() - start
+    start = time.time()
+    together = burst(server, bodies)
+    at_once = time.time() - start
+    for (_, a), (_, b) in zip(alone, together):
+        assert a["status"] == b["status"] == "succeeded", (a.get("error"), b.get("error"), server.log_tail())
+        for key in ("sentences", "caption", "best_mixed", "beams"):
+            assert a["output"][key] == b["output"][key], key  # what it gets alone
+    assert max(o["metrics"]["batch_size"] for _, o in together) > 2  # decoded together
+    assert one_by_one / at_once >= 1.5, (one_by_one, at_once)
+
+
+def test_a_zerocap_caption_beside_a_long_pseudo_token_request_is_not_held_up(server, uris):
+    """A long pseudo-token request in flight takes turns with a ZeroCap caption step by step
+    (the scheduler's lanes): the caption takes at most 2.5x its time alone, and the long one goes on."""
+    body = {"input": {"image": uris[1], **BURST}}
+    http("POST", server.url + "/predictions", body, timeout=300)  # warm
+    start = time.time()
+    alone = http("POST", server.url + "/predictions", body, timeout=300)[1]
+    seconds_alone = time.time() - start
+    long = {"input": {"image": uris[0], "method": "pseudo-tokens", "sentence_iterations": 40, "max_tokens": 10}}
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(out=http("POST", server.url + "/predictions", long,
+                                                                   timeout=600)[1]))
+    thread.start()
+    time.sleep(1.0)  # it is decoding
+    start = time.time()
+    beside = http("POST", server.url + "/predictions", body, timeout=300)[1]
+    seconds_beside = time.time() - start
+    assert beside["status"] == "succeeded" and beside["output"]["beams"] == alone["output"]["beams"]
+    assert "out" not in done, "the long request should still be running"
+    assert seconds_beside <= 2.5 * seconds_alone, (seconds_beside, seconds_alone)
+    thread.join(600)
+    assert done["out"]["status"] == "succeeded", done["out"].get("error")

@@ -164,13 +164,10 @@ class TokenRules:
         R, V = logits.shape
         dev = logits.device
         # similar-form repetition penalty over the last HISTORY tokens (token 0 fills empty slots, as theirs)
-        hist = torch.zeros(R, HISTORY * SIMILAR, dtype=torch.long)
-        for r, ctx in enumerate(contexts):
-            h = ctx[-HISTORY:]
-            ids = self.similar[torch.tensor(h, device=self.similar.device)].reshape(-1).cpu()
-            hist[r, :ids.numel()] = ids
-            hist[r, ids.numel():] = ids[0] if ids.numel() else 0
-        hist = hist.to(dev)
+        # a row with fewer than HISTORY tokens repeats its first: the same ids, so the same result
+        recent = torch.tensor([c[-HISTORY:] + [c[-HISTORY:][0]] * (HISTORY - len(c[-HISTORY:])) for c in contexts],
+                              device=dev)
+        hist = self.similar[recent].reshape(R, HISTORY * SIMILAR)
         score = logits.gather(1, hist)
         pen = knobs.repetition_penalty[:, None]
         score = torch.where(score < 0, score * pen, score / pen)
@@ -380,8 +377,8 @@ class PseudoTokenBatch:
         finished = []
         if sampling:
             self._sample(sampling)
-        for r in ending:
-            r.beams = self.method.beams(r)
+        if ending:
+            self.method.beams(ending)
         for r in requests:
             r.shared.append(len(requests))
             if r.done or r.error is not None:
@@ -394,15 +391,9 @@ class PseudoTokenBatch:
         e, m = self.engine, self.method
         dev = e.device
         contexts = [list(r.tokens) for r in rows]
-        ids, last = _right_padded(contexts, dev)
         with torch.no_grad():
-            unshifted = torch.softmax(m.forward(ids, last), dim=-1)
-        if len({r.cfg.dummy_tokens for r in rows}) == 1:
-            prefix = torch.cat([m.prefix(r.cfg.dummy_tokens) + r.offset for r in rows], dim=2)
-            logits = m.forward(ids, last, prefix)
-        else:  # prefixes of other lengths: each its own pass
-            logits = torch.cat([m.forward(ids[j:j + 1, :int(last[j]) + 1], last[j:j + 1] * 0 + last[j],
-                                          m.prefix(r.cfg.dummy_tokens) + r.offset) for j, r in enumerate(rows)])
+            unshifted = torch.softmax(m.logits(contexts), dim=-1)
+        logits = m.logits(contexts, [m.prefix(r.cfg.dummy_tokens) + r.offset for r in rows])
         probs = torch.softmax(logits, dim=-1) + 2e-45
         top = probs.topk(min(CANDIDATES, probs.shape[-1]), -1).indices  # (R, K)
         texts = e.tokenizer.batch_decode(contexts, skip_special_tokens=True)
@@ -459,6 +450,70 @@ class PseudoTokenBatch:
                     r.error = exc
             if r.sentence < r.cfg.sentence_iterations:
                 self._begin_sentence(r)
+
+
+def _starts(sizes: list[int]) -> list[int]:
+    out, k = [], 0
+    for n in sizes:
+        out.append(k)
+        k += n
+    return out
+
+
+class _BeamSearch:
+    """One request's final beam search, as theirs (decode_beam_search), a step at a time."""
+
+    def __init__(self, method: "PseudoTokens", r: PseudoTokenRequest):
+        e, cfg = method.engine, r.cfg
+        self.r, self.B, self.i, self.finished = r, cfg.beam_size, 0, False
+        self.prefix = method.prefix(cfg.dummy_tokens) + r.offset.detach()  # (L, 2, 1, H, P, hd)
+        self.generated = torch.tensor([e.tokenizer.encode(e.bos + cfg.cond_text)], device=e.device)
+        self.gen = self.scores = None
+        self.lengths = torch.ones(self.B, device=e.device)
+        self.stopped = torch.zeros(self.B, dtype=torch.bool, device=e.device)
+        self.decode = e.tokenizer.decode
+
+    @property
+    def rows(self) -> int:
+        return self.generated.shape[0]
+
+    def prefix_rows(self) -> list[torch.Tensor]:
+        return [self.prefix] * self.rows
+
+    def advance(self, logits: torch.Tensor) -> None:
+        """One step, given the rule-applied log-probs (rows, V) of its rows."""
+        B = self.B
+        if self.scores is None:
+            scores, next_tokens = logits.topk(B, -1)
+            self.generated = self.generated.repeat(B, 1)
+            next_tokens, self.scores = next_tokens.permute(1, 0), scores.squeeze(0)
+            self.gen = next_tokens
+        else:
+            stopped = self.stopped
+            logits[stopped] = -math.inf
+            logits[stopped, 0] = 0
+            total = self.scores[:, None] + logits
+            self.lengths[~stopped] += 1
+            average = total / self.lengths[:, None]
+            average, next_tokens = average.view(-1).topk(B, -1)
+            source = next_tokens // total.shape[1]
+            self.lengths = self.lengths[source]
+            next_tokens = (next_tokens % total.shape[1]).unsqueeze(1)
+            self.gen = torch.cat((self.gen[source], next_tokens), dim=-1)
+            self.generated = self.generated[source]
+            self.scores = average * self.lengths
+            self.stopped = stopped[source]
+        self.generated = torch.cat((self.generated, next_tokens), dim=1)
+        self.stopped = self.stopped + next_tokens.eq(self.r.rules.end_id).squeeze(-1)
+        self.i += 1
+        self.finished = bool(self.stopped.all()) or self.i >= self.r.cfg.max_tokens
+
+    def answer(self) -> list[PTBeam]:
+        scores = self.scores / self.lengths
+        texts = [self.decode(row[:int(n)]) for row, n in zip(self.gen.tolist(), self.lengths.tolist())]
+        order = scores.argsort(descending=True).tolist()
+        cond = self.r.cfg.cond_text
+        return [PTBeam(texts[k], cond + texts[k], float(scores[k])) for k in order]
 
 
 def _right_padded(contexts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -551,52 +606,49 @@ class PseudoTokens:
             self._rules[end_token] = TokenRules(e.tokenizer, e.vocab_size, end_id, e.device)
         return self._rules[end_token]
 
+    def logits(self, contexts: list[list[int]], prefixes: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Next-token logits (R, V) fp32 of rows of any lengths, each after its own prefix (L, 2, 1,
+        H, P, hd) if given: one pass per prefix length (differentiable in the prefixes)."""
+        dev = self.engine.device
+        if prefixes is None:
+            ids, last = _right_padded(contexts, dev)
+            return self.forward(ids, last)
+        groups: dict[int, list[int]] = {}
+        for j, p in enumerate(prefixes):
+            groups.setdefault(p.shape[-2], []).append(j)
+        parts, order = [], []
+        for rows in groups.values():
+            ids, last = _right_padded([contexts[j] for j in rows], dev)
+            parts.append(self.forward(ids, last, torch.cat([prefixes[j] for j in rows], dim=2)))
+            order += rows
+        out = torch.cat(parts)
+        return out if order == sorted(order) else out[torch.tensor(order, device=dev).argsort()]
+
     @torch.no_grad()
-    def beams(self, r: PseudoTokenRequest) -> list[PTBeam]:
-        """Their final beam search from BOS + cond_text with the learned prefix."""
-        e, cfg = self.engine, r.cfg
-        B = cfg.beam_size
-        prefix = self.prefix(cfg.dummy_tokens) + r.offset.detach()
-        generated = torch.tensor([e.tokenizer.encode(e.bos + cfg.cond_text)], device=e.device)
-        gen = scores = None
-        lengths = torch.ones(B, device=e.device)
-        stopped = torch.zeros(B, dtype=torch.bool, device=e.device)
-        rules = r.rules
-        for i in range(cfg.max_tokens):
-            last = torch.full((generated.shape[0],), generated.shape[1] - 1, device=e.device)
-            logits = self.forward(generated, last, prefix)
-            n = logits.shape[0]
-            knobs = RowKnobs.of([rules] * n, [cfg] * n, e.device)
-            logits = rules.apply(generated.tolist(), [i] * n, logits, knobs)
-            logits = torch.log_softmax(logits, dim=-1)
-            if scores is None:
-                prefix = prefix.repeat(1, 1, B, 1, 1, 1)
-                scores, next_tokens = logits.topk(B, -1)
-                generated = generated.repeat(B, 1)
-                next_tokens, scores = next_tokens.permute(1, 0), scores.squeeze(0)
-                gen = next_tokens
-            else:
-                logits[stopped] = -math.inf
-                logits[stopped, 0] = 0
-                total = scores[:, None] + logits
-                lengths[~stopped] += 1
-                average = total / lengths[:, None]
-                average, next_tokens = average.view(-1).topk(B, -1)
-                source = next_tokens // total.shape[1]
-                lengths = lengths[source]
-                next_tokens = (next_tokens % total.shape[1]).unsqueeze(1)
-                gen = torch.cat((gen[source], next_tokens), dim=-1)
-                generated = generated[source]
-                scores = average * lengths
-                stopped = stopped[source]
-            generated = torch.cat((generated, next_tokens), dim=1)
-            stopped = stopped + next_tokens.eq(rules.end_id).squeeze(-1)
-            if stopped.all():
+    def beams(self, requests: list[PseudoTokenRequest]) -> None:
+        """Their final beam search from BOS + cond_text with each request's learned prefix, the
+        requests' searches in lockstep (one LM pass per step for all); sets each one's `beams`."""
+        e = self.engine
+        searches = [_BeamSearch(self, r) for r in requests]
+        while True:
+            live = [b for b in searches if not b.finished]
+            if not live:
                 break
-        scores = scores / lengths
-        texts = [e.tokenizer.decode(row[:int(n)]) for row, n in zip(gen.tolist(), lengths.tolist())]
-        order = scores.argsort(descending=True).tolist()
-        return [PTBeam(texts[k], cfg.cond_text + texts[k], float(scores[k])) for k in order]
+            contexts = [row for b in live for row in b.generated.tolist()]
+            prefixes = [p for b in live for p in b.prefix_rows()]
+            logits = self.logits(contexts, prefixes)
+            knobs = RowKnobs.of([b.r.rules for b in live for _ in range(b.rows)],
+                                [b.r.cfg for b in live for _ in range(b.rows)], e.device)
+            logits = live[0].r.rules.apply(contexts, [b.i for b in live for _ in range(b.rows)], logits, knobs) \
+                if len({id(b.r.rules) for b in live}) == 1 else torch.cat(
+                    [b.r.rules.apply(b.generated.tolist(), [b.i] * b.rows, logits[k:k + b.rows],
+                                     RowKnobs.of([b.r.rules] * b.rows, [b.r.cfg] * b.rows, e.device))
+                     for b, k in zip(live, _starts([b.rows for b in live]))])
+            logits = torch.log_softmax(logits, dim=-1)
+            for b, k in zip(live, _starts([b.rows for b in live])):
+                b.advance(logits[k:k + b.rows])
+        for b in searches:
+            b.r.beams = b.answer()
 
     def result(self, r: PseudoTokenRequest) -> PseudoTokenResult:
         by_clip, by_mixed = rank(r.sims, r.ppls, r.cfg.clip_scale, r.cfg.ce_scale)
