@@ -274,6 +274,62 @@ def lone_rows(zc: ZeroCap, images, cfg: ZeroCapConfig, device, sizes=(1, 8, 16))
     return "\n".join(lines) + "\n"
 
 
+def pseudo_token_rows(lm, tok, clip_model, preprocess, device, images, sentences: int, tokens: int,
+                      reference: bool, exact: bool, together: int = 4) -> str:
+    """The pseudo-token method (their README's defaults but `sentences` sentences of at most `tokens`
+    tokens): their code (tests/reference_pseudo_tokens.py), the fast form alone and `together`
+    requests at once, the exact form; whether each gave their sentences, captions and beams."""
+    import copy
+
+    from zerocap.modes import Target
+    from zerocap.pseudo_tokens import PseudoTokenConfig
+
+    cfg = PseudoTokenConfig(sentence_iterations=sentences, max_tokens=tokens)
+    fast = ZeroCap(lm, tok, clip_model, preprocess, device=device)
+    targets = [Target(fast.targets.image_target(im), f"image {i}") for i, im in enumerate(images[:together])]
+    fast.pseudo_tokens.decode(targets[:1], cfg.replace(sentence_iterations=1, max_tokens=2))  # tables, kernels
+
+    def outputs(r):
+        return [s.text for s in r.sentences], r.best_clip, r.best_mixed, [b.text for b in r.beams]
+
+    rows, want = [], None
+    if reference:
+        from reference_pseudo_tokens import CLIPTextGenerator, reference_args
+
+        gen = CLIPTextGenerator(lm, copy.deepcopy(tok), clip_model, device=device, **reference_args(cfg))
+        (by_clip, by_mixed, texts, beams), ref_seconds = timed(lambda: gen.generate(targets[0].vector[None]), device)
+        want = (texts, by_clip[0], by_mixed[0], beams)
+        print(f"pseudo-tokens, their code: {ref_seconds:.2f} s", flush=True)
+    (res,), seconds = timed(lambda: fast.pseudo_tokens.decode(targets[:1], cfg), device)
+    n = res.tokens
+    print(f"pseudo-tokens, fast: {seconds:.2f} s ({n} tokens)", flush=True)
+    same = "—" if want is None else ("yes" if outputs(res) == want else "no")
+    rows.append(("engine, fast form, 1 request", seconds, seconds / n, ref_seconds / seconds if want else None, same))
+    if exact:
+        zc = ZeroCap(lm, tok, clip_model, preprocess, device=device, form="exact")
+        (res_e,), exact_seconds = timed(lambda: zc.pseudo_tokens.decode(targets[:1], cfg), device)
+        same_e = "—" if want is None else ("yes" if outputs(res_e) == want else "no")
+        rows.append(("engine, exact form, 1 request", exact_seconds, exact_seconds / n,
+                     ref_seconds / exact_seconds if want else None, same_e))
+    if want is not None:
+        rows.append(("their code (tests/reference_pseudo_tokens.py)", ref_seconds, ref_seconds / n, 1.0, "—"))
+    alone, one_by_one = [], 0.0
+    for t in targets:
+        (r,), sec = timed(lambda t=t: fast.pseudo_tokens.decode([t], cfg), device)
+        alone.append(outputs(r))
+        one_by_one += sec
+    many, at_once = timed(lambda: fast.pseudo_tokens.decode(targets, cfg), device)
+    same_many = "yes" if [outputs(r) for r in many] == alone else "no"
+    table = ("| pseudo-tokens | s/request | s/token | speed-up vs their code | = their outputs |\n"
+             "| --- | ---: | ---: | ---: | --- |\n"
+             + "".join(f"| {a} | {b:.3f} | {c:.4f} | {'' if d is None else f'{d:.1f}x'} | {e} |\n"
+                       for a, b, c, d, e in rows))
+    table += (f"\n{len(targets)} requests together (fast form): {at_once:.2f} s, against {one_by_one:.2f} s one after"
+              f" another ({one_by_one / at_once:.2f}x); each with its output alone: {same_many}.\n")
+    return (f"\nEvolving pseudo-tokens (their README's defaults, {sentences} sentences of at most {tokens} tokens,"
+            " one image; outputs = their sampled sentences, best captions and beams):\n\n" + table)
+
+
 def machine(device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -309,6 +365,12 @@ def main() -> int:
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled caption (where the time goes, by engine region)")
     p.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--pt-sentences", type=int, default=5, metavar="N",
+                   help="the pseudo-token rows: sentences per request (their default is 30)")
+    p.add_argument("--pt-tokens", type=int, default=20, metavar="N", help="the pseudo-token rows: tokens per sentence")
+    p.add_argument("--no-pseudo-tokens", dest="pseudo_tokens", action="store_false",
+                   help="skip the pseudo-token rows (the authors' follow-up method)")
+    p.add_argument("--only-pseudo-tokens", action="store_true", help="only the pseudo-token rows")
     p.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="append the table here ('' = don't)")
     args = p.parse_args()
 
@@ -319,8 +381,22 @@ def main() -> int:
     if args.lm_dtype == "bfloat16":
         lm = lm.to(torch.bfloat16)
     cfg = ZeroCapConfig(max_tokens=args.tokens)
-    images = random_images(max(args.batch, 1))
+    images = random_images(max(args.batch, 4))
     rows = []
+    size = "tiny test models" if args.tiny else "GPT-2 medium + CLIP ViT-B/32 (random weights)"
+    pt_table = ""
+    if args.pseudo_tokens and args.lm_dtype == "float32":
+        pt_table = pseudo_token_rows(lm, tok, clip_model, preprocess, device, images, args.pt_sentences, args.pt_tokens,
+                                     reference=not args.no_reference,
+                                     exact=clip_model.dtype == torch.float32 and not args.no_exact)
+        print(pt_table, flush=True)
+    if args.only_pseudo_tokens:
+        head = (f"\n## {datetime.date.today().isoformat()} — {size}, {device.type}: the pseudo-token method\n\n"
+                f"Machine: {machine(device)}. Git: {git_rev()}.\n")
+        if args.results:
+            with open(args.results, "a") as f:
+                f.write(head + pt_table)
+        return 0
 
     def engine_for(form, compile_mode=None):
         return ZeroCap(lm, tok, clip_model, preprocess, device=device, form=form, compile=compile_mode or False)
@@ -396,7 +472,6 @@ def main() -> int:
     profile_table = profile_caption(engine_for("fast"), images[0], cfg, device) if args.profile else ""
     print(profile_table, flush=True)
 
-    size = "tiny test models" if args.tiny else "GPT-2 medium + CLIP ViT-B/32 (random weights)"
     head = (f"\n## {datetime.date.today().isoformat()} — {size}, {device.type}, LM {args.lm_dtype}\n\n"
             f"Machine: {machine(device)}. Git: {git_rev()}.\n"
             f"Paper defaults: beam 5, 5 iterations, top 512, {args.tokens} tokens; median of {args.repeats} runs.\n\n"
@@ -417,6 +492,7 @@ def main() -> int:
     if lone_table:
         tail += (f"\nA lone request, compiled ({served}), in a container sized for more (the static layout steps the"
                  " smallest size that holds it):\n\n" + lone_table)
+    tail += pt_table
     tail += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     tail += "\n" + profile_table if profile_table else ""
     print(head + body + tail)

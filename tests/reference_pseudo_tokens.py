@@ -11,7 +11,8 @@ Changes from their code, each forced by today's libraries or by passing models i
   - the LM's past is passed as a `DynamicCache` (today's transformers take no tuples);
   - the vocabulary's pieces come from `convert_ids_to_tokens` (their `tokenizer.decoder`);
   - `clip.tokenize(..., truncate=True)`: texts past CLIP's 77 tokens are cut (theirs raise);
-  - the device is the CPU (their `torch.multinomial` then draws from the CPU generator, as ours).
+  - the device is passed in (theirs: CUDA when there is one; `torch.multinomial` draws from that
+    device's generator, as ours does).
 Everything else -- the order of operations, the random draws, the rules, the ranking and the
 final beam search -- is theirs, line by line.
 """
@@ -69,11 +70,11 @@ class CLIPTextGenerator:
                  token_wise=False, num_dummy_tokens=5, sentence_iterations=64, clip_loss_temperature=1.0,
                  sampling_top_k=3, clip_scale=1., ce_scale=0.2, learning_rate=0.01, scheduler_type="nothing",
                  weight_decay_scale=0.3, repetition_penalty=2.0, entity_penalty=2, ending_bonus=1, end_token='.',
-                 beam_size=5, **kwargs):
+                 beam_size=5, device="cpu", **kwargs):
         import clip
 
         self.clip_tokenize = clip.tokenize
-        self.device = "cpu"
+        self.device = device
         self.seed = seed
         self.reset_random_seed()
 

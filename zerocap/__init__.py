@@ -9,12 +9,14 @@ import warnings as _warnings
 # OpenAI CLIP imports pkg_resources, which warns on every import.
 _warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from .config import PRESETS, ZeroCapConfig, preset  # noqa: E402
+from .config import PRESETS, PseudoTokenConfig, ZeroCapConfig, preset  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .forms import FORMS  # noqa: E402
+from .methods import METHODS  # noqa: E402
 from .modes import MODES  # noqa: E402
 
-__all__ = ["ZeroCap", "ZeroCapConfig", "CaptionResult", "Beam", "InputError", "MODES", "PRESETS", "FORMS", "preset"]
+__all__ = ["ZeroCap", "ZeroCapConfig", "PseudoTokenConfig", "CaptionResult", "Beam", "PseudoTokenResult", "InputError",
+           "MODES", "METHODS", "PRESETS", "FORMS", "preset"]
 __version__ = "0.1.0"
 
 _ENGINE = {"ZeroCap", "CaptionResult", "Beam"}
@@ -25,4 +27,8 @@ def __getattr__(name):
         from . import engine
 
         return getattr(engine, name)
+    if name == "PseudoTokenResult":
+        from . import pseudo_tokens
+
+        return pseudo_tokens.PseudoTokenResult
     raise AttributeError(f"module 'zerocap' has no attribute {name!r}")

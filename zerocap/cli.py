@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from . import forms, methods, modes, pseudo_tokens
+from . import config, forms, methods, modes
 from .config import FIELD_TYPES, KNOBS, PRESETS, describe_knob
 from .errors import InputError
 from .limits import BATCH_SIZE, EVERY, FRAMES, LIST_BYTES, LIST_NAMES
@@ -63,11 +63,11 @@ PT_SWITCHES = {  # knob -> (flags that turn it on, flags that turn it off)
 
 
 def describe_pt_knob(name: str) -> str:
-    spec, kind = pseudo_tokens.KNOBS[name], pseudo_tokens.FIELD_TYPES[name]
+    spec, kind = config.PT_KNOBS[name], config.PT_FIELD_TYPES[name]
     parts = [spec.help]
     if spec.range is not None:
         parts.append(spec.range.describe(kind is int))
-    parts.append(f"default {getattr(pseudo_tokens.DEFAULTS, name)!r}")
+    parts.append(f"default {getattr(config.PT_DEFAULTS, name)!r}")
     return ", ".join(parts)
 
 
@@ -105,14 +105,14 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
                        type=str if kind is str else _number(kind), help=text)
     t = p.add_argument_group("method pseudo-tokens (their video-to-text run.py's defaults; with --method"
                              " pseudo-tokens only)")
-    for name in pseudo_tokens.KNOBS:
+    for name in config.PT_KNOBS:
         if name in methods.SHARED or name in PT_SWITCHES:
             continue
-        kind = pseudo_tokens.FIELD_TYPES[name]
+        kind = config.PT_FIELD_TYPES[name]
         flag = "--" + name.replace("_", "-")
         flags = [flag] + [a for a in PT_AUTHORS_FLAGS.get(name, []) if a != flag]
         parse = _schedule if name == "lr_schedule" else str if kind is str else _number(kind)
-        extra = {"choices": list(pseudo_tokens.SCHEDULES)} if name == "lr_schedule" else {}
+        extra = {"choices": list(config.SCHEDULES)} if name == "lr_schedule" else {}
         t.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(), type=parse,
                        help=describe_pt_knob(name) + (" (zerocap: accepted, no effect: it is deterministic)"
                                                       if name == "seed" else ""), **extra)
@@ -288,7 +288,7 @@ def _route(argv: list[str]) -> list[str]:
             run_type = a.split("=", 1)[1]
     if run_type in VIDEO_TO_TEXT_RUN_TYPES:  # their video-to-text run.py: the pseudo-token method
         method = [] if any(a == "--method" or a.startswith("--method=") for a in argv) else ["--method",
-                                                                                              pseudo_tokens.NAME]
+                                                                                              methods.PSEUDO_TOKENS.name]
         return [VIDEO_TO_TEXT_RUN_TYPES[run_type]] + method + argv
     return ["arithmetic" if run_type == "arithmetics" else run_type] + argv
 

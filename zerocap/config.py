@@ -118,6 +118,83 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
 DEFAULTS = ZeroCapConfig()
 SERVED_KNOBS = [name for name, k in KNOBS.items() if k.serve is not None or k.max_length is not None]  # Cog inputs
 
+# ---- the evolving pseudo-tokens method's knobs (pseudo_tokens.py, methods.py) ---------------------------
+SCHEDULES = ("constant", "cosine", "exponential")
+
+
+@dataclass(frozen=True)
+class PseudoTokenConfig:
+    """Every knob of the method, with the defaults of the authors' README command
+    (`--token_wise --randomized_prompt`, the rest as their run.py declares)."""
+
+    cond_text: str = knob("Image of a", "prompt of the final beam search; a beam's caption is cond_text + its text",
+                          max_length=300)
+    seed: int = knob(0, "seed of the prompt choices and of the sampling", 0, 2**31 - 1, serve=(0, 2**31 - 1))
+    max_tokens: int = knob(20, "tokens per sampled sentence and beam at most (their --target_seq_length)", 1, 100,
+                           serve=(1, 40))
+    dummy_tokens: int = knob(5, "pseudo-tokens in the learned prefix (their --num_dummy_tokens)", 1, 50, serve=(1, 20))
+    sentence_iterations: int = knob(30, "sentences sampled while the prefix learns (their --sentence_iterations)",
+                                    1, 200, serve=(1, 60))
+    sampling_top_k: int = knob(3, "tokens a sampled token is drawn from", 1, 100, serve=(1, 50))
+    clip_temperature: float = knob(1.0, "softmax temperature over the candidates' CLIP similarities", 0.0, 10.0,
+                                   lo_open=True, serve=(0.001, 1.0))
+    clip_scale: float = knob(1.0, "weight of the CLIP loss (and of CLIP in the mixed ranking)", 0.0, 100.0,
+                             serve=(0.0, 10.0))
+    ce_scale: float = knob(0.8, "weight of the fluency loss (and of fluency in the mixed ranking)", 0.0, 100.0,
+                           serve=(0.0, 5.0))
+    beam_size: int = knob(5, "beams of the final beam search", 1, 100, serve=(1, 20))
+    learning_rate: float = knob(0.006, "AdamW's learning rate for the prefix", 0.0, 10.0, lo_open=True,
+                                serve=(0.0001, 1.0))
+    lr_schedule: str = knob("cosine", "learning rate by sentence: constant, cosine (to 1e-4) or exponential (x0.9)",
+                            served=True)
+    weight_decay_scale: float = knob(0.3, "AdamW's weight decay = learning_rate x this", 0.0, 100.0,
+                                     serve=(0.0, 10.0))
+    repetition_penalty: float = knob(2.0, "damping of tokens similar to the last 16 (1 = off)", 0.0, 10.0,
+                                     lo_open=True, serve=(0.5, 3.0))
+    entity_penalty: float = knob(2.0, "logit penalty of capitalised or non-letter tokens", 0.0, 100.0,
+                                 serve=(0.0, 20.0))
+    ending_bonus: float = knob(2.0, "logit bonus of the end token", -100.0, 100.0, serve=(-10.0, 10.0))
+    end_token: str = knob(".", "text whose first LM token ends a sentence or beam")
+    token_wise: bool = knob(True, "an optimiser step after every token (else after every sentence)", served=True)
+    randomized_prompt: bool = knob(True, "each sentence starts from one of their 12 prompts (else from BOS alone)",
+                                   served=True)
+
+    def replace(self, **changes) -> "PseudoTokenConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def validate(self) -> "PseudoTokenConfig":
+        """Raise InputError naming the first bad field and what is allowed; return self."""
+        for f in PT_FIELDS:
+            name, spec, value = f.name, f.metadata["knob"], getattr(self, f.name)
+            kind = type(f.default)
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise InputError(f"{name} must be true or false, got {value!r}")
+                continue
+            if kind is str:
+                if not isinstance(value, str):
+                    raise InputError(f"{name} must be a string, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    kind is int and not isinstance(value, int)):
+                raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            if not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value}")
+            if value not in spec.range:
+                raise InputError(f"{name} must be {spec.range.describe(kind is int)}, got {value}")
+        if self.lr_schedule not in SCHEDULES:
+            raise InputError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if not self.end_token:
+            raise InputError("end_token must be a non-empty string")
+        return self
+
+
+PT_FIELDS = dataclasses.fields(PseudoTokenConfig)
+PT_KNOBS: dict[str, Knob] = {f.name: f.metadata["knob"] for f in PT_FIELDS}
+PT_FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in PT_FIELDS}
+PT_DEFAULTS = PseudoTokenConfig()
+
+
 class _Presets(Mapping):
     """mode name -> its knob changes, read live from the modes (modes.py)."""
 

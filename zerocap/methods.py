@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import config as _config
-from . import pseudo_tokens as _pt
 from .errors import InputError
 
 
@@ -73,12 +72,18 @@ def _zerocap_clip(engine, source, name, frames=None, every=None):
     return Target(vector, name, frames_used)
 
 
+def _pseudo_token_clip(engine, source, name, frames=None, every=None):
+    from .pseudo_tokens import clip_target
+
+    return clip_target(engine, source, name, frames, every)
+
+
 ZEROCAP = Method("zerocap", "ZeroCap's context shift: gradient steps on the LM's key/value cache at every token,"
                  " then a beam search (the default)", _config.ZeroCapConfig, True, lambda engine: engine,
                  _zerocap_clip, ignored=("seed",))  # their ZeroCap run.py's --seed: nothing to seed
-PSEUDO_TOKENS = Method(_pt.NAME, "evolving pseudo-tokens (the authors' follow-up, for clips and images): a learned"
-                       " prefix optimised while whole sentences are sampled", _pt.PseudoTokenConfig, False,
-                       lambda engine: engine.pseudo_tokens, _pt.clip_target)
+PSEUDO_TOKENS = Method("pseudo-tokens", "evolving pseudo-tokens (the authors' follow-up, for clips and images): a learned"
+                       " prefix optimised while whole sentences are sampled", _config.PseudoTokenConfig, False,
+                       lambda engine: engine.pseudo_tokens, _pseudo_token_clip)
 METHODS = {m.name: m for m in (ZEROCAP, PSEUDO_TOKENS)}
 DEFAULT = ZEROCAP
 SHARED = [k for k in PSEUDO_TOKENS.knobs if k in ZEROCAP.knobs]  # the knobs both take, by name

@@ -14,9 +14,9 @@ drawn per sentence from their 12 with `randomized_prompt`. The answer: the sente
 CLIP similarity to the frames (`best_clip`, their returned caption), by a mixed score
 (`best_mixed`), and a beam search from `cond_text` with the learned prefix (`beams`).
 
-Randomness is the request's own (`random.Random(seed)` for the prompts, a CPU `torch.Generator`
-seeded alike for the draws), so a request's output does not depend on what it shares a step
-with. Rows of any settings share a step (`PseudoTokenBatch.step`: one token of every sampling
+Randomness is the request's own (`random.Random(seed)` for the prompts, a `torch.Generator` on the
+engine's device seeded alike for the draws, as their code's global generators are), so a
+request's output does not depend on what it shares a step with. Rows of any settings share a step (`PseudoTokenBatch.step`: one token of every sampling
 row); the forms (forms.py) are those of ZeroCap: `exact` scores candidates with CLIP's own
 encode_text on full rows, one request at a time; `fast` reads the CLIP prefix's keys/values once
 per step and runs only the candidates' suffixes, every request of the batch in one pass.
@@ -37,13 +37,14 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from .config import FIELD_TYPES as _ZC_TYPES  # noqa: F401  (the shared knobs' types agree)
-from .config import Range, knob
+from .config import PT_DEFAULTS as DEFAULTS  # noqa: F401  (the method's knob table lives in config.py)
+from .config import PT_FIELD_TYPES as FIELD_TYPES  # noqa: F401
+from .config import PT_KNOBS as KNOBS  # noqa: F401
+from .config import SCHEDULES, PseudoTokenConfig  # noqa: F401
 from .errors import InputError
 from .lm import gpt2_forward
 
 NAME = "pseudo-tokens"
-SCHEDULES = ("constant", "cosine", "exponential")
 PROMPTS = ("Image of", "Picture of", "Photo of", "Video of", "Image shows", "Picture shows", "Photo shows",
            "Video shows", "Image showing", "Picture showing", "Photo showing", "Video showing")
 CANDIDATES = 512  # continuations CLIP scores per token (fixed in their code)
@@ -51,80 +52,6 @@ HISTORY = 16  # tokens whose similar forms the repetition penalty reads
 SIMILAR = 8  # similar forms kept per token
 ETA_MIN = 1e-4  # the cosine schedule's last learning rate
 GAMMA = 0.9  # the exponential schedule's factor per sentence
-
-
-@dataclass(frozen=True)
-class PseudoTokenConfig:
-    """Every knob of the method, with the defaults of the authors' README command
-    (`--token_wise --randomized_prompt`, the rest as their run.py declares)."""
-
-    cond_text: str = knob("Image of a", "prompt of the final beam search; a beam's caption is cond_text + its text",
-                          max_length=300)
-    seed: int = knob(0, "seed of the prompt choices and of the sampling", 0, 2**31 - 1, serve=(0, 2**31 - 1))
-    max_tokens: int = knob(20, "tokens per sampled sentence and beam at most (their --target_seq_length)", 1, 100,
-                           serve=(1, 40))
-    dummy_tokens: int = knob(5, "pseudo-tokens in the learned prefix (their --num_dummy_tokens)", 1, 50, serve=(1, 20))
-    sentence_iterations: int = knob(30, "sentences sampled while the prefix learns (their --sentence_iterations)",
-                                    1, 200, serve=(1, 60))
-    sampling_top_k: int = knob(3, "tokens a sampled token is drawn from", 1, 100, serve=(1, 50))
-    clip_temperature: float = knob(1.0, "softmax temperature over the candidates' CLIP similarities", 0.0, 10.0,
-                                   lo_open=True, serve=(0.001, 1.0))
-    clip_scale: float = knob(1.0, "weight of the CLIP loss (and of CLIP in the mixed ranking)", 0.0, 100.0,
-                             serve=(0.0, 10.0))
-    ce_scale: float = knob(0.8, "weight of the fluency loss (and of fluency in the mixed ranking)", 0.0, 100.0,
-                           serve=(0.0, 5.0))
-    beam_size: int = knob(5, "beams of the final beam search", 1, 100, serve=(1, 20))
-    learning_rate: float = knob(0.006, "AdamW's learning rate for the prefix", 0.0, 10.0, lo_open=True,
-                                serve=(0.0001, 1.0))
-    lr_schedule: str = knob("cosine", "learning rate by sentence: constant, cosine (to 1e-4) or exponential (x0.9)",
-                            served=True)
-    weight_decay_scale: float = knob(0.3, "AdamW's weight decay = learning_rate x this", 0.0, 100.0,
-                                     serve=(0.0, 10.0))
-    repetition_penalty: float = knob(2.0, "damping of tokens similar to the last 16 (1 = off)", 0.0, 10.0,
-                                     lo_open=True, serve=(0.5, 3.0))
-    entity_penalty: float = knob(2.0, "logit penalty of capitalised or non-letter tokens", 0.0, 100.0,
-                                 serve=(0.0, 20.0))
-    ending_bonus: float = knob(2.0, "logit bonus of the end token", -100.0, 100.0, serve=(-10.0, 10.0))
-    end_token: str = knob(".", "text whose first LM token ends a sentence or beam")
-    token_wise: bool = knob(True, "an optimiser step after every token (else after every sentence)", served=True)
-    randomized_prompt: bool = knob(True, "each sentence starts from one of their 12 prompts (else from BOS alone)",
-                                   served=True)
-
-    def replace(self, **changes) -> "PseudoTokenConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def validate(self) -> "PseudoTokenConfig":
-        """Raise InputError naming the first bad field and what is allowed; return self."""
-        for f in FIELDS:
-            name, spec, value = f.name, f.metadata["knob"], getattr(self, f.name)
-            kind = type(f.default)
-            if kind is bool:
-                if not isinstance(value, bool):
-                    raise InputError(f"{name} must be true or false, got {value!r}")
-                continue
-            if kind is str:
-                if not isinstance(value, str):
-                    raise InputError(f"{name} must be a string, got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    kind is int and not isinstance(value, int)):
-                raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-            if not math.isfinite(value):
-                raise InputError(f"{name} must be a finite number, got {value}")
-            if value not in spec.range:
-                raise InputError(f"{name} must be {spec.range.describe(kind is int)}, got {value}")
-        if self.lr_schedule not in SCHEDULES:
-            raise InputError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        if not self.end_token:
-            raise InputError("end_token must be a non-empty string")
-        return self
-
-
-FIELDS = dataclasses.fields(PseudoTokenConfig)
-KNOBS = {f.name: f.metadata["knob"] for f in FIELDS}
-FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
-DEFAULTS = PseudoTokenConfig()
-_ = Range  # the ranges are config.Range, as ZeroCap's
 
 
 # ---- the token rules (their update_special_tokens_logits), vectorised over rows ------------------------
@@ -349,7 +276,7 @@ class PseudoTokenBatch:
         elif cfg.lr_schedule == "exponential":
             request.schedule = torch.optim.lr_scheduler.ExponentialLR(request.optimizer, gamma=GAMMA)
         request.rng = random.Random(cfg.seed)
-        request.generator = torch.Generator().manual_seed(cfg.seed)
+        request.generator = torch.Generator(device=self.engine.device).manual_seed(cfg.seed)
         request.rules = m.rules(cfg.end_token)
         self._begin_sentence(request)
         self.requests.append(request)
@@ -415,7 +342,7 @@ class PseudoTokenBatch:
         done = []
         for j, r in enumerate(rows):
             values, options = fixed[j:j + 1].topk(r.cfg.sampling_top_k)
-            choice = torch.multinomial(torch.softmax(values, dim=-1).cpu(), 1, generator=r.generator)[0]
+            choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=r.generator)[0]
             token = int(options[0, int(choice)])
             r.tokens.append(token)
             r.log_prob = r.log_prob + unshifted[j:j + 1].log()[:, token]
@@ -573,8 +500,8 @@ class PseudoTokens:
         frames = getattr(target, "frames", None)
         if frames is None:
             frames = target.vector[None]
-        return PseudoTokenRequest(frames.to(self.engine.device, torch.float32), cfg, target.name, target.details,
-                                  progress)
+        dtype = getattr(self.engine.scorer, "dtype", torch.float32)  # CLIP's own (fp16 on a GPU, as theirs)
+        return PseudoTokenRequest(frames.to(self.engine.device, dtype), cfg, target.name, target.details, progress)
 
     def prefix(self, tokens: int) -> torch.Tensor:
         """The LM's keys/values of `tokens` BOS tokens (L, 2, 1, H, P, hd): where the pseudo-tokens start."""
@@ -758,7 +685,7 @@ def clip_target(engine, source: str, name: str, frames: int | None = None, every
             embeddings.append(e / e.norm())
     if not embeddings:
         raise InputError(f"{name}: no frames to caption")
-    stacked = torch.stack(embeddings).float()
+    stacked = torch.stack(embeddings)
     kept = distinct_runs(stacked)
     times = [round(sampled[i][0], 3) for i in kept]
     vector = engine.targets.mean([stacked[i] for i in kept], name)

@@ -15,7 +15,7 @@ import os
 import re
 from typing import Iterable, Iterator
 
-from .. import modes
+from .. import methods, modes
 from ..config import ZeroCapConfig
 from ..errors import InputError
 from .inputs import Input
@@ -43,7 +43,7 @@ class Captioner:
         device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per actor
         self.engine = ZeroCap.load(s["lm"], s["clip"], device=device, lm_dtype=s["lm_dtype"], form=s["form"],
                                    compile=s["compile"] or False)
-        self.cfg = self.engine.check(ZeroCapConfig(**s["config"]))
+        self.cfg = self.engine.check(methods.get(s["method"]).Config(**s["config"]))
         self.mode, self.options = modes.get(s["mode"]), s["options"]
 
     def __call__(self, batch: dict) -> dict:
@@ -76,6 +76,7 @@ class RayBatches:
         check_without_models(cfg, lm)  # an actor that refuses it would show Ray's tracebacks first
         self.address, self.actors, self.batch_size = address, actors, batch_size
         self.settings = dict(lm=os.path.abspath(lm), clip=os.path.abspath(clip), config=vars(cfg).copy(),
+                             method=methods.of(cfg).name,
                              form=form, lm_dtype=lm_dtype, mode=mode.name, options=dict(options), compile=compile)
         self.local: LocalRay | None = None
         self.saved_env: dict = {}  # what _connect changed in this process's environment, to restore
@@ -231,6 +232,8 @@ def check_without_models(cfg: ZeroCapConfig, lm: str) -> ZeroCapConfig:
     from ..loading import check_lm_dir
 
     check_lm_dir(lm)
+    if methods.of(cfg) is not methods.ZEROCAP:  # another method's checks need the models: the actors make them
+        return cfg.validate()
     tokenizer = AutoTokenizer.from_pretrained(lm, local_files_only=True)
     facts = lm_facts(AutoConfig.from_pretrained(lm, local_files_only=True), tokenizer)
     return facts.check(cfg, tokenizer, lambda text: len(clip.clip._tokenizer.encode(text)), CLIP_PROMPT_TOKENS.hi)
