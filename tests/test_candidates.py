@@ -127,3 +127,9 @@ def test_the_tokenizers_bpe_gives_clips_pieces(engine):
               for _ in range(2000)]
     for w in words:
         assert engine.scorer.candidates.bpe_ids(w) == [tok.encoder[p] for p in tok.bpe(w).split(" ")], w
+    from zerocap.candidates import is_plain
+
+    texts = [t for t in (" ".join(words[i:i + 3]) for i in range(0, 1200, 3)) if is_plain(t)]
+    texts += ["", "  a  b ", "dog's.", "x", "Capital Letters", "a,b;c"]
+    assert len(texts) > 200
+    assert [engine.scorer.candidates.encode_plain(t) for t in texts] == [tok.encode(t) for t in texts]

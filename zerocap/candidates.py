@@ -127,14 +127,14 @@ class CandidateTokenizer:
         """CLIP ids of one byte-encoded word: what `encoder[p] for p in tok.bpe(word).split()` gives."""
         return [t.id for t in self._bpe_model().tokenize(word)]
 
+    def _words(self, text: str) -> list[str]:
+        """Plain text's CLIP words, byte-encoded (for printable ASCII, which a word of plain text
+        is, CLIP's byte encoding is the identity)."""
+        return self.tok.pat.findall(re.sub(r"\s+", " ", text).strip().lower())
+
     def encode_plain(self, text: str) -> list[int]:
         """CLIP ids of plain text; equal to the tokenizer's encode (cleaning is a no-op)."""
-        tok = self.tok
-        text = re.sub(r"\s+", " ", text).strip().lower()
-        ids = []
-        for word in tok.pat.findall(text):
-            ids.extend(self.bpe_ids("".join(tok.byte_encoder[b] for b in word.encode("utf-8"))))
-        return ids
+        return [i for word in self._words(text) for i in self.bpe_ids(word)]
 
     def encode(self, text: str) -> list[int]:
         return self.encode_plain(text) if is_plain(text) else self.tok.encode(text)
@@ -186,10 +186,10 @@ class CandidateTokenizer:
 
         slow = (~sep if needed is None else ~sep & needed).nonzero().tolist()  # few; one device->host copy
         if slow:
-            top_cpu = top.cpu()
+            top_cpu = top.cpu().tolist()
             extra = []
             for r, k in slow:
-                m, ids = self._slow_row(prefixes[r], int(top_cpu[r, k]))
+                m, ids = self._slow_row(prefixes[r], top_cpu[r][k])
                 extra.append((r, k, m, ids))
             width = max(content.shape[-1], max(len(e[3]) for e in extra))
             if width > content.shape[-1]:

@@ -153,10 +153,13 @@ class RowKnobs:
     def of(cls, rules: list[TokenRules], cfgs: list[PseudoTokenConfig], device) -> "RowKnobs":
         t = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
         ends = [r.end_id for r in rules]
+        n = len(rules)
+        if all(r is rules[0] for r in rules):  # one end token (the usual case): the tables as views
+            masks = [getattr(rules[0], name).expand(n, -1) for name in ("forbidden", "first", "later")]
+        else:
+            masks = [torch.stack([getattr(r, name) for r in rules]) for name in ("forbidden", "first", "later")]
         return cls(t([c.repetition_penalty for c in cfgs]), t([c.entity_penalty for c in cfgs]),
-                   t([c.ending_bonus for c in cfgs]),
-                   torch.stack([r.forbidden for r in rules]), torch.stack([r.first for r in rules]),
-                   torch.stack([r.later for r in rules]),
+                   t([c.ending_bonus for c in cfgs]), *masks,
                    (torch.arange(len(cfgs), device=device), torch.tensor(ends, device=device)), ends,
                    [c.max_tokens // 2 for c in cfgs], [c.max_tokens // 2 for c in cfgs],
                    [c.max_tokens for c in cfgs], [c.sampling_top_k for c in cfgs])

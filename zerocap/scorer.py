@@ -266,10 +266,12 @@ class ClipScorer(TextScorer):
         see_prefix = (torch.arange(P, device=dev) < shared[:, None])[:, None, None, :].expand(M, 1, S, P)
         see_suffix = torch.ones(S, S, dtype=torch.bool, device=dev).tril().expand(M, 1, S, S)
         mask = torch.cat([see_prefix, see_suffix], dim=-1)  # (M, 1, S, P + S)
+        one = cache.keys[0].shape[0] == 1  # one prefix row (a lone request's step): no gather needed
         for block, pk, pv in zip(self.blocks, cache.keys, cache.values):
             q, k, v = self._qkv(block, x)  # (M, h, S, hd)
-            keys = torch.cat([pk[beam], k], dim=-2)  # (M, h, P + S, hd)
-            values = torch.cat([pv[beam], v], dim=-2)
+            pk, pv = (pk.expand(M, -1, -1, -1), pv.expand(M, -1, -1, -1)) if one else (pk[beam], pv[beam])
+            keys = torch.cat([pk, k], dim=-2)  # (M, h, P + S, hd)
+            values = torch.cat([pv, v], dim=-2)
             x = self._finish(block, x, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
         x = x[torch.arange(M, device=dev), eot_index]  # (M, d)
         return self.clip.ln_final(x).type(self.dtype) @ self.clip.text_projection  # (M, D)
