@@ -8,7 +8,9 @@
 # time; the literal reference decoder (the authors' algorithm, ~40 s a caption); a batch of 16;
 # captions/s with 1, 4 and 16 clients in flight (the container's engine); mixed settings (30%
 # and 50% of other settings, a heavy request among light ones) and a lone request in containers
-# sized for 1, 8 and 16 (compiled sizes); a profile. The exact
+# sized for 1, 8 and 16 (compiled sizes); a profile; the pseudo-token method (their follow-up):
+# their code (tests/reference_pseudo_tokens.py, on the GPU) against the fast form, one request
+# and 4 together, 5 sentences of 20 tokens, outputs compared (it is not compiled). The exact
 # form is left out (as slow as the reference at real sizes). Partial results stay in the log.
 set -euo pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then

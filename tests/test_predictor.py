@@ -287,3 +287,30 @@ def test_the_health_check_says_when_the_decoder_is_broken(predictor, images, mon
         predictor.healthcheck()
     monkeypatch.undo()
     assert predictor.healthcheck() is True
+
+
+PT_SMALL = {"method": "pseudo-tokens", "sentence_iterations": 2, "max_tokens": 3, "beam_size": 2}
+
+
+def test_a_clip_by_the_pseudo_token_method_reads_their_frames_and_collapses_a_still(predictor, clip_file_mkv):
+    """10 frames at 10 fps, all one picture: every 3rd frame (10 fps // 3) is sampled, 4 frames, and
+    their near-duplicate filter keeps the first."""
+    out = predictor.run(mode="video", video=sent(clip_file_mkv, "https://x.org/clips/still.mkv"), **PT_SMALL)
+    assert out.method == "pseudo-tokens" and out.target == "still.mkv"
+    assert out.frames_asked == 4 and out.frames == 1 and out.frame_times == [0.0]
+    assert len(out.sentences) == 2 and out.caption == out.best_clip and out.seed == 0
+
+
+def test_the_pseudo_token_method_in_python_and_in_the_container_agree(predictor, images):
+    """The container's output is the method's result for the same settings."""
+    from zerocap import PseudoTokenConfig
+
+    out = predictor.run(image=sent(images[2]), seed=5, **PT_SMALL)
+    zc = predictor.predictor.model
+    want = zc.caption([images[2]], config=PseudoTokenConfig(seed=5, sentence_iterations=2, max_tokens=3,
+                                                            beam_size=2))[0]
+    assert out.sentences == [s.text for s in want.sentences] and out.caption == want.best_clip
+    assert out.beams == [b.caption for b in want.beams] and out.best_mixed == want.best_mixed
+    same = zc.caption([images[2]], method="pseudo-tokens", seed=5, sentence_iterations=2, max_tokens=3,
+                      beam_size=2)[0]
+    assert [s.text for s in same.sentences] == out.sentences

@@ -148,3 +148,10 @@ def test_the_near_duplicate_filter_keeps_the_first_of_each_run():
     near = torch.nn.functional.normalize(torch.tensor([1.0, 0.3]), dim=0)  # cosine 0.958 to a
     frames = torch.stack([a, near, a, b, b, a])
     assert distinct_runs(frames) == filter_video(frames, frames @ frames.T)[1] == [0, 3, 5]
+
+
+def test_a_long_clip_is_capped_at_the_frames_allowed_spread_evenly(engine, tmp_path):
+    path, _ = write_clip(tmp_path / "clip.mkv")  # every 3rd frame: 9
+    target = clip_target(engine, path, "clip.mkv", most=4)  # a Cog request's limit, say
+    assert target.details.sampled == 4
+    assert target.details.sampling == "4 frames spread evenly (every 3rd frame would be more than 4)"

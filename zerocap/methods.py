@@ -27,7 +27,7 @@ class Method:
     Config: type  # the knob table
     presets: bool  # whether the modes' presets change its knobs (ZeroCap's do; the pseudo-tokens' have none)
     runner: Callable  # engine -> its decoder of this method (check, request, decode_targets, result, Batch)
-    read_clip: Callable  # (engine, source, name, frames, every) -> modes.Target
+    read_clip: Callable  # (engine, source, name, frames, every, most) -> modes.Target
     ignored: tuple = ()  # other methods' knobs it accepts and ignores (the authors' flags of its own run.py)
 
     @property
@@ -64,7 +64,7 @@ def _and(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else (names[0] if names else "?")
 
 
-def _zerocap_clip(engine, source, name, frames=None, every=None):
+def _zerocap_clip(engine, source, name, frames=None, every=None, most=None):
     from .modes import Target
     from .video import video_target
 
@@ -72,10 +72,10 @@ def _zerocap_clip(engine, source, name, frames=None, every=None):
     return Target(vector, name, frames_used)
 
 
-def _pseudo_token_clip(engine, source, name, frames=None, every=None):
+def _pseudo_token_clip(engine, source, name, frames=None, every=None, most=None):
     from .pseudo_tokens import clip_target
 
-    return clip_target(engine, source, name, frames, every)
+    return clip_target(engine, source, name, frames, every, most)
 
 
 ZEROCAP = Method("zerocap", "ZeroCap's context shift: gradient steps on the LM's key/value cache at every token,"

@@ -143,6 +143,7 @@ class VideoKind(Kind):
         if frames is not None and not FRAMES.allows(frames, served):
             raise InputError(f"frames must be {FRAMES.say(served)}, got {frames}")
         checked.options["frames"] = frames
+        checked.options["most"] = FRAMES.serve[1] if served else FRAMES.hi  # frames a method samples by itself
         return checked
 
     def gather(self, mode, given, served):
@@ -156,14 +157,16 @@ class VideoKind(Kind):
         check_sampling(options.get("frames"), options.get("every"))
 
     def targets(self, engine, checked, cfg=None):
-        return [self.target(engine, path, name, frames=checked.options.get("frames"), cfg=cfg)
+        return [self.target(engine, path, name, frames=checked.options.get("frames"), cfg=cfg,
+                            most=checked.options.get("most"))
                 for path, name in zip(checked.items, checked.names)]
 
-    def target(self, engine, source, name, frames=None, every=None, cfg=None, **options):
-        """A clip as the method of `cfg` reads it (methods.py; ZeroCap's when None)."""
+    def target(self, engine, source, name, frames=None, every=None, cfg=None, most=None, **options):
+        """A clip as the method of `cfg` reads it (methods.py; ZeroCap's when None); `most`: the
+        frames a method that samples by itself may take (a Cog request's limit)."""
         from .methods import DEFAULT, of
 
-        return (DEFAULT if cfg is None else of(cfg)).read_clip(engine, source, name, frames, every)
+        return (DEFAULT if cfg is None else of(cfg)).read_clip(engine, source, name, frames, every, most)
 
 
 class TermsKind(Kind):

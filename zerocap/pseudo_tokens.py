@@ -660,11 +660,12 @@ def _nth(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def clip_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None):
+def clip_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None,
+                most: int | None = None):
     """A clip as the method reads it (a modes.Target with `frames`): by default every
-    max(1, fps // 3)-th frame (their run.py; at most video.MAX_FRAMES, else that many spread
-    evenly), or the frames asked for; each frame's normalised CLIP embedding; then their
-    near-duplicate filter."""
+    max(1, fps // 3)-th frame (their run.py; at most `most`, default video.MAX_FRAMES, else that
+    many spread evenly), or the frames asked for; each frame's normalised CLIP embedding; then
+    their near-duplicate filter."""
     from .download import local_file
     from .modes import Target
     from .video import MAX_FRAMES, FrameSampler
@@ -675,9 +676,10 @@ def clip_target(engine, source: str, name: str, frames: int | None = None, every
         if frames is None and every is None:
             seconds, step, rate, duration = authors_every(path)
             how = f"every {_nth(step)} frame ({rate:g} fps // 3)" if step > 1 else "every frame"
-            if duration > seconds * MAX_FRAMES:
-                how = f"{MAX_FRAMES} frames spread evenly (every {_nth(step)} frame would be more than {MAX_FRAMES})"
-                sampled = list(FrameSampler(path, name, frames=MAX_FRAMES))
+            most = most or MAX_FRAMES
+            if duration > seconds * most:
+                how = f"{most} frames spread evenly (every {_nth(step)} frame would be more than {most})"
+                sampled = list(FrameSampler(path, name, frames=most))
             else:
                 sampled = list(FrameSampler(path, name, every=seconds))
         else:
