@@ -211,3 +211,26 @@ def test_the_readmes_knobs_table_gives_both_ranges_from_the_table():
     by_name = {row[0].strip("`"): row for row in table}
     assert by_name["beam_size"][3:] == [f"{KNOBS['beam_size'].range.lo}–{KNOBS['beam_size'].range.hi}",
                                         f"{KNOBS['beam_size'].serve.lo}–{KNOBS['beam_size'].serve.hi}"]
+
+
+def test_the_readmes_pseudo_token_knobs_table_is_the_table():
+    """The second method's knobs: flag, default, the command line's range and a Cog request's,
+    as script/readme-tables prints them from config.py."""
+    import os
+    import subprocess
+    import sys
+
+    from zerocap.config import PT_DEFAULTS, PT_KNOBS
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    printed = subprocess.run([sys.executable, os.path.join(root, "script", "readme-tables")], capture_output=True,
+                             text=True, check=True).stdout
+    block = next(b for b in printed.split("\n\n") if b.startswith("| pseudo-token knob |"))
+    rows = [[c.strip() for c in row.split("|")[1:-1]] for row in block.splitlines()[2:]]
+    lines = readme().split("| pseudo-token knob |", 1)[1].splitlines()[2:]
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[:len(rows) + 1] if line.startswith("|")]
+    assert table == rows
+    assert [row[0].strip("`") for row in table] == list(PT_KNOBS)
+    by_name = {row[0].strip("`"): row for row in table}
+    assert by_name["sentence_iterations"][2] == str(PT_DEFAULTS.sentence_iterations) == "30"
+    assert by_name["token_wise"][1] == "--token-wise / --per-sentence"
