@@ -316,46 +316,31 @@ class Predictor(BaseRunner):
         self.record_metric("total_seconds", seconds)
         self.record_metric("compiled_step", int(self.model.compiled is not None))  # 0: eager serves (setup log says why)
         out = result.to_dict()
+        common = dict(method=how.name, mode=mode, target=result.target, cond_text=cfg.cond_text, tokens=result.tokens,
+                      seconds=seconds, frame_times=out.get("frame_times", []), frames=out.get("frames", 0),
+                      best_clip=result.best_clip, best_mixed=result.best_mixed)
         if how is methods.ZEROCAP:
             return Output(
                 caption=result.best_mixed,
-                best_clip=result.best_clip,
                 best_fluency=result.best_fluency,
-                best_mixed=result.best_mixed,
                 beams=[b.caption for b in result.beams],
                 beam_scores=[b.score for b in result.beams],
                 clip_scores=[b.clip_score for b in result.beams],
                 perplexities=[b.perplexity if math.isfinite(b.perplexity) else -1.0 for b in result.beams],
-                method=how.name, seed=-1, sentences=[], sentence_clip_scores=[], sentence_log_probs=[],
-                mode=mode,
-                target=result.target,
-                cond_text=cfg.cond_text,
-                tokens=result.tokens,
-                seconds=seconds,
-                frame_times=out.get("frame_times", []),
-                frames=out.get("frames", 0),
-                frames_asked=out.get("frames_asked", 0),
+                seed=-1, sentences=[], sentence_clip_scores=[], sentence_log_probs=[],
+                frames_asked=out.get("frames_asked", 0), **common,
             )
         return Output(  # the pseudo-token method: their returned caption, the sentences that made it
             caption=result.best_clip,
-            best_clip=result.best_clip,
             best_fluency="",
-            best_mixed=result.best_mixed,
             beams=[b.caption for b in result.beams],
             beam_scores=[b.score for b in result.beams],
             clip_scores=[], perplexities=[],
-            method=how.name, seed=cfg.seed,
+            seed=cfg.seed,
             sentences=[x.text for x in result.sentences],
             sentence_clip_scores=[_finite(x.clip_score) for x in result.sentences],
             sentence_log_probs=[_finite(x.log_prob) for x in result.sentences],
-            mode=mode,
-            target=result.target,
-            cond_text=cfg.cond_text,
-            tokens=result.tokens,
-            seconds=seconds,
-            frame_times=out.get("frame_times", []),
-            frames=out.get("frames", 0),
-            frames_asked=out.get("frames_sampled", 0),
+            frames_asked=out.get("frames_sampled", 0), **common,
         )
 
     async def _decode(self, request, cfg):

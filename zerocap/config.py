@@ -47,6 +47,27 @@ class Knob:
         return self.serve is not None or self.max_length is not None or self.served
 
 
+def check_knobs(cfg) -> None:
+    """Every knob of a config (a dataclass of `knob` fields) of its type and in its range; else
+    InputError naming the first bad one and what is allowed."""
+    for f in dataclasses.fields(cfg):
+        name, spec, value, kind = f.name, f.metadata["knob"], getattr(cfg, f.name), type(f.default)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise InputError(f"{name} must be true or false, got {value!r}")
+            continue
+        if kind is str:
+            if not isinstance(value, str):
+                raise InputError(f"{name} must be a string, got {value!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"{name} must be a finite number, got {value}")
+        if value not in spec.range:
+            raise InputError(f"{name} must be {spec.range.describe(kind is int)}, got {value}")
+
+
 def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tuple | None = None,
          max_length: int | None = None, served: bool = False):
     rng = None if lo is None else Range(lo, hi, lo_open)
@@ -91,20 +112,7 @@ class ZeroCapConfig:
 
     def validate(self) -> "ZeroCapConfig":
         """Raise InputError naming the first bad field and what is allowed; return self."""
-        for name, spec in KNOBS.items():
-            value = getattr(self, name)
-            kind = FIELD_TYPES[name]
-            if kind is str:
-                if not isinstance(value, str):
-                    raise InputError(f"{name} must be a string, got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    kind is int and not isinstance(value, int)):
-                raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-            if not math.isfinite(value):
-                raise InputError(f"{name} must be a finite number, got {value}")
-            if value not in spec.range:
-                raise InputError(f"{name} must be {spec.range.describe(kind is int)}, got {value}")
+        check_knobs(self)
         if self.beam_size > self.top_k:
             raise InputError(f"beam_size ({self.beam_size}) must not exceed top_k ({self.top_k})")
         if not self.end_token:
@@ -164,24 +172,7 @@ class PseudoTokenConfig:
 
     def validate(self) -> "PseudoTokenConfig":
         """Raise InputError naming the first bad field and what is allowed; return self."""
-        for f in PT_FIELDS:
-            name, spec, value = f.name, f.metadata["knob"], getattr(self, f.name)
-            kind = type(f.default)
-            if kind is bool:
-                if not isinstance(value, bool):
-                    raise InputError(f"{name} must be true or false, got {value!r}")
-                continue
-            if kind is str:
-                if not isinstance(value, str):
-                    raise InputError(f"{name} must be a string, got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    kind is int and not isinstance(value, int)):
-                raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-            if not math.isfinite(value):
-                raise InputError(f"{name} must be a finite number, got {value}")
-            if value not in spec.range:
-                raise InputError(f"{name} must be {spec.range.describe(kind is int)}, got {value}")
+        check_knobs(self)
         if self.lr_schedule not in SCHEDULES:
             raise InputError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if not self.end_token:
