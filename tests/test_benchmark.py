@@ -13,13 +13,19 @@ def test_tiny_benchmark_writes_its_table(tmp_path):
     out = tmp_path / "RESULTS.md"
     run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "benchmark.py"), "--tiny", "--tokens", "1",
                           "--batch", "2", "--repeats", "1", "--results", str(out), "--concurrency", "1,2",
-                          "--compile", "no-such-mode"],  # an experiment that fails is reported, not fatal
+                          "--compile", "no-such-mode",  # an experiment that fails is reported, not fatal
+                          "--pt-sentences", "1", "--pt-tokens", "3"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| engine")}
+    pt = {name: rows.pop(name) for name in ("engine, fast form, 1 request", "engine, exact form, 1 request")}
     assert set(rows) == {"engine, exact form (--form exact)", "engine, fast form (default), eager"}
     assert all(line.split("|")[6].strip() == "yes" for line in rows.values())  # beams = the reference's
+    # the pseudo-token method: their code's sentences, captions and beams, alone and 4 together
+    assert all(line.split("|")[5].strip() == "yes" for line in pt.values())
+    assert "| their code (tests/reference_pseudo_tokens.py) |" in text
+    assert "4 requests together (fast form):" in text and "each with its output alone: yes" in text
     assert "| reference decoder (tests/) |" in text and "Batch of 2 images" in text
     assert "| zerocap.lm_backward | 5 |" in text and "| zerocap.clip_candidates | 5 |" in text
     assert "engine, fast form, compiled (no-such-mode): failed: InputError: unknown compile mode" in text

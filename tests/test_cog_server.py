@@ -208,7 +208,7 @@ def test_the_generated_schema_refuses_what_it_declares(server, uris, inputs, fie
     ({"beam_size": 50}, "beam_size must be an integer from 1 to 20, got 50"),
     ({"beam_size": "x"}, 'beam_size must be an integer from 1 to 20, got "x"'),
     ({"texts": "a crown", "mode": "arithmetic"}, 'texts must be a list of values, each a string; got the single'),
-    ({"bogus": 1}, "unknown input bogus; the inputs are: mode, image, images,"),
+    ({"bogus": 1}, "unknown input bogus; the inputs are: mode, method, image, images,"),
     ({"image": "/etc/hostname"}, "image: " + RULE),
 ])
 def test_a_server_without_the_schema_answers_in_words(bare_server, uris, inputs, message):
