@@ -1,5 +1,5 @@
-"""Extending zerocap (README, "Extending"): a new input mode, LM family or scorer is one entry or
-one class, and every interface takes it with no edit elsewhere."""
+"""Extending zerocap (README, "Extending"): a new input mode, LM family, scorer, form or method is
+one entry or one class, and every interface takes it with no edit elsewhere."""
 import asyncio
 import json
 import os
@@ -150,3 +150,144 @@ def test_a_new_form_is_one_object(engine, images):
         ref = ReferenceDecoder(engine.lm, engine.tokenizer, engine.scorer.clip, engine.forbidden.nonzero()[:, 0].tolist(),
                                cfg).run(zc.targets.image_target(image)[None], cfg.cond_text)
         assert_same_beams(result, ref)
+
+
+# ---- a method: the plain LM's greedy continuation (no CLIP), as one Method entry -------------------
+def _greedy_method():
+    import dataclasses
+    import time
+
+    from zerocap import methods
+    from zerocap.config import check_knobs, knob
+
+    @dataclasses.dataclass(frozen=True)
+    class GreedyConfig:
+        cond_text: str = knob("Image of a", "prompt the caption continues", max_length=300)
+        max_tokens: int = knob(3, "tokens generated at most", 1, 10)
+        greedy_bonus: float = knob(0.0, "toy knob: added to every logit (changes nothing but the record)", 0.0, 1.0)
+
+        def replace(self, **changes):
+            return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+        def validate(self):
+            check_knobs(self)
+            return self
+
+    @dataclasses.dataclass
+    class GreedyResult:
+        caption: str
+        target: str
+        greedy_bonus: float
+
+        def to_dict(self):
+            return {"caption": self.caption, "target": self.target, "greedy_bonus": self.greedy_bonus,
+                    "method": "greedy"}
+
+    class GreedyRequest:
+        cost = 1.0  # its steps are cheap: a lane of its own beside ZeroCap's
+
+        def __init__(self, engine, target, cfg):
+            self.cfg, self.name, self.error, self.shared, self.joined = cfg, target.name, None, [], time.time()
+            self.tokens = engine.tokenizer.encode(engine.prompt_prefix + cfg.cond_text)
+            self.start = len(self.tokens)
+
+        @property
+        def done(self):
+            return len(self.tokens) - self.start >= self.cfg.max_tokens
+
+        def new_batch(self, engine, max_requests=None):
+            return GreedyBatch(engine)
+
+    class GreedyBatch:
+        def __init__(self, engine):
+            self.engine, self.requests = engine, []
+
+        def __len__(self):
+            return len(self.requests)
+
+        def accepts(self, request, most=None):
+            return most is None or len(self.requests) < most
+
+        def add(self, request):
+            self.requests.append(request)
+
+        def remove(self, request):
+            self.requests.remove(request)
+
+        def step(self, only=None):
+            for r in list(self.requests if only is None else only):
+                with torch.no_grad():
+                    logits = self.engine.lm(torch.tensor([r.tokens])).logits[0, -1] + r.cfg.greedy_bonus
+                r.tokens.append(int(logits.argmax()))
+            finished = [r for r in self.requests if r.done]
+            for r in finished:
+                self.remove(r)
+            return finished
+
+        def result(self, r):
+            text = self.engine.tokenizer.decode(r.tokens[r.start:])
+            return GreedyResult(r.cfg.cond_text + text, r.name, r.cfg.greedy_bonus)
+
+    class Greedy:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def check(self, cfg):
+            return cfg.validate()
+
+        def request(self, target, cfg, progress=None):
+            return GreedyRequest(self.engine, target, cfg)
+
+        def decode(self, targets, cfg, progress=None):
+            batch = GreedyBatch(self.engine)
+            requests = [self.request(t, cfg) for t in targets]
+            for r in requests:
+                batch.add(r)
+            while len(batch):
+                batch.step()
+            return [batch.result(r) for r in requests]
+
+    return methods.Method("greedy", "toy: the plain LM's greedy continuation", GreedyConfig, False, Greedy,
+                          methods.ZEROCAP.read_clip)
+
+
+@pytest.fixture
+def greedy():
+    from zerocap import methods
+
+    method = methods.register(_greedy_method())
+    yield method
+    methods.unregister("greedy")
+
+
+def test_a_new_method_is_one_entry(greedy, capsys, images, lm_dir, clip_file, engine):
+    """A toy method: `--method greedy` with its own knob as a flag, the engine's entry points, and the
+    scheduler serving it in a lane of its own beside a ZeroCap caption."""
+    from zerocap.modes import Target
+    from zerocap.scheduler import Scheduler
+
+    code = main(["caption", images[0], "--method", "greedy", "--greedy-bonus", "0.5", "--max-tokens", "2",
+                 "--lm", lm_dir, "--clip", clip_file, "--device", "cpu", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    record = json.loads(out.out)
+    assert record["method"] == "greedy" and record["greedy_bonus"] == 0.5 and record["caption"].startswith("Image of a")
+    assert main(["caption", images[0], "--method", "greedy", "--num-iterations", "2", "--lm", lm_dir, "--clip",
+                 clip_file]) == 2
+    assert "num_iterations is a knob of method zerocap, not of greedy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["caption", "--help"])
+    assert "--greedy-bonus" in capsys.readouterr().out
+
+    cfg = greedy.config("caption", max_tokens=2)
+    alone = engine.caption([images[1]], config=cfg)[0]
+    scheduler = Scheduler(engine, max_batch=4)
+    try:
+        target = Target(engine.targets.image_target(images[1]), "image")
+        tickets = [scheduler.submit(engine.request(target, cfg)),
+                   scheduler.submit(engine.request(target, engine.config("caption", **SMALL)))]
+        results = [t.result(timeout=120) for t in tickets]
+        assert {type(lane.batch).__name__ for lane in scheduler.lanes} <= {"GreedyBatch", "Batch"}
+    finally:
+        scheduler.close()
+    assert results[0].caption == alone.caption and results[1].best_mixed.startswith("Image of a")

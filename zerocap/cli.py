@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from . import config, forms, methods, modes
+from . import forms, methods, modes
 from .config import FIELD_TYPES, KNOBS, PRESETS, describe_knob
 from .errors import InputError
 from .limits import BATCH_SIZE, EVERY, FRAMES, LIST_BYTES, LIST_NAMES
@@ -45,8 +45,8 @@ AUTHORS_FLAGS = {
 }
 
 
-# the pseudo-token knobs' spellings in their video-to-text run.py
-PT_AUTHORS_FLAGS = {
+# the other methods' knobs: their authors' spellings, and the switches of true/false knobs
+METHOD_AUTHORS_FLAGS = {  # the pseudo-token knobs' spellings in their video-to-text run.py
     "dummy_tokens": ["--num_dummy_tokens", "--dummy_tokens"],
     "sentence_iterations": ["--sentence_iterations"],
     "sampling_top_k": ["--sampling_top_k"],
@@ -56,19 +56,11 @@ PT_AUTHORS_FLAGS = {
     "entity_penalty": ["--entity_penalty"],
     "ending_bonus": ["--ending_bonus"],
 }
-PT_SWITCHES = {  # knob -> (flags that turn it on, flags that turn it off)
+SWITCHES = {  # knob -> (flags that turn it on, flags that turn it off); else --name / --no-name
     "token_wise": (["--token-wise", "--token_wise"], ["--per-sentence"]),
     "randomized_prompt": (["--randomized-prompt", "--randomized_prompt"], ["--no-randomized-prompt"]),
 }
-
-
-def describe_pt_knob(name: str) -> str:
-    spec, kind = config.PT_KNOBS[name], config.PT_FIELD_TYPES[name]
-    parts = [spec.help]
-    if spec.range is not None:
-        parts.append(spec.range.describe(kind is int))
-    parts.append(f"default {getattr(config.PT_DEFAULTS, name)!r}")
-    return ", ".join(parts)
+VALUE_ALIASES = {"lr_schedule": {"nothing": "constant", "expo": "exponential"}}  # their --scheduler_type values
 
 
 def _number(kind):
@@ -81,9 +73,9 @@ def _number(kind):
     return parse
 
 
-def _schedule(text: str) -> str:
-    """--lr-schedule, with their --scheduler_type spellings (nothing, expo)."""
-    return {"nothing": "constant", "expo": "exponential"}.get(text, text)
+def _text(name: str):
+    aliases = VALUE_ALIASES.get(name, {})
+    return lambda text: aliases.get(text, text)
 
 
 def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
@@ -94,33 +86,39 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
                    help="; ".join(f"{m.name}: {m.help}" for m in methods.METHODS.values()))
     g.add_argument("--preset", choices=list(PRESETS), default=None,
                    help=f"the paper's settings for a use (default: this command's, {mode}; zerocap only)")
+    others = [m for m in methods.METHODS.values() if m is not methods.ZEROCAP]
     for name in KNOBS:
         kind = FIELD_TYPES[name]
         flag = "--" + name.replace("_", "-")
         flags = [flag] + [a for a in AUTHORS_FLAGS.get(name, []) if a != flag]
-        text = describe_knob(name)
-        if name in methods.SHARED:
-            text = "zerocap: " + text + "; pseudo-tokens: " + describe_pt_knob(name)
+        text = "; ".join([f"zerocap: {describe_knob(name)}"] + [f"{m.name}: {methods.describe(m, name)}"
+                                                                 for m in others if name in m.knobs]) \
+            if any(name in m.knobs for m in others) else describe_knob(name)
         g.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(),
                        type=str if kind is str else _number(kind), help=text)
-    t = p.add_argument_group("method pseudo-tokens (their video-to-text run.py's defaults; with --method"
-                             " pseudo-tokens only)")
-    for name in config.PT_KNOBS:
-        if name in methods.SHARED or name in PT_SWITCHES:
+    seen = set(KNOBS)
+    for method in others:  # each other method's own knobs, in a group of their own
+        own = [name for name in method.knobs if name not in seen]
+        seen.update(own)
+        if not own:
             continue
-        kind = config.PT_FIELD_TYPES[name]
-        flag = "--" + name.replace("_", "-")
-        flags = [flag] + [a for a in PT_AUTHORS_FLAGS.get(name, []) if a != flag]
-        parse = _schedule if name == "lr_schedule" else str if kind is str else _number(kind)
-        extra = {"choices": list(config.SCHEDULES)} if name == "lr_schedule" else {}
-        t.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(), type=parse,
-                       help=describe_pt_knob(name) + (" (zerocap: accepted, no effect: it is deterministic)"
-                                                      if name == "seed" else ""), **extra)
-    for name, (on, off) in PT_SWITCHES.items():
-        t.add_argument(*on, dest=name, action="store_const", const=True, default=None,
-                       help=describe_pt_knob(name))
-        t.add_argument(*off, dest=name, action="store_const", const=False, default=None,
-                       help=f"the opposite of {on[0]}")
+        t = p.add_argument_group(f"method {method.name} (with --method {method.name} only)")
+        for name in own:
+            spec, kind = method.knobs[name], type(getattr(method.defaults, name))
+            flag = "--" + name.replace("_", "-")
+            text = methods.describe(method, name)
+            if kind is bool:
+                on, off = SWITCHES.get(name, ([flag], ["--no-" + name.replace("_", "-")]))
+                t.add_argument(*on, dest=name, action="store_const", const=True, default=None, help=text)
+                t.add_argument(*off, dest=name, action="store_const", const=False, default=None,
+                               help=f"the opposite of {on[0]}")
+                continue
+            flags = [flag] + [a for a in METHOD_AUTHORS_FLAGS.get(name, []) if a != flag]
+            if name in methods.ZEROCAP.ignored:
+                text += " (zerocap: accepted, no effect: it is deterministic)"
+            t.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(),
+                           type=_text(name) if kind is str else _number(kind),
+                           choices=list(spec.choices) if spec.choices else None, help=text)
     m = p.add_argument_group("models and running")
     _add_models(m)
     folders = ", ".join(f"{f.flag} = weights/{f.folder}" for f in families.FAMILIES if f.flag)

@@ -15,7 +15,6 @@ from . import forms, methods, modes
 from .errors import InputError
 from .limits import BATCH_SIZE
 
-KNOB_FLAGS = list(dict.fromkeys(k for m in methods.METHODS.values() for k in m.knobs))  # every method's knobs
 
 
 def run(args) -> int:
@@ -25,7 +24,8 @@ def run(args) -> int:
         return selfcheck(args)
     mode = modes.get(args.command)
     method = methods.get(args.method)
-    cfg = method.config(mode.name, args.preset, **{name: getattr(args, name, None) for name in KNOB_FLAGS})
+    knobs = dict.fromkeys(k for m in methods.METHODS.values() for k in m.knobs)  # every method's, as flags
+    cfg = method.config(mode.name, args.preset, **{name: getattr(args, name, None) for name in knobs})
     if not BATCH_SIZE.allows(args.batch_size):
         raise InputError(f"--batch-size must be {BATCH_SIZE.said}, got {args.batch_size}")
     return dataset(args, mode, cfg) if mode.kind.one_per_input else request(args, mode, cfg)

@@ -41,6 +41,7 @@ class Knob:
     serve: Range | None = None  # numbers: what one Cog request may ask for (None: not a Cog input)
     max_length: int | None = None  # strings: the Cog input's length limit (None: not a Cog input)
     served: bool = False  # a Cog input though neither (true/false knobs)
+    choices: tuple | None = None  # strings: the values allowed (None: any)
 
     @property
     def is_served(self) -> bool:
@@ -59,6 +60,8 @@ def check_knobs(cfg) -> None:
         if kind is str:
             if not isinstance(value, str):
                 raise InputError(f"{name} must be a string, got {value!r}")
+            if spec.choices is not None and value not in spec.choices:
+                raise InputError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise InputError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
@@ -69,10 +72,10 @@ def check_knobs(cfg) -> None:
 
 
 def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tuple | None = None,
-         max_length: int | None = None, served: bool = False):
+         max_length: int | None = None, served: bool = False, choices: tuple | None = None):
     rng = None if lo is None else Range(lo, hi, lo_open)
     srv = None if serve is None else Range(*serve)
-    return field(default=default, metadata={"knob": Knob(help, rng, srv, max_length, served)})
+    return field(default=default, metadata={"knob": Knob(help, rng, srv, max_length, served, choices)})
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ class PseudoTokenConfig:
     learning_rate: float = knob(0.006, "AdamW's learning rate for the prefix", 0.0, 10.0, lo_open=True,
                                 serve=(0.0001, 1.0))
     lr_schedule: str = knob("cosine", "learning rate by sentence: constant, cosine (to 1e-4) or exponential (x0.9)",
-                            served=True)
+                            served=True, choices=SCHEDULES)
     weight_decay_scale: float = knob(0.3, "AdamW's weight decay = learning_rate x this", 0.0, 100.0,
                                      serve=(0.0, 10.0))
     repetition_penalty: float = knob(2.0, "damping of tokens similar to the last 16 (1 = off)", 0.0, 10.0,
@@ -173,8 +176,6 @@ class PseudoTokenConfig:
     def validate(self) -> "PseudoTokenConfig":
         """Raise InputError naming the first bad field and what is allowed; return self."""
         check_knobs(self)
-        if self.lr_schedule not in SCHEDULES:
-            raise InputError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if not self.end_token:
             raise InputError("end_token must be a non-empty string")
         return self

@@ -89,6 +89,36 @@ DEFAULT = ZEROCAP
 SHARED = [k for k in PSEUDO_TOKENS.knobs if k in ZEROCAP.knobs]  # the knobs both take, by name
 
 
+def register(method: Method) -> Method:
+    """Add a method: `--method` offers it, its knobs become flags (those not already one) and the
+    engine, jobs and scheduler take its configs. The container's `method` input is a literal in
+    predict.py (`cog build` reads it statically): add it there too."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} exists")
+    METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    if name in (ZEROCAP.name, PSEUDO_TOKENS.name):
+        raise ValueError(f"method {name!r} is built in")
+    METHODS.pop(name, None)
+
+
+def describe(method: Method, name: str) -> str:
+    """One line for --help about one of the method's knobs: what it does, its range, its default."""
+    if method is ZEROCAP:
+        return _config.describe_knob(name)
+    spec, default = method.knobs[name], getattr(method.defaults, name)
+    parts = [spec.help]
+    if spec.range is not None:
+        parts.append(spec.range.describe(isinstance(default, int) and not isinstance(default, bool)))
+    if spec.choices is not None:
+        parts.append("one of " + ", ".join(spec.choices))
+    parts.append(f"default {default!r}")
+    return ", ".join(parts)
+
+
 def get(name: "str | Method | None") -> Method:
     if name is None:
         return DEFAULT
