@@ -155,3 +155,21 @@ def test_a_long_clip_is_capped_at_the_frames_allowed_spread_evenly(engine, tmp_p
     target = clip_target(engine, path, "clip.mkv", most=4)  # a Cog request's limit, say
     assert target.details.sampled == 4
     assert target.details.sampling == "4 frames spread evenly (every 3rd frame would be more than 4)"
+
+
+def test_a_compiled_zerocap_clip_is_not_used_for_these_rows(engine, images, monkeypatch):
+    """On a GPU the container compiles CLIP's passes for ZeroCap's fixed-size buffers; the method's
+    rows (512 candidates a request) go the eager way, with the same sentences."""
+    cfg = PseudoTokenConfig(sentence_iterations=1, max_tokens=3)
+    target, _ = image_frames(engine, images[0])
+    want = ours(engine, cfg, target)
+    monkeypatch.setattr(engine.scorer, "compiled", {})  # as compiled; any compiled pass would fail here
+    assert ours(engine, cfg, target) == want
+
+
+def test_the_lm_must_be_float32(lm_dir, clip_file, images):
+    from zerocap import ZeroCap
+
+    zc = ZeroCap.load(lm_dir, clip_file, device="cpu", lm_dtype="bfloat16")
+    with pytest.raises(InputError, match="runs the LM in float32"):
+        zc.caption([images[0]], method="pseudo-tokens", sentence_iterations=1)

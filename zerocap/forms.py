@@ -32,9 +32,12 @@ class Form:
 
         return ExactLM(model) if self.exact_lm else FastLM(model, family.fast_step(model))
 
-    def candidates(self, scorer, prefix_texts: list[str]):
-        """The scorer's candidate features for one decoding step, in this form's way."""
-        return scorer.exact_candidates(prefix_texts) if self.exact_guide else scorer.fast_candidates(prefix_texts)
+    def candidates(self, scorer, prefix_texts: list[str], eager: bool = False):
+        """The scorer's candidate features for one decoding step, in this form's way (`eager`: never
+        the compiled fixed-size buffers)."""
+        if self.exact_guide:
+            return scorer.exact_candidates(prefix_texts)
+        return scorer.fast_candidates(prefix_texts, eager=eager)
 
 
 FAST = Form("fast", "LM keys/values kept across steps, CLIP prefix keys/values reused, images in one batch (default)",

@@ -25,8 +25,8 @@ class Method:
     name: str
     help: str
     Config: type  # the knob table
-    presets: bool  # whether the modes' presets change its knobs (ZeroCap's do; the pseudo-tokens' have none)
-    runner: Callable  # engine -> its decoder of this method (check, request, decode_targets, result, Batch)
+    presets: bool  # whether the modes' presets (changes of ZeroCap's knobs) make its configs; else its defaults
+    runner: Callable  # engine -> its decoder on that engine: check(cfg), request(target, cfg), decode(targets, cfg)
     read_clip: Callable  # (engine, source, name, frames, every, most) -> modes.Target
     ignored: tuple = ()  # other methods' knobs it accepts and ignores (the authors' flags of its own run.py)
 

@@ -16,8 +16,8 @@ CLIP similarity to the frames (`best_clip`, their returned caption), by a mixed 
 
 Randomness is the request's own (`random.Random(seed)` for the prompts, a `torch.Generator` on the
 engine's device seeded alike for the draws, as their code's global generators are), so a
-request's output does not depend on what it shares a step with. Rows of any settings share a step (`PseudoTokenBatch.step`: one token of every sampling
-row); the forms (forms.py) are those of ZeroCap: `exact` scores candidates with CLIP's own
+request's output does not depend on what it shares a step with. Rows of any settings share a
+step (`PseudoTokenBatch.step`: one token of every sampling row); the forms (forms.py) are those of ZeroCap: `exact` scores candidates with CLIP's own
 encode_text on full rows, one request at a time; `fast` reads the CLIP prefix's keys/values once
 per step and runs only the candidates' suffixes, every request of the batch in one pass.
 tests/reference_pseudo_tokens.py is their code transcribed; tests/test_pseudo_tokens.py holds
@@ -119,7 +119,7 @@ class TokenRules:
         logits = logits + torch.where(unwanted, -knobs.entity_penalty[:, None], logits.new_zeros(()))
         end = knobs.end_index
         logits[end] = logits[end] + knobs.ending_bonus
-        forcing = [r for r, s in enumerate(steps) if s >= knobs.max_tokens[r] - knobs.min_length_raw[r]]
+        forcing = [r for r, s in enumerate(steps) if s >= knobs.max_tokens[r] - knobs.min_length[r]]
         for r in forcing:  # promote ending near the length limit (few rows, few steps)
             row = logits[r:r + 1]
             e = knobs.end_ids[r]
@@ -144,8 +144,8 @@ class RowKnobs:
     later: torch.Tensor  # (R, V)
     end_index: tuple  # (rows, end ids) for advanced indexing
     end_ids: list
-    min_length: list  # the context length below which the end token is barred (their MinLength: whole context)
-    min_length_raw: list  # max_tokens // 2
+    min_length: list  # max_tokens // 2: the context length below which the end token is barred (their
+    # MinLength reads the whole context), and how far from the limit ending is promoted
     max_tokens: list
     top_k: list
 
@@ -161,8 +161,8 @@ class RowKnobs:
         return cls(t([c.repetition_penalty for c in cfgs]), t([c.entity_penalty for c in cfgs]),
                    t([c.ending_bonus for c in cfgs]), *masks,
                    (torch.arange(len(cfgs), device=device), torch.tensor(ends, device=device)), ends,
-                   [c.max_tokens // 2 for c in cfgs], [c.max_tokens // 2 for c in cfgs],
-                   [c.max_tokens for c in cfgs], [c.sampling_top_k for c in cfgs])
+                   [c.max_tokens // 2 for c in cfgs], [c.max_tokens for c in cfgs],
+                   [c.sampling_top_k for c in cfgs])
 
 
 # ---- a request and its state -----------------------------------------------------------------------
@@ -327,7 +327,8 @@ class PseudoTokenBatch:
         probs = torch.softmax(logits, dim=-1) + 2e-45
         top = probs.topk(min(CANDIDATES, probs.shape[-1]), -1).indices  # (R, K)
         texts = e.tokenizer.batch_decode(contexts, skip_special_tokens=True)
-        feats = e.candidates(texts).features(top)  # (R, K, D) normalised
+        # (R, K, D) normalised; eagerly: a compiled ZeroCap step's CLIP buffers are not sized for these rows
+        feats = e.form.candidates(e.scorer, texts, eager=True).features(top)
         losses = []
         for j, r in enumerate(rows):
             sim = m.logit_scale * (feats[j] @ r.frames.T).float()  # (K, F)
@@ -473,7 +474,6 @@ class PseudoTokens:
 
     name = NAME
     Config = PseudoTokenConfig
-    Batch = PseudoTokenBatch
 
     def __init__(self, engine):
         self.engine = engine
@@ -488,6 +488,9 @@ class PseudoTokens:
         e = self.engine
         if e.family.name != "gpt2":
             raise InputError(f"the {NAME} method runs on GPT-2 (their code's LM); this LM is {e.family.name}")
+        if next(e.lm.parameters()).dtype != torch.float32:
+            raise InputError(f"the {NAME} method runs the LM in float32 (its prefix is learned by gradient steps,"
+                             " as theirs); load it with lm_dtype='float32'")
         if not e.tokenizer.encode(cfg.end_token, add_special_tokens=False):
             raise InputError(f"end_token {cfg.end_token!r} has no LM token")
         longest = max(len(e.tokenizer.encode(e.bos + p)) for p in PROMPTS) + cfg.max_tokens

@@ -63,7 +63,7 @@ class TextScorer:
     def normalised(x: torch.Tensor) -> torch.Tensor:
         return x / x.norm(dim=-1, keepdim=True)
 
-    def fast_candidates(self, prefix_texts: list[str]) -> "StringCandidates":
+    def fast_candidates(self, prefix_texts: list[str], eager: bool = False) -> "StringCandidates":
         return StringCandidates(self, prefix_texts)
 
     def exact_candidates(self, prefix_texts: list[str]) -> "StringCandidates":
@@ -139,8 +139,10 @@ class ClipScorer(TextScorer):
         super().use_vocabulary(token_strings)
         self.candidates = CandidateTokenizer(token_strings, self.tokenizer, self.device)
 
-    def fast_candidates(self, prefix_texts: list[str]) -> "FastCandidates":
-        if self.compiled is not None:
+    def fast_candidates(self, prefix_texts: list[str], eager: bool = False) -> "FastCandidates":
+        """The fast path's candidates: in fixed-size compiled buffers once compile() ran, unless
+        `eager` (a caller whose shapes the compiled passes were not sized for)."""
+        if self.compiled is not None and not eager:
             return FixedCandidates(self, prefix_texts)
         return FastCandidates(self, prefix_texts)
 
