@@ -16,7 +16,6 @@ from .errors import InputError
 from .limits import BATCH_SIZE
 
 
-
 def run(args) -> int:
     if args.command == "eval":
         return evaluate(args)

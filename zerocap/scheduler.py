@@ -8,10 +8,10 @@ Requests join in the order they came (first come, first served), whatever their 
 fewer than `max_batch` run; the others wait.
 
 Lanes: no request starves the others. Requests of one method (methods.py) and any settings can
-share a step (each row keeps
-its own knobs), but a step costs what its heaviest row costs, so requests run in lanes of
-similar cost (`Request.cost`: beams x candidates x iterations; within a factor LANE_RATIO of the
-lane's first request), each lane a batch stepped as one. The lanes take turns step by step,
+share a step (each row keeps its own knobs), but a step costs what its heaviest row costs, so
+requests run in lanes of one method and similar cost (`Request.cost`: beams x candidates x
+iterations; within a factor LANE_RATIO of the lane's first request), each lane a batch of its
+method's kind stepped as one. The lanes take turns step by step,
 fairly by time: the next step is always that of the lane that has had the least decoding time
 so far (its virtual time, as Linux's CFS schedules tasks; a new lane starts at the least of the
 others'). A heavy request therefore holds the light ones for at most one of its steps at a time,
