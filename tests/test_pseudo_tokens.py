@@ -173,3 +173,24 @@ def test_the_lm_must_be_float32(lm_dir, clip_file, images):
     zc = ZeroCap.load(lm_dir, clip_file, device="cpu", lm_dtype="bfloat16")
     with pytest.raises(InputError, match="runs the LM in float32"):
         zc.caption([images[0]], method="pseudo-tokens", sentence_iterations=1)
+
+
+@pytest.mark.numeric
+def test_requests_of_other_end_tokens_share_a_step_each_with_its_output_alone(engine, images):
+    """Each row's token rules use its own end token's tables (a letter end token changes which tokens
+    are whitelisted and which are alike), also when rows of another end token share its step."""
+    from zerocap.pseudo_tokens import PseudoTokenBatch
+
+    cfgs = [PseudoTokenConfig(sentence_iterations=2, max_tokens=5, beam_size=2, seed=1),
+            PseudoTokenConfig(sentence_iterations=2, max_tokens=5, beam_size=2, seed=2, end_token=" and")]
+    targets = [image_frames(engine, images[i])[0] for i in range(2)]
+    alone = [ours(engine, c, t) for c, t in zip(cfgs, targets)]
+    batch = PseudoTokenBatch(engine)
+    requests = [engine.request(t, engine.check(c)) for c, t in zip(cfgs, targets)]
+    for r in requests:
+        batch.add(r)
+    while len(batch):
+        batch.step()
+    together = [batch.result(r) for r in requests]
+    assert [{"sentences": [s.text for s in r.sentences], "best_clip": r.best_clip, "best_mixed": r.best_mixed,
+             "beams": [b.text for b in r.beams]} for r in together] == alone

@@ -85,11 +85,13 @@ class TokenRules:
                 similar[t, :len(tokens)] = torch.tensor(tokens)
         self.similar = similar.to(device)
 
-    def apply(self, contexts: list[list[int]], steps: list[int], logits: torch.Tensor, knobs: "RowKnobs") -> torch.Tensor:
+    def apply(self, contexts: list[list[int]], steps: list[int], logits: torch.Tensor,
+              cfgs: list[PseudoTokenConfig]) -> torch.Tensor:
         """Their rules on logits (R, V) of rows with these contexts (BOS, prompt and tokens so far)
-        at these token indices; a new tensor."""
+        at these token indices, each with its config's knobs (this end token's); a new tensor."""
         R, V = logits.shape
         dev = logits.device
+        knobs = RowKnobs.of(self, cfgs, dev)
         # similar-form repetition penalty over the last HISTORY tokens (token 0 fills empty slots, as theirs)
         # a row with fewer than HISTORY tokens repeats its first: the same ids, so the same result
         recent = torch.tensor([c[-HISTORY:] + [c[-HISTORY:][0]] * (HISTORY - len(c[-HISTORY:])) for c in contexts],
@@ -150,19 +152,32 @@ class RowKnobs:
     top_k: list
 
     @classmethod
-    def of(cls, rules: list[TokenRules], cfgs: list[PseudoTokenConfig], device) -> "RowKnobs":
+    def of(cls, rules: TokenRules, cfgs: list[PseudoTokenConfig], device) -> "RowKnobs":
         t = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
-        ends = [r.end_id for r in rules]
-        n = len(rules)
-        if all(r is rules[0] for r in rules):  # one end token (the usual case): the tables as views
-            masks = [getattr(rules[0], name).expand(n, -1) for name in ("forbidden", "first", "later")]
-        else:
-            masks = [torch.stack([getattr(r, name) for r in rules]) for name in ("forbidden", "first", "later")]
+        n, end = len(cfgs), rules.end_id
+        masks = [getattr(rules, name).expand(n, -1) for name in ("forbidden", "first", "later")]  # views
         return cls(t([c.repetition_penalty for c in cfgs]), t([c.entity_penalty for c in cfgs]),
                    t([c.ending_bonus for c in cfgs]), *masks,
-                   (torch.arange(len(cfgs), device=device), torch.tensor(ends, device=device)), ends,
+                   (torch.arange(n, device=device), torch.full((n,), end, device=device)), [end] * n,
                    [c.max_tokens // 2 for c in cfgs], [c.max_tokens for c in cfgs],
                    [c.sampling_top_k for c in cfgs])
+
+
+def apply_rules(rules: list[TokenRules], cfgs: list[PseudoTokenConfig], contexts: list[list[int]],
+                steps: list[int], logits: torch.Tensor) -> torch.Tensor:
+    """Their rules on rows (R, V) of any end tokens: each row by its own end token's tables (one
+    pass per end token; usually one)."""
+    groups: dict[int, list[int]] = {}
+    for j, r in enumerate(rules):
+        groups.setdefault(id(r), []).append(j)
+    if len(groups) == 1:
+        return rules[0].apply(contexts, steps, logits, cfgs)
+    out = torch.empty_like(logits)
+    for rows in groups.values():
+        idx = torch.tensor(rows, device=logits.device)
+        out[idx] = rules[rows[0]].apply([contexts[j] for j in rows], [steps[j] for j in rows], logits[idx],
+                                        [cfgs[j] for j in rows])
+    return out
 
 
 # ---- a request and its state -----------------------------------------------------------------------
@@ -258,8 +273,7 @@ class PseudoTokenBatch:
     def __init__(self, engine, max_requests: int | None = None):
         self.engine = engine
         self.method = engine.pseudo_tokens
-        self.requests: list[PseudoTokenRequest] = []
-        self.most = max_requests
+        self.requests: list[PseudoTokenRequest] = []  # (max_requests: the scheduler's; no layout is sized by it)
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -319,7 +333,6 @@ class PseudoTokenBatch:
 
     def _sample(self, rows: list[PseudoTokenRequest]) -> None:
         e, m = self.engine, self.method
-        dev = e.device
         contexts = [list(r.tokens) for r in rows]
         with torch.no_grad():
             unshifted = torch.softmax(m.logits(contexts), dim=-1)
@@ -341,8 +354,8 @@ class PseudoTokenBatch:
             if r.cfg.token_wise:
                 r.optimizer.step()
                 r.optimizer.zero_grad()
-        knobs = RowKnobs.of([r.rules for r in rows], [r.cfg for r in rows], dev)
-        fixed = rows[0].rules.apply(contexts, [r.index for r in rows], logits.detach(), knobs)
+        fixed = apply_rules([r.rules for r in rows], [r.cfg for r in rows], contexts, [r.index for r in rows],
+                            logits.detach())
         done = []
         for j, r in enumerate(rows):
             values, options = fixed[j:j + 1].topk(r.cfg.sampling_top_k)
@@ -512,12 +525,10 @@ class PseudoTokens:
     def prefix(self, tokens: int) -> torch.Tensor:
         """The LM's keys/values of `tokens` BOS tokens (L, 2, 1, H, P, hd): where the pseudo-tokens start."""
         if tokens not in self._prefixes:
-            e = self.engine
-            bos = e.tokenizer.bos_token_id
+            e, lm = self.engine, self.engine.lm_adapter
             with torch.no_grad():
-                out = e.lm(torch.full((1, tokens), bos, device=e.device), use_cache=True)
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-            self._prefixes[tokens] = torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+                out = e.lm(torch.full((1, tokens), e.tokenizer.bos_token_id, device=e.device), use_cache=True)
+            self._prefixes[tokens] = lm._stack(lm._cache_out(out).layers)
         return self._prefixes[tokens]
 
     def forward(self, ids: torch.Tensor, last: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -561,7 +572,6 @@ class PseudoTokens:
     def beams(self, requests: list[PseudoTokenRequest]) -> None:
         """Their final beam search from BOS + cond_text with each request's learned prefix, the
         requests' searches in lockstep (one LM pass per step for all); sets each one's `beams`."""
-        e = self.engine
         searches = [_BeamSearch(self, r) for r in requests]
         while True:
             live = [b for b in searches if not b.finished]
@@ -570,13 +580,9 @@ class PseudoTokens:
             contexts = [row for b in live for row in b.generated.tolist()]
             prefixes = [p for b in live for p in b.prefix_rows()]
             logits = self.logits(contexts, prefixes)
-            knobs = RowKnobs.of([b.r.rules for b in live for _ in range(b.rows)],
-                                [b.r.cfg for b in live for _ in range(b.rows)], e.device)
-            logits = live[0].r.rules.apply(contexts, [b.i for b in live for _ in range(b.rows)], logits, knobs) \
-                if len({id(b.r.rules) for b in live}) == 1 else torch.cat(
-                    [b.r.rules.apply(b.generated.tolist(), [b.i] * b.rows, logits[k:k + b.rows],
-                                     RowKnobs.of([b.r.rules] * b.rows, [b.r.cfg] * b.rows, e.device))
-                     for b, k in zip(live, _starts([b.rows for b in live]))])
+            logits = apply_rules([b.r.rules for b in live for _ in range(b.rows)],
+                                 [b.r.cfg for b in live for _ in range(b.rows)], contexts,
+                                 [b.i for b in live for _ in range(b.rows)], logits)
             logits = torch.log_softmax(logits, dim=-1)
             for b, k in zip(live, _starts([b.rows for b in live])):
                 b.advance(logits[k:k + b.rows])
@@ -671,7 +677,7 @@ def clip_target(engine, source: str, name: str, frames: int | None = None, every
     their near-duplicate filter."""
     from .download import local_file
     from .modes import Target
-    from .video import MAX_FRAMES, FrameSampler
+    from .video import MAX_FRAMES, FrameSampler, embedded_frames
 
     with local_file(source) as path:
         how = f"{frames} frames spread evenly" if frames is not None else (
@@ -682,19 +688,16 @@ def clip_target(engine, source: str, name: str, frames: int | None = None, every
             most = most or MAX_FRAMES
             if duration > seconds * most:
                 how = f"{most} frames spread evenly (every {_nth(step)} frame would be more than {most})"
-                sampled = list(FrameSampler(path, name, frames=most))
+                sampler = FrameSampler(path, name, frames=most)
             else:
-                sampled = list(FrameSampler(path, name, every=seconds))
+                sampler = FrameSampler(path, name, every=seconds)
         else:
-            sampled = list(FrameSampler(path, name, frames, every))
-        embeddings = []
-        for _, image in sampled:
-            e = engine.targets.raw_image(image, name)
-            embeddings.append(e / e.norm())
+            sampler = FrameSampler(path, name, frames, every)
+        embeddings, sampled_times = embedded_frames(engine, sampler, name)
     if not embeddings:
         raise InputError(f"{name}: no frames to caption")
     stacked = torch.stack(embeddings)
     kept = distinct_runs(stacked)
-    times = [round(sampled[i][0], 3) for i in kept]
+    times = [sampled_times[i] for i in kept]
     vector = engine.targets.mean([stacked[i] for i in kept], name)
-    return Target(vector, name, ClipFrames(times, len(sampled), how), frames=stacked[kept])
+    return Target(vector, name, ClipFrames(times, len(sampled_times), how), frames=stacked[kept])

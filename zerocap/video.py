@@ -225,6 +225,17 @@ class VideoFrames:
         return {"frame_times": self.times, "frames": len(self.times), "frames_asked": self.asked}
 
 
+def embedded_frames(engine, sampler: FrameSampler, name: str) -> tuple[list, list[float]]:
+    """(each sampled distinct frame's normalised CLIP embedding, its time rounded to ms): one frame
+    decoded and held at a time, whatever the clip's size."""
+    embeddings, times = [], []
+    for t, image in sampler:
+        e = engine.targets.raw_image(image, name)
+        embeddings.append(e / e.norm())
+        times.append(round(t, 3))
+    return embeddings, times
+
+
 def video_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None):
     """(the normalised mean of the clip's distinct sampled frames' normalised CLIP embeddings (D,),
     the frames as the result's details: VideoFrames)."""
@@ -232,9 +243,5 @@ def video_target(engine, source: str, name: str, frames: int | None = None, ever
 
     with local_file(source) as path:
         sampler = FrameSampler(path, name, frames, every)
-        embeddings, times = [], []
-        for t, image in sampler:
-            e = engine.targets.raw_image(image, name)
-            embeddings.append(e / e.norm())
-            times.append(round(t, 3))
+        embeddings, times = embedded_frames(engine, sampler, name)
     return engine.targets.mean(embeddings, name), VideoFrames(times, sampler.asked)
