@@ -64,21 +64,23 @@ def test_every_lm_token_alone_after_a_prompt(engine):
 def test_prefix_cached_features_match_encode_text(engine):
     """The fast path's CLIP features equal CLIP's own encode_text up to fp32 rounding."""
     ct, scorer = engine.scorer.candidates, engine.scorer
-    prefixes = [ct.prefix(t) for t in ("Image of a dog", "Image of a " + "long " * 80, "naïve café")]
-    top = torch.randint(0, len(ct.strings), (3, 40), generator=torch.Generator().manual_seed(1))
+    texts = ("Image of a dog", "Image of a " + "long " * 80, "naïve café", "A " + "qzxv" * 12)  # a long last word
+    prefixes = [ct.prefix(t) for t in texts]
+    top = torch.randint(0, len(ct.strings), (4, 40), generator=torch.Generator().manual_seed(1))
     top[:, 0] = 82  # "s": continues the last word
     shared, suffix, eot = ct.rows(prefixes, top)
     prefix_rows = ct.pad([p.row for p in prefixes])
     cache = scorer.encode_prefix(prefix_rows)
-    saved = scorer.single_pass_tokens
+    saved = scorer.chunk_tokens
     try:
-        scorer.single_pass_tokens = 0  # length buckets (the CPU's choice)
+        scorer.chunk_tokens = 7  # many packed passes, each of whole rows, some across two prefixes
         fast = scorer.encode_candidates(cache, shared, suffix, eot)
-        scorer.single_pass_tokens = 1 << 20  # one pass (a GPU's choice at this size)
+        scorer.chunk_tokens = 1 << 20  # one pass (a GPU's choice at this size)
         one_pass = scorer.encode_candidates(cache, shared, suffix, eot)
     finally:
-        scorer.single_pass_tokens = saved
-    assert len(set(eot.flatten().tolist())) > 2  # several buckets
+        scorer.chunk_tokens = saved
+    assert len(set(eot.flatten().tolist())) > 2  # rows of several lengths
+    assert int(eot.max()) >= scorer.WINDOW  # and a row past the window: a pass of its own
     full = scorer.encode_full(prefix_rows, shared, suffix, eot)
     for r, p in enumerate(prefixes):
         ids = clip.tokenize([p.text + ct.strings[t] for t in top[r].tolist()], truncate=True)

@@ -119,20 +119,20 @@ def test_near_uniform_lm_matches_reference(tmp_path_factory, images, clip_file, 
     assert_same(result, reference(engine, engine.targets.image_target(images[0]), cfg, ("flat",)))
 
 
-@pytest.mark.parametrize("single_pass_tokens", [0, 1 << 20], ids=["length buckets", "one pass"])
-def test_fast_form_both_clip_pass_layouts_match_reference(engine, images, single_pass_tokens, monkeypatch):
-    """The GPU's one-pass layout of the candidates' CLIP suffixes, run on the CPU."""
-    monkeypatch.setattr(engine.scorer, "single_pass_tokens", single_pass_tokens)
+@pytest.mark.parametrize("chunk_tokens", [64, 1 << 20], ids=["small passes", "one pass"])
+def test_fast_form_both_clip_pass_layouts_match_reference(engine, images, chunk_tokens, monkeypatch):
+    """The candidates' CLIP suffixes in many small packed passes, and in the GPU's one pass."""
+    monkeypatch.setattr(engine.scorer, "chunk_tokens", chunk_tokens)
     cfg = ZeroCapConfig(**SMALL)
     target = engine.targets.image_target(images[0])
     assert_same(engine.caption([images[0]], config=cfg)[0], reference(engine, target, cfg, ("tiny", "paper defaults")))
 
 
-@pytest.mark.parametrize("form,single_pass_tokens", [("exact", 0), ("fast", 0), ("fast", 1 << 20)])
-def test_prompt_near_clips_77_tokens_matches_reference(engines, images, form, single_pass_tokens, monkeypatch):
+@pytest.mark.parametrize("form,chunk_tokens", [("exact", 64), ("fast", 64), ("fast", 1 << 20)])
+def test_prompt_near_clips_77_tokens_matches_reference(engines, images, form, chunk_tokens, monkeypatch):
     """Candidate rows reach CLIP's context limit and are truncated, as clip.tokenize(truncate=True)."""
     engine = engines[form]
-    monkeypatch.setattr(engine.scorer, "single_pass_tokens", single_pass_tokens)
+    monkeypatch.setattr(engine.scorer, "chunk_tokens", chunk_tokens)
     cfg = ZeroCapConfig(cond_text="Image of a " + "big " * 68 + "red", top_k=32, beam_size=2, max_tokens=4)
     assert len(engine.scorer.candidates.encode(cfg.cond_text)) == 72
     result = engine.caption([images[1]], config=cfg)[0]
