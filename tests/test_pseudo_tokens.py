@@ -194,3 +194,26 @@ def test_requests_of_other_end_tokens_share_a_step_each_with_its_output_alone(en
     together = [batch.result(r) for r in requests]
     assert [{"sentences": [s.text for s in r.sentences], "best_clip": r.best_clip, "best_mixed": r.best_mixed,
              "beams": [b.text for b in r.beams]} for r in together] == alone
+
+
+@pytest.mark.numeric
+def test_requests_of_any_settings_sharing_steps_each_give_what_their_code_gives(engine, ref_tokenizer, images):
+    """Requests of other prefix lengths, lengths and schedules decoded together: the fast form's
+    shared pass (each row's plain LM riding beside its prefixed one, a pass per prefix length) gives
+    each one what their code gives it alone."""
+    from zerocap.pseudo_tokens import PseudoTokenBatch
+
+    rng = random.Random(7)
+    cases = [random_case(rng).replace(dummy_tokens=n) for n in (2, 5, 2)]
+    targets = [image_frames(engine, images[i % len(images)]) for i in range(len(cases))]
+    batch = PseudoTokenBatch(engine)
+    requests = [engine.request(t, engine.check(c)) for c, (t, _) in zip(cases, targets)]
+    for r in requests:
+        batch.add(r)
+    while len(batch):
+        batch.step()
+    for r, cfg, (_, frames) in zip(requests, cases, targets):
+        got = batch.result(r)
+        assert {"sentences": [s.text for s in got.sentences], "best_clip": got.best_clip,
+                "best_mixed": got.best_mixed, "beams": [b.text for b in got.beams]} == \
+            reference(engine, ref_tokenizer, cfg, frames), cfg

@@ -57,17 +57,25 @@ def gpt2_step(lm, last: torch.Tensor, past: torch.Tensor, positions: torch.Tenso
     return lm.lm_head(tr.ln_f(x))[:, -1, :].float(), torch.stack(kv)
 
 
-def gpt2_forward(lm, ids: torch.Tensor, last: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+def gpt2_forward(lm, ids: torch.Tensor, last: torch.Tensor, prefix: torch.Tensor | None = None,
+                 bare: torch.Tensor | None = None) -> torch.Tensor:
     """GPT-2 on whole rows `ids` (R, T) after an optional prefix of keys/values (L, 2, R, H, P, hd)
     -> logits (R, V) fp32 at each row's position `last` (R,) only (rows padded on the right: a
-    causal LM's real positions never see the padding). Differentiable in the prefix."""
+    causal LM's real positions never see the padding). Differentiable in the prefix. Rows marked
+    `bare` (R,) bool ignore the prefix: they see none of its keys and start at position 0, as
+    without one (the plain LM riding in the same pass)."""
     tr = lm.transformer
     R, T = ids.shape
     P = 0 if prefix is None else prefix.shape[-2]
     H = tr.h[0].attn.num_heads
     dev = ids.device
-    x = tr.wte(ids) + tr.wpe(torch.arange(P, P + T, device=dev))  # (R, T, d)
+    j = torch.arange(T, device=dev)
     mask = torch.ones(T, P + T, dtype=torch.bool, device=dev).tril(P)  # query i sees keys <= P + i
+    if bare is None or P == 0:
+        x = tr.wte(ids) + tr.wpe(P + j)  # (R, T, d)
+    else:
+        x = tr.wte(ids) + tr.wpe(torch.where(bare, 0, P)[:, None] + j)
+        mask = mask & ~(bare[:, None, None, None] & (torch.arange(P + T, device=dev) < P))  # (R, 1, T, P + T)
     for i, block in enumerate(tr.h):
         qkv = block.attn.c_attn(block.ln_1(x)).view(R, T, 3, H, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (R, H, T, hd)
