@@ -34,8 +34,9 @@ from cog.input import FieldInfo
 from cog.types import URLPath
 
 from zerocap import InputError, methods, modes, selfcheck, weights
-from zerocap.modes import Target
 from zerocap.loading import quiet_transformers, resolve_device
+from zerocap.modes import Target
+from zerocap.threads import release_pool
 
 MAX_TERMS = 16  # images + texts in one arithmetic target
 FILE_RULE = ("send the file as a URL (https://...) or a data URL (data:{mime};base64,...);"
@@ -304,7 +305,10 @@ class Predictor(BaseRunner):
 
         def read():  # on a worker thread, a few at a time: bounded memory whatever arrives at once
             with self.reading:
-                return chosen.kind.targets(self.model, inputs, cfg=cfg)
+                try:
+                    return chosen.kind.targets(self.model, inputs, cfg=cfg)
+                finally:  # its idle OpenMP pool would slow the decoding thread's kernels (zerocap/threads.py)
+                    release_pool()
 
         targets = await asyncio.to_thread(read)
         result, ticket = await self._decode(self.model.request(targets[0], cfg), cfg)

@@ -37,6 +37,7 @@ import torch
 
 from .batch import Request
 from .errors import InputError
+from .threads import release_pool
 
 OUT_OF_MEMORY = "out of memory: lower beam_size or top_k, or combine fewer terms"
 LANE_RATIO = 4.0  # requests whose step costs are within this factor share a lane
@@ -154,6 +155,7 @@ class Scheduler:
 
     # ---- callers --------------------------------------------------------------------------------------
     def submit(self, request: Request) -> Ticket:
+        release_pool()  # the submitting thread's CPU work is done: its idle OpenMP pool would slow the loop's
         ticket = Ticket(request)
         with self._cond:
             if self.error is not None:
