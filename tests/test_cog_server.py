@@ -562,11 +562,11 @@ def test_four_pseudo_token_requests_together_are_faster_each_with_its_output_alo
         for key in ("sentences", "caption", "best_mixed", "beams"):
             assert a["output"][key] == b["output"][key], key  # what it gets alone
     assert max(o["metrics"]["batch_size"] for _, o in together) > 2  # decoded together
-    # Sooner together, though not by the 1.5x the issue asked for on this CPU: each request's 512
-    # candidates a token through CLIP are compute-bound on 2 cores (about 60% of its time), so
-    # batching shares only the rest (1.2x-1.9x measured here; bench/RESULTS.md). One at a time
-    # (no batching) is 1.0x.
-    assert one_by_one / at_once >= 1.15, (one_by_one, at_once)
+    # Sooner together: 1.59x-1.67x measured here (2-core AMD EPYC, bench/RESULTS.md), the issue's
+    # 1.5x; asserted with room for a slower or busier 2-core machine, and still far from one at a
+    # time (no batching: 1.0x). Each request's 512 candidates a token through CLIP are compute-bound
+    # on 2 cores, so batching shares the rest.
+    assert one_by_one / at_once >= 1.3, (one_by_one, at_once)
 
 
 def test_a_zerocap_caption_beside_a_long_pseudo_token_request_is_not_held_up(server, uris):
