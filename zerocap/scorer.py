@@ -203,17 +203,18 @@ class ClipScorer(TextScorer):
 
     @torch.no_grad()
     def encode_prefix(self, prefix_rows: torch.Tensor) -> PrefixCache:
-        """Keys/values of the prefix rows (R, P): SOT + prefix ids, zero-padded."""
+        """Keys/values of the prefix rows (R, P): SOT + prefix ids, zero-padded. (The last block's
+        attention and MLP are not run: only its keys and values are read.)"""
         P, device = prefix_rows.shape[1], prefix_rows.device
         x = self._embed(prefix_rows, torch.arange(P, device=device))  # (R, P, d)
         causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
         keys, values = [], []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             q, k, v = self._qkv(block, x)  # (R, h, P, hd)
             keys.append(k)
             values.append(v)
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
-            x = self._finish(block, x, attn)
+            if i < len(self.blocks) - 1:
+                x = self._finish(block, x, F.scaled_dot_product_attention(q, k, v, attn_mask=causal))
         return PrefixCache(keys, values)
 
     @torch.no_grad()
@@ -278,7 +279,9 @@ class ClipScorer(TextScorer):
 
         A token attends to its prefix's first `shared` positions (its prefix's keys, shared by
         the rows of that prefix: no copy per row) and to the tokens of its own row up to itself
-        (a window of the W packed tokens before it, as a view)."""
+        (a window of the W packed tokens before it, as a view). The last block runs every token's
+        keys and values but only the EOT tokens' queries, attention output and MLP: nothing else
+        of it is read."""
         M = suffix.shape[0]
         B, h, P, _ = cache.keys[0].shape
         dev = suffix.device
@@ -289,36 +292,42 @@ class ClipScorer(TextScorer):
         row = torch.arange(M, device=dev)[:, None].expand(M, W)[real]  # (N,) each token's row
         pos = j.expand(M, W)[real]  # (N,) its index in the row
         N = row.numel()
+        ends = torch.cumsum(length, 0) - 1  # (M,) each row's EOT among the packed tokens
         x = self._embed(suffix[:, :W][real], shared[row] + pos)  # (N, d); rows end by position 76 (rows())
         see = torch.cat([torch.arange(P, device=dev) < shared[row][:, None],  # its prefix's positions
                          j >= (W - 1 - pos)[:, None]], dim=1)  # window slot t is the token W - 1 - t back
         bias = torch.zeros(N, 1, P + W, dtype=torch.float32, device=dev).masked_fill_(~see[:, None], -math.inf)
-        lone = B == 1
-        if not lone:  # a prefix's queries padded to the longest prefix's count: one batched product
-            token_beam = beam[row]
+
+        def groups(token_beam):  # queries in beam order -> their place in a (B, most) grid, or None (one prefix)
+            if B == 1:
+                return None
             counts = torch.bincount(token_beam, minlength=B)
-            slot = torch.arange(N, device=dev) - (torch.cumsum(counts, 0) - counts)[token_beam]
-            most = int(counts.max())
+            slot = torch.arange(token_beam.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[token_beam]
+            return token_beam, slot, int(counts.max())
 
-        def by_prefix(a, keys):  # a (N, h, c) against keys (B, h, c, e) -> (N, h, e)
-            if lone:
+        def by_prefix(a, keys, grid):  # a (n, h, c) against its prefix's keys (B, h, c, e) -> (n, h, e)
+            if grid is None:
                 return torch.matmul(a.transpose(0, 1), keys[0]).transpose(0, 1)
-            grid = a.new_zeros(B, most, h, a.shape[-1])
-            grid[token_beam, slot] = a
-            return torch.matmul(grid.transpose(1, 2), keys).transpose(1, 2)[token_beam, slot]
+            token_beam, slot, most = grid  # a prefix's queries padded to the longest group: one batched product
+            padded = a.new_zeros(B, most, h, a.shape[-1])
+            padded[token_beam, slot] = a
+            return torch.matmul(padded.transpose(1, 2), keys).transpose(1, 2)[token_beam, slot]
 
+        every, eots = groups(beam[row]), groups(beam)
         scale = (self.clip.transformer.width // h) ** -0.5
-        for block, pk, pv in zip(self.blocks, cache.keys, cache.values):
+        for i, (block, pk, pv) in enumerate(zip(self.blocks, cache.keys, cache.values)):
             qkv = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
             q, k, v = (t.view(N, h, -1) for t in qkv.chunk(3, dim=-1))
             window_k = F.pad(k, (0, 0, 0, 0, W - 1, 0)).unfold(0, W, 1)  # (N, h, hd, W)
             window_v = F.pad(v, (0, 0, 0, 0, W - 1, 0)).unfold(0, W, 1)
-            scores = torch.cat([by_prefix(q, pk.transpose(-1, -2)), torch.einsum("nhd,nhdw->nhw", q, window_k)], -1)
-            attn = torch.softmax(scores.float() * scale + bias, dim=-1).to(x.dtype)  # (N, h, P + W)
-            o = by_prefix(attn[..., :P], pv) + torch.einsum("nhw,nhdw->nhd", attn[..., P:], window_v)
-            x = x + F.linear(o.reshape(N, -1), block.attn.out_proj.weight, block.attn.out_proj.bias)
+            mask, grid = bias, every
+            if i == len(self.blocks) - 1:  # only the EOT tokens are read from here on
+                q, window_k, window_v, mask, x, grid = q[ends], window_k[ends], window_v[ends], bias[ends], x[ends], eots
+            scores = torch.cat([by_prefix(q, pk.transpose(-1, -2), grid), torch.einsum("nhd,nhdw->nhw", q, window_k)], -1)
+            attn = torch.softmax(scores.float() * scale + mask, dim=-1).to(x.dtype)  # (n, h, P + W)
+            o = by_prefix(attn[..., :P], pv, grid) + torch.einsum("nhw,nhdw->nhd", attn[..., P:], window_v)
+            x = x + F.linear(o.flatten(1), block.attn.out_proj.weight, block.attn.out_proj.bias)
             x = x + self._mlp(block, block.ln_2(x))
-        x = x[torch.cumsum(length, 0) - 1]  # each row's EOT (M, d)
         return self.clip.ln_final(x).type(self.dtype) @ self.clip.text_projection  # (M, D)
 
     def _encode_rows(self, cache: PrefixCache, beam, shared, suffix, eot_index) -> torch.Tensor:
