@@ -275,10 +275,12 @@ def lone_rows(zc: ZeroCap, images, cfg: ZeroCapConfig, device, sizes=(1, 8, 16))
 
 
 def pseudo_token_rows(lm, tok, clip_model, preprocess, device, images, sentences: int, tokens: int,
-                      reference: bool, exact: bool, together: int = 4) -> str:
+                      reference: bool, exact: bool, together: int = 4, repeats: int = 3) -> str:
     """The pseudo-token method (their README's defaults but `sentences` sentences of at most `tokens`
     tokens): their code (tests/reference_pseudo_tokens.py), the fast form alone and `together`
-    requests at once, the exact form; whether each gave their sentences, captions and beams."""
+    requests at once, the exact form; whether each gave their sentences, captions and beams. The
+    fast form's rows are the median of `repeats` runs (a run is seconds: one run is at the mercy of
+    a busy machine's moment; their code's and the exact form's single runs last tens of seconds)."""
     import copy
 
     from zerocap.modes import Target
@@ -300,7 +302,11 @@ def pseudo_token_rows(lm, tok, clip_model, preprocess, device, images, sentences
         (by_clip, by_mixed, texts, beams), ref_seconds = timed(lambda: gen.generate(targets[0].vector[None]), device)
         want = (texts, by_clip[0], by_mixed[0], beams)
         print(f"pseudo-tokens, their code: {ref_seconds:.2f} s", flush=True)
-    (res,), seconds = timed(lambda: fast.pseudo_tokens.decode(targets[:1], cfg), device)
+    def median(fn):  # (the last run's output, the median seconds of `repeats` runs)
+        runs = [timed(fn, device) for _ in range(max(1, repeats))]
+        return runs[-1][0], sorted(sec for _, sec in runs)[len(runs) // 2]
+
+    (res,), seconds = median(lambda: fast.pseudo_tokens.decode(targets[:1], cfg))
     n = res.tokens
     print(f"pseudo-tokens, fast: {seconds:.2f} s ({n} tokens)", flush=True)
     same = "—" if want is None else ("yes" if outputs(res) == want else "no")
@@ -315,10 +321,10 @@ def pseudo_token_rows(lm, tok, clip_model, preprocess, device, images, sentences
         rows.append(("their code (tests/reference_pseudo_tokens.py)", ref_seconds, ref_seconds / n, 1.0, "—"))
     alone, one_by_one = [], 0.0
     for t in targets:
-        (r,), sec = timed(lambda t=t: fast.pseudo_tokens.decode([t], cfg), device)
+        (r,), sec = median(lambda t=t: fast.pseudo_tokens.decode([t], cfg))
         alone.append(outputs(r))
         one_by_one += sec
-    many, at_once = timed(lambda: fast.pseudo_tokens.decode(targets, cfg), device)
+    many, at_once = median(lambda: fast.pseudo_tokens.decode(targets, cfg))
     same_many = "yes" if [outputs(r) for r in many] == alone else "no"
     table = ("| pseudo-tokens | s/request | s/token | speed-up vs their code | = their outputs |\n"
              "| --- | ---: | ---: | ---: | --- |\n"
@@ -388,7 +394,8 @@ def main() -> int:
     if args.pseudo_tokens and args.lm_dtype == "float32":
         pt_table = pseudo_token_rows(lm, tok, clip_model, preprocess, device, images, args.pt_sentences, args.pt_tokens,
                                      reference=not args.no_reference,
-                                     exact=clip_model.dtype == torch.float32 and not args.no_exact)
+                                     exact=clip_model.dtype == torch.float32 and not args.no_exact,
+                                     repeats=args.repeats)
         print(pt_table, flush=True)
     if args.only_pseudo_tokens:
         head = (f"\n## {datetime.date.today().isoformat()} — {size}, {device.type}: the pseudo-token method\n\n"

@@ -562,7 +562,7 @@ def test_four_pseudo_token_requests_together_are_faster_each_with_its_output_alo
         for key in ("sentences", "caption", "best_mixed", "beams"):
             assert a["output"][key] == b["output"][key], key  # what it gets alone
     assert max(o["metrics"]["batch_size"] for _, o in together) > 2  # decoded together
-    # Sooner together: 1.59x-1.67x measured here (2-core AMD EPYC, bench/RESULTS.md), the issue's
+    # Sooner together: 1.75x-1.96x measured here (2-core AMD EPYC, bench/RESULTS.md), the issue's
     # 1.5x; asserted with room for a slower or busier 2-core machine, and still far from one at a
     # time (no batching: 1.0x). Each request's 512 candidates a token through CLIP are compute-bound
     # on 2 cores, so batching shares the rest.
