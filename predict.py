@@ -27,6 +27,7 @@ import time
 import typing
 from typing import Optional
 
+import zerocap  # noqa: F401,I001 -- first: it sets how idle OpenMP workers wait before torch loads libgomp
 import cog
 import torch
 from cog import BaseModel, BaseRunner, Input, Path
@@ -36,6 +37,7 @@ from cog.types import URLPath
 from zerocap import InputError, methods, modes, selfcheck, weights
 from zerocap.loading import quiet_transformers, resolve_device
 from zerocap.modes import Target
+from zerocap import threads
 from zerocap.threads import release_pool
 
 MAX_TERMS = 16  # images + texts in one arithmetic target
@@ -240,8 +242,11 @@ class Predictor(BaseRunner):
         pt = self.model.pseudo_tokens  # the other method's vocabulary tables and prefix, built once
         pt.rules(pt.Config.end_token)
         pt.prefix(pt.Config.dummy_tokens)
+        if self.model.device.type == "cpu":
+            print(f"decoding on {threads.current().line()}", flush=True)
         print(f"ready: up to {self.scheduler.max_batch} predictions decoded together on {self.model.device}",
               flush=True)
+        release_pool()  # setup's thread is done with CPU work: its idle pool would slow the decoding thread
 
     def healthcheck(self) -> bool:
         """Unhealthy (with the reason) when the decoding loop stopped or the device broke."""

@@ -6,6 +6,10 @@ those imports is handled like any other).
 """
 import warnings as _warnings
 
+from . import threads as _threads
+
+_threads.prepare()  # before torch loads libgomp: idle OpenMP workers sleep soon (zerocap/threads.py)
+
 # OpenAI CLIP imports pkg_resources, which warns on every import.
 _warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import forms
+from . import forms, threads
 from .batch import Batch, Request
 from .beam_search import Beams
 from .config import ZeroCapConfig, preset
@@ -70,11 +70,7 @@ class CaptionResult:
         del d["details"]
         if self.details is not None:
             d.update(self.details.to_dict())
-        d["timing"] = {
-            "seconds": d.pop("seconds"),
-            "tokens": d.pop("tokens"),
-            "seconds_per_token": self.seconds / max(1, self.tokens),
-        }
+        d["timing"] = threads.timing(d.pop("seconds"), d.pop("tokens"))
         return d
 
 
@@ -215,6 +211,7 @@ class ZeroCap:
         from .weights import locate
 
         lm, clip = locate(lm, clip)
+        threads.apply()  # the CPU threads this process should use (zerocap/threads.py)
         return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype, quiet=quiet), form=form, compile=compile)
 
     # ---- public API ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from . import threads
 from .config import PT_DEFAULTS as DEFAULTS  # noqa: F401  (the method's knob table lives in config.py)
 from .config import PT_FIELD_TYPES as FIELD_TYPES  # noqa: F401
 from .config import PT_KNOBS as KNOBS  # noqa: F401
@@ -218,8 +219,7 @@ class PseudoTokenResult:
         del d["details"]
         if self.details is not None:
             d.update(self.details.to_dict())
-        d["timing"] = {"seconds": d.pop("seconds"), "tokens": d.pop("tokens"),
-                       "seconds_per_token": self.seconds / max(1, self.tokens)}
+        d["timing"] = threads.timing(d.pop("seconds"), d.pop("tokens"))
         return d
 
 

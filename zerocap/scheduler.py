@@ -37,7 +37,7 @@ import torch
 
 from .batch import Request
 from .errors import InputError
-from .threads import release_pool
+from .threads import Sizer, release_pool
 
 OUT_OF_MEMORY = "out of memory: lower beam_size or top_k, or combine fewer terms"
 LANE_RATIO = 4.0  # requests whose step costs are within this factor share a lane
@@ -208,6 +208,7 @@ class Scheduler:
             raise
 
     def _rounds(self) -> None:
+        sizer = Sizer()  # the CPU threads, sized again as other processes come and go (zerocap/threads.py)
         while True:
             with self._cond:
                 idle = not self._stopping and not self._waiting and not self._running and bool(self.lanes)
@@ -226,6 +227,8 @@ class Scheduler:
             if self.lanes:
                 # the least served lane steps next; on a tie (a new lane) the lighter one
                 lane = min(self.lanes, key=lambda lane: (lane.seconds, lane.cost))
+                if self.engine.device.type == "cpu":
+                    sizer.tick()
                 start = time.perf_counter()
                 self._step(lane)
                 lane.seconds += time.perf_counter() - start
