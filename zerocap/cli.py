@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from . import forms, methods, modes
 from .config import FIELD_TYPES, KNOBS, PRESETS, describe_knob
-from .errors import InputError
+from .errors import InputError, Terminated
 from .limits import BATCH_SIZE, EVERY, FRAMES, LIST_BYTES, LIST_NAMES
 
 COMMANDS = ("eval", "selfcheck")  # the commands besides one per input mode
@@ -319,17 +320,36 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError, OSError):
             pass
+    terminate = _on_sigterm()
     try:
         return run(argv)
     except InputError as e:  # the user's mistake: one line, no traceback
         print(f"zerocap: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("zerocap: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("zerocap: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout's reader left (| head): stop quietly, as a shell tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _on_sigterm():
+    """SIGTERM raises Terminated in the main thread (cleanup as after Ctrl-C); the handler it
+    replaced, to put back, or None where none can be set (not the main thread)."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 def entry() -> None:
@@ -339,10 +359,10 @@ def entry() -> None:
     that C evaluated (some imports do), even though main() caught it; leave with 130 directly.
     """
     code = main()
-    if code == 130:
+    if code in (130, 143):
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(code)
     sys.exit(code)
 
 

@@ -124,6 +124,9 @@ def dataset(args, mode, cfg) -> int:
             results.close()
         if backend is not None:
             backend.close()
+    for name in summary.changed:
+        print(f"zerocap: note: {name} holds other content than when it was captioned in {args.out}: captioned"
+              " again", file=sys.stderr)
     print(f"zerocap: {summary.line(args.out)}", file=sys.stderr)
     return 1 if summary.any_failed else 0
 

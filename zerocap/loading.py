@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import warnings
 
 import torch
@@ -117,5 +118,8 @@ def load_clip(clip_path: str, device=None):
         warnings.simplefilter("ignore")
         try:
             return clip.load(clip_path, device=dev, jit=False)
-        except (RuntimeError, OSError, KeyError, ValueError) as e:
-            raise InputError(f"cannot load CLIP from {clip_path}: {e}; {GET_WEIGHTS}") from None
+        except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, pickle.UnpicklingError):
+                why = "not a CLIP checkpoint (its data cannot be read as one)"
+            raise InputError(f"cannot load CLIP from {clip_path}: {why}; {GET_WEIGHTS}") from None

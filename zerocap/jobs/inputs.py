@@ -66,6 +66,32 @@ class Input:
         return self.inode is not None
 
 
+CONTENT_ENDS = 64 * 1024  # bytes hashed at each end of a file for its content identity
+
+
+def content_id(source: str) -> str | None:
+    """What a results file records of a local file's content beside its path: "SIZE:MTIME_NS:HASH",
+    the SHA-256 (16 hex digits) of its first and last 64 KiB. The same content under a new name
+    (a folder moved, a new link) is recognised; new content at a recorded name (a new size, a new
+    modification time, or other bytes at either end) is not. None for a URL or an unreadable file."""
+    if is_url(source):
+        return None
+    import hashlib
+
+    try:
+        with open(source, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            h = hashlib.sha256(f.read(CONTENT_ENDS))
+            if st.st_size > CONTENT_ENDS:
+                f.seek(max(CONTENT_ENDS, st.st_size - CONTENT_ENDS))
+                h.update(f.read(CONTENT_ENDS))
+    except (OSError, ValueError):
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"
+
+
 def identify(name: str) -> Input:
     if is_url(name):
         return Input(name, name)

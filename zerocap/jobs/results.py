@@ -29,7 +29,7 @@ import tempfile
 from typing import Iterable, Iterator
 
 from ..errors import InputError
-from .inputs import Input, identify
+from .inputs import Input, content_id, identify
 
 MARK = "zerocap"
 KINDS = {"image": "captions/1", "video": "videos/1"}  # a results file's kind, by its key field
@@ -62,10 +62,11 @@ def _same_file(path: str, inputs: Iterable[Input]) -> Input | None:
     return next((i for i in inputs if i.key == me.key and not i.is_url), None)
 
 
-def open_output(path: str, what: str, inputs: Iterable[Input] = ()) -> tuple[int, bool]:
-    """(a locked read-write descriptor of `path`, whether it was created), after the checks every
-    output gets: not an input, a regular file or a new name in an existing folder, writable, and
-    not being written by another zerocap job."""
+def open_output(path: str, what: str, inputs: Iterable[Input] = ()) -> tuple[int, str | None]:
+    """(a locked read-write descriptor of `path`, the real path of the file when this call created
+    it, else None), after the checks every output gets: not an input, a regular file or a new name
+    in an existing folder, writable, and not being written by another zerocap job. The real path:
+    `path` may be a link to a file not there yet; what zerocap created it may remove, never the link."""
     same = _same_file(path, inputs)
     if same is not None:
         raise InputError(f"{what} {path} is one of the inputs ({same.name}); zerocap never writes over its inputs:"
@@ -79,6 +80,7 @@ def open_output(path: str, what: str, inputs: Iterable[Input] = ()) -> tuple[int
         raise InputError(f"{what} {path}: the folder {folder} does not exist")
     for _ in range(5):
         existed = os.path.exists(path)
+        real = os.path.realpath(path)  # where a link to a file not there yet makes the new file
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as e:
@@ -95,9 +97,22 @@ def open_output(path: str, what: str, inputs: Iterable[Input] = ()) -> tuple[int
         # another job may have replaced the file (--retry-failed) while we waited: lock the new one
         st, now = os.fstat(fd), _stat(path)
         if now is not None and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
-            return fd, not existed
+            return fd, (None if existed else real)
         os.close(fd)
     raise InputError(f"{path} keeps changing while zerocap opens it; is another job rewriting it?")
+
+
+def remove_created(fd: int, created: str | None) -> None:
+    """Remove the empty file this job created (its real path, never a link that led to it), if
+    it is still the file `fd` holds."""
+    if created is None:
+        return
+    try:
+        st, now = os.fstat(fd), os.lstat(created)
+        if st.st_size == 0 and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+            os.remove(created)
+    except OSError:
+        pass
 
 
 def _stat(path: str):
@@ -192,6 +207,11 @@ class ResultsFile:
         self.failed_sources: set[str] = set()
         self.done_inodes: set = set()
         self.failed_inodes: set = set()
+        # lines that record their file's content (inputs.content_id): identity by content, any name
+        self.done_contents: set[str] = set()
+        self.failed_contents: set[str] = set()
+        self.recorded: dict[str, str] = {}  # source -> the content its last line recorded
+        self._ids: dict[str, str | None] = {}  # source -> its content now, read once
         self.written = 0
         self.newline_first = False
         self.fd, self.created = open_output(path, what, inputs)
@@ -226,12 +246,20 @@ class ResultsFile:
                 errors += 1
                 continue
             self._check_settings(record, scan.lines)
-            source = record["source"]
-            (self.failed_sources if failed else self.done_sources).add(source)
-            inode = identify(source).inode  # the file may have moved since: then its path still counts
-            if inode is not None:
-                (self.failed_inodes if failed else self.done_inodes).add(inode)
+            self._remember(record, failed)
         return scan, errors
+
+    def _remember(self, record: dict, failed: bool) -> None:
+        source, content = record["source"], record.get("content")
+        if isinstance(content, str):
+            (self.failed_contents if failed else self.done_contents).add(content)
+            self.recorded[source] = content
+            return
+        # a line of an earlier zerocap, without its content: its name, and the file now found there
+        (self.failed_sources if failed else self.done_sources).add(source)
+        inode = identify(source).inode
+        if inode is not None:
+            (self.failed_inodes if failed else self.done_inodes).add(inode)
 
     def _check_settings(self, record: dict, n: int) -> None:
         if self.settings is None or self.mix_settings:
@@ -278,7 +306,7 @@ class ResultsFile:
                 os.remove(tmp)
             raise
         os.close(self.fd)
-        self.fd, self.created, self.newline_first = fd, False, False
+        self.fd, self.created, self.newline_first = fd, None, False
         if st.st_nlink > 1 and warn is not None:
             others = st.st_nlink - 1
             warn(f"--retry-failed wrote {self.path} anew without its error lines; its {others} other hard"
@@ -287,11 +315,31 @@ class ResultsFile:
     def __contains__(self, item: Input) -> bool:
         return self.done(item) or self.failed(item)
 
+    def content(self, item: Input) -> str | None:
+        """The input's content identity now (read once per job; None for a URL or an unreadable file)."""
+        if item.source not in self._ids:
+            self._ids[item.source] = content_id(item.source)
+        return self._ids[item.source]
+
+    def changed(self, item: Input) -> bool:
+        """A name recorded with other content than it holds now (it is captioned again)."""
+        content = self.content(item)
+        return content is not None and item.source in self.recorded and self.recorded[item.source] != content \
+            and content not in self.done_contents and content not in self.failed_contents
+
+    def _is(self, item: Input, contents: set, sources: set, inodes: set) -> bool:
+        content = self.content(item)
+        if content is not None and content in contents:  # the same content, under any name
+            return True
+        if content is not None and item.source in self.recorded:  # other content at a recorded name
+            return False
+        return item.source in sources or (item.inode is not None and item.inode in inodes)
+
     def done(self, item: Input) -> bool:
-        return item.source in self.done_sources or (item.inode is not None and item.inode in self.done_inodes)
+        return self._is(item, self.done_contents, self.done_sources, self.done_inodes)
 
     def failed(self, item: Input) -> bool:
-        return item.source in self.failed_sources or (item.inode is not None and item.inode in self.failed_inodes)
+        return self._is(item, self.failed_contents, self.failed_sources, self.failed_inodes)
 
     def write(self, record: dict) -> None:
         """Append one record (it carries the input's `source`) and flush it to the file."""
@@ -300,19 +348,13 @@ class ResultsFile:
         _write_all(self.fd, b"\n" + line if self.newline_first else line, self.path)
         self.newline_first = False
         self.written += 1
-        failed = "error" in record
-        (self.failed_sources if failed else self.done_sources).add(record["source"])
+        self._remember(record, "error" in record)
 
     def close(self) -> None:
         if self.fd < 0:
             return
-        if self.created and self.written == 0 and os.fstat(self.fd).st_size == 0:
-            try:  # nothing was written to the file this job created: leave no empty file behind
-                st, now = os.fstat(self.fd), os.stat(self.path)
-                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
-                    os.remove(self.path)
-            except OSError:
-                pass
+        if self.written == 0:  # nothing was written to the file this job created: leave no empty file behind
+            remove_created(self.fd, self.created)
         os.close(self.fd)
         self.fd = -1
 
@@ -355,10 +397,7 @@ class ScoresFile:
     def close(self, remove_if_new: bool = False) -> None:
         if self.fd < 0:
             return
-        if remove_if_new and self.created and os.fstat(self.fd).st_size == 0:
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
+        if remove_if_new:
+            remove_created(self.fd, self.created)
         os.close(self.fd)
         self.fd = -1

@@ -47,6 +47,7 @@ class Summary:
     seconds: float = 0.0
     unit: str = "images"
     failures: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # names recorded with other content: captioned again
 
     def line(self, out: str | None) -> str:
         skipped = f", skipped {self.skipped} already in {out}" if self.skipped else ""
@@ -58,6 +59,19 @@ class Summary:
     @property
     def any_failed(self) -> bool:
         return bool(self.failed or self.earlier_failures)
+
+
+def with_content(record: dict, content: str | None) -> dict:
+    """The record with its input's content identity after its `source` (results.py: how a resumed
+    job knows a file it captioned under any name, and new content under a name it knows)."""
+    if content is None:
+        return record
+    out = {}
+    for k, v in record.items():
+        out[k] = v
+        if k == "source":
+            out["content"] = content
+    return out
 
 
 def run_job(inputs: list[Input], backend: Callable[[list[Input]], Iterator[tuple[int, dict]]],
@@ -73,6 +87,8 @@ def run_job(inputs: list[Input], backend: Callable[[list[Input]], Iterator[tuple
             summary.skipped += 1
             summary.earlier_failures += results.failed(item)
         else:
+            if results is not None and results.changed(item):
+                summary.changed.append(item.name)
             todo.append(item)
     if progress is not None:
         progress.reset(total=len(todo))
@@ -82,6 +98,7 @@ def run_job(inputs: list[Input], backend: Callable[[list[Input]], Iterator[tuple
         if settings is not None:
             record = {**record, "settings": settings}
         if results is not None:
+            record = with_content(record, results.content(todo[index]))
             results.write(record)
         if "error" in record:
             summary.failed += 1
