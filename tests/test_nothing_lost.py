@@ -324,3 +324,56 @@ def test_a_moved_folder_is_not_captioned_again(job, capsys):
     code, err = job.run("caption", "moved", "--out", "r.jsonl", capsys=capsys)
     assert code == 0 and "captioned 0, failed 0, skipped 2 already" in err, err
     assert len(lines(job.path / "r.jsonl")) == 2
+
+
+@pytest.mark.parametrize("cut", [1, 10, 20, 36])
+def test_our_line_cut_inside_its_start_is_repaired_not_refused(tmp_path, cut):
+    """A full disk that cut the first line of ours anywhere, even inside '{"zerocap": "captions/1",
+    "image": "': the next run removes the cut bytes and goes on (the promised resume)."""
+    out = tmp_path / "r.jsonl"
+    r = ResultsFile(str(out))
+    r.write({"image": "a", "source": "/a", "best_mixed": "x"})
+    r.close()
+    whole = out.read_bytes()
+    with open(out, "ab") as f:
+        f.write(whole[:cut])
+    r = ResultsFile(str(out))
+    r.close()
+    assert out.read_bytes() == whole
+
+
+def _two_lines(out):
+    r = ResultsFile(str(out))
+    r.write({"image": "a", "source": "/a", "best_mixed": "x"})
+    r.write({"image": "b", "source": "/b", "error": "not an image: b"})
+    r.close()
+
+
+def test_retry_failed_on_a_name_near_the_limit_and_a_file_that_cannot_be_replaced(tmp_path, monkeypatch):
+    long = tmp_path / ("r" * 234 + ".jsonl")  # 240 bytes: the old copy's name (~262) was too long
+    _two_lines(long)
+    ResultsFile(str(long), retry_failed=True).close()
+    assert len(lines(long)) == 1
+    out = tmp_path / "mounted.jsonl"
+    _two_lines(out)
+    before = out.read_bytes()
+
+    def busy(src, dst):  # what a bind-mounted file (docker -v host/res.jsonl:/x.jsonl) answers
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(os, "replace", busy)
+    with pytest.raises(InputError, match="cannot be replaced.*the file is unchanged; mount its folder instead"):
+        ResultsFile(str(out), retry_failed=True)
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == sorted([long.name, out.name])
+
+
+def test_a_copy_a_killed_retry_failed_left_is_removed_and_said(tmp_path):
+    out = tmp_path / "r.jsonl"
+    _two_lines(out)
+    for name in (".zerocap-abc123.tmp", ".r.jsonl.x1y2.zerocap-tmp"):  # today's name, an earlier zerocap's
+        (tmp_path / name).write_bytes(out.read_bytes()[:30])
+    (tmp_path / ".zerocap-mine.tmp").write_bytes(b"my own notes")  # not ours: kept
+    notes = []
+    ResultsFile(str(out), warn=notes.append).close()
+    assert sorted(os.listdir(tmp_path)) == [".zerocap-mine.tmp", "r.jsonl"]
+    assert len(notes) == 2 and all("the partial copy a killed --retry-failed left" in n for n in notes), notes

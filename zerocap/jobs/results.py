@@ -102,6 +102,43 @@ def open_output(path: str, what: str, inputs: Iterable[Input] = ()) -> tuple[int
     raise InputError(f"{path} keeps changing while zerocap opens it; is another job rewriting it?")
 
 
+def remove_stale_copies(path: str, warn=None) -> None:
+    """Remove the copies an earlier --retry-failed left beside the results file when it was killed
+    before renaming one over it (the results file itself was then still whole): files of
+    --retry-failed's names (today's and an earlier zerocap's) that no running job holds locked and
+    that hold only zerocap lines. Each is said."""
+    folder = os.path.dirname(os.path.realpath(path))
+    base = os.path.basename(os.path.realpath(path))
+    try:
+        names = [n for n in os.listdir(folder)
+                 if (n.startswith(TMP_PREFIX) and n.endswith(TMP_SUFFIX))
+                 or (n.startswith("." + base + ".") and n.endswith(".zerocap-tmp"))][:100]
+    except OSError:
+        return
+    for name in names:
+        stale = os.path.join(folder, name)
+        try:
+            fd = os.open(stale, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a running job's copy
+            head = os.pread(fd, len(MARK) + 4, 0)
+            if head and not head.startswith(b'{"' + MARK.encode() + b'"'):
+                continue  # not ours
+            os.remove(stale)
+            if warn is not None:
+                warn(f"removed {stale}, the partial copy a killed --retry-failed left (the results file was"
+                     " still whole)")
+        finally:
+            os.close(fd)
+
+
 def remove_created(fd: int, created: str | None) -> None:
     """Remove the empty file this job created (its real path, never a link that led to it), if
     it is still the file `fd` holds."""
@@ -142,6 +179,9 @@ def _write_all(fd: int, data: bytes, path: str) -> None:
                          " resumes from there") from None
 
 
+TMP_PREFIX, TMP_SUFFIX = ".zerocap-", ".tmp"  # --retry-failed's copy beside the results file
+
+
 class _Scan:
     """The complete lines of a file of ours, checked as they are read: iterate for (offset, line,
     record); InputError unless each is a `kind` line. A last line without its newline is ours cut
@@ -168,7 +208,9 @@ class _Scan:
             except ValueError:
                 record = None
             if not complete and record is None:
-                if raw.startswith(prefix) and all(0x20 <= b < 0x7F for b in raw):
+                # ours cut anywhere, even inside the start every line of ours has (a full disk)
+                ours = raw.startswith(prefix) or (bool(raw) and prefix.startswith(raw))
+                if ours and all(0x20 <= b < 0x7F for b in raw):
                     self.cut = offset  # ours, cut short: its input runs again
                     return
                 raise _foreign(self.path, self.kind, self.what, self.lines, last=True)
@@ -216,6 +258,7 @@ class ResultsFile:
         self.newline_first = False
         self.fd, self.created = open_output(path, what, inputs)
         try:
+            remove_stale_copies(path, warn)
             scan, errors = self._load(keep_errors=not retry_failed)
             if scan.cut is not None:  # every check passed: remove our own line cut short
                 os.ftruncate(self.fd, scan.cut)
@@ -282,9 +325,8 @@ class ResultsFile:
         real = os.path.realpath(self.path)
         st = os.fstat(self.fd)
         mode = stat.S_IMODE(st.st_mode)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(real), prefix="." + os.path.basename(real) + ".",
-                                       suffix=".zerocap-tmp")
+        try:  # a short name (a results name near the file system's 255 bytes still gets one)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(real), prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
         except OSError as e:
             raise InputError(f"--retry-failed rewrites {self.path}, but its folder is not writable"
                              f" ({e.strerror})") from None
@@ -299,7 +341,13 @@ class ResultsFile:
                 if "error" not in record:
                     _write_all(fd, raw if raw.endswith(b"\n") else raw + b"\n", self.path)
             os.fsync(fd)
-            os.replace(tmp, real)
+            try:
+                os.replace(tmp, real)
+            except OSError as e:  # a bind-mounted file (docker -v host/res.jsonl:...) cannot be replaced
+                raise InputError(f"--retry-failed rewrites {self.path} as a new file renamed over it, which this"
+                                 f" file does not allow ({e.strerror}; a file mounted on its own, as docker -v"
+                                 " does, cannot be replaced): the file is unchanged; mount its folder instead,"
+                                 " or run without --retry-failed") from None
         except BaseException:
             os.close(fd)
             if os.path.exists(tmp):
