@@ -148,14 +148,17 @@ def test_bad_input_exits_2_with_a_message(capsys, models, images, tmp_path, args
     assert "Traceback" not in err and out == ""
 
 
-def test_argument_errors_exit_2(capsys, models, images):
-    with pytest.raises(SystemExit) as e:
-        main(["caption", images[0], "--beam-size", "many", *models])
-    assert e.value.code == 2
-    assert "'many' is not an integer" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["caption", images[0], "--preset", "poem"])
-    assert e.value.code == 2
+@pytest.mark.parametrize("flags,message", [
+    (["--beam-size", "many"], "argument --beam-size/--beam_size: 'many' is not an integer"),
+    (["--seed", "1.5", "--method", "pseudo-tokens"], "argument --seed: '1.5' is not an integer"),
+    (["--max-tokens", "nan"], "argument --max-tokens/--target_seq_length/--target-seq-length: 'nan' is not an"),
+    (["--preset", "poem"], "argument --preset: invalid choice: 'poem'"),
+])
+def test_argument_errors_are_one_line_and_exit_2(capsys, models, images, flags, message):
+    assert main(["caption", images[0], *flags, *models]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("zerocap: error: ") and message in err, err
+    assert "(`zerocap caption --help` lists what is allowed)" in err
 
 
 def test_missing_weights_say_how_to_get_them(capsys, monkeypatch, tmp_path, images):

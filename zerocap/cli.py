@@ -221,8 +221,16 @@ def _terms_arguments(p: argparse.ArgumentParser) -> None:
 KIND_ARGUMENTS = {"image": _image_arguments, "video": _video_arguments, "terms": _terms_arguments}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, whose mistakes are the user's like any other: one line (InputError: main()
+    prints it and exits 2), not argparse's usage block."""
+
+    def error(self, message: str):
+        raise InputError(f"{message} (`{self.prog} --help` lists what is allowed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="zerocap",
         description="Zero-shot image captioning and visual-semantic arithmetic (ZeroCap, CVPR 2022).",
     )
