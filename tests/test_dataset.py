@@ -164,7 +164,7 @@ def test_a_folder_job_writes_every_image_once_and_goes_on_after_a_bad_file(capsy
     assert sorted(x["image"] for x in lines) == sorted(str(folder / n) for n in ("bad.jpg", "x0.png", "x1.PNG",
                                                                                   "sub/x2.png"))
     bad = next(x for x in lines if x["image"].endswith("bad.jpg"))
-    assert bad["error"].startswith("not an image:") and set(bad) == {"zerocap", "image", "source", "error", "settings"}
+    assert bad["error"].startswith("not an image:") and set(bad) == {"zerocap", "image", "source", "content", "error", "settings"}
     good = [x for x in lines if "error" not in x]
     assert all(x["best_mixed"].startswith("Image of a") and x["timing"]["tokens"] == 2 for x in good)
     assert stdout == "" and "captioned 3, failed 1;" in err and "not an image" in err

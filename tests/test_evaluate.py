@@ -294,3 +294,100 @@ def test_an_image_id_that_is_not_an_integer_is_refused_in_words(tmp_path, value,
     (tmp_path / "r.json").write_text(text)
     with pytest.raises(InputError, match=message.replace("(", "\\(").replace(")", "\\)")):
         read_references(str(tmp_path / "r.json"))
+
+
+# ---- nothing lost, third round: eval's reading ------------------------------------------------------
+def test_clip_s_reads_the_image_the_line_was_captioned_from_not_one_of_its_name_here(tmp_path, engine, images,
+                                                                                     monkeypatch):
+    """A line names x.png and records its source; eval run from a folder holding another x.png
+    scores the captioned image (its source), not the stranger; --image-root reads relative names."""
+    real = tmp_path / "data"
+    real.mkdir()
+    os.symlink(images[0], real / "x.png")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    os.symlink(images[1], other / "x.png")
+    caps = tmp_path / "c.jsonl"
+    caps.write_text(json.dumps({"image": "x.png", "source": os.path.realpath(real / "x.png"),
+                                "best_mixed": "a photo"}) + "\n")
+    refs = coco_refs(tmp_path / "r.json", {"x.png": ["a picture"]})
+    monkeypatch.chdir(other)
+    want = evaluate(write_captions(tmp_path / "direct.jsonl", {images[0]: "a photo"}),
+                    coco_refs(tmp_path / "r2.json", {os.path.basename(images[0]): ["a picture"]}),
+                    tokenizer="simple", scorer=engine.scorer, skip=QUICK).scores["CLIP-S"]
+    got = evaluate(str(caps), refs, tokenizer="simple", scorer=engine.scorer, skip=QUICK)
+    assert got.scores["CLIP-S"] == pytest.approx(want, abs=1e-6)
+    rooted = evaluate(str(caps), refs, tokenizer="simple", scorer=engine.scorer, skip=QUICK, image_root=str(other))
+    stranger = evaluate(write_captions(tmp_path / "s.jsonl", {images[1]: "a photo"}),
+                        coco_refs(tmp_path / "r3.json", {os.path.basename(images[1]): ["a picture"]}),
+                        tokenizer="simple", scorer=engine.scorer, skip=QUICK).scores["CLIP-S"]
+    assert rooted.scores["CLIP-S"] == pytest.approx(stranger, abs=1e-6)
+
+
+def test_every_match_ambiguous_is_said_as_such(tmp_path):
+    caps = tmp_path / "c.jsonl"
+    caps.write_text("".join(json.dumps({"image": f"{d}/x.png", "source": f"/{d}/x.png", "best_mixed": "a cat"}) + "\n"
+                            for d in ("a", "b")))
+    with pytest.raises(InputError, match="every one of the 2 captioned images matches a reference image that"
+                                         " another also matches"):
+        evaluate(str(caps), coco_refs(tmp_path / "r.json", {"x.png": ["a cat"]}), tokenizer="simple", skip=QUICK)
+
+
+@pytest.mark.parametrize("what", ["refs", "captions"])
+def test_a_file_without_newlines_is_refused_in_bounded_memory(tmp_path, what):
+    import tracemalloc
+
+    big = tmp_path / "big"
+    with open(big, "wb") as f:  # sparse: 20 GB of NUL bytes that take no disk
+        f.truncate(20 * 10**9)
+    caps = write_captions(tmp_path / "c.jsonl", {"a.png": "a cat"})
+    refs = coco_refs(tmp_path / "r.json", {"a.png": ["a cat"]})
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as e:
+            evaluate(str(big) if what == "captions" else caps, str(big) if what == "refs" else refs,
+                     tokenizer="simple", skip=QUICK)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    said = {"refs": "are larger than 500,000,000 bytes (500 MB)", "captions": "line 1 is longer than 16,000,000"}
+    assert said[what] in str(e.value)
+    assert peak < 1.2e9, f"{peak / 1e6:.0f} MB"  # the limit's worth, not the file's 20 GB
+
+
+@pytest.mark.parametrize("data,said", [
+    ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": {"1": "x"}},
+     "its \"annotations\" must be a list of objects, but it is an object"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [1, 2]},
+     "its \"annotations\" must be a list of objects, but item 1 is 1"),
+    ({"images": [{"filename": "a.png", "sentences": {"raw": "x"}}]},
+     "the \"sentences\" of image \"a.png\" must be a list of objects, but it is an object"),
+    ({"images": [{"filename": "a.png", "sentences": "a cat"}]},
+     "the \"sentences\" of image \"a.png\" must be a list of objects, but it is str"),
+])
+def test_references_of_the_wrong_shape_are_refused_in_words(tmp_path, data, said):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError) as e:
+        read_references(str(path))
+    assert said in str(e.value), str(e.value)
+
+
+def test_eval_reads_a_results_file_by_the_jobs_rule(tmp_path):
+    """A blank line is nothing and a last line of zerocap's cut short is left out with a note, in
+    eval as in a job (which removes the cut line when it resumes)."""
+    from zerocap.jobs.results import ResultsFile
+
+    out = tmp_path / "r.jsonl"
+    r = ResultsFile(str(out))
+    r.write({"image": "x.png", "source": "/d/x.png", "best_mixed": "a cat", "best_clip": "a cat",
+             "best_fluency": "a cat", "cond_text": ""})
+    r.close()
+    with open(out, "ab") as f:
+        f.write(b"\n" + out.read_bytes()[:60])
+    report = evaluate(str(out), coco_refs(tmp_path / "refs.json", {"x.png": ["a cat"]}), tokenizer="simple",
+                      skip=QUICK)
+    assert report.images == 1 and any("cut short" in n for n in report.notes), report.notes
+    r = ResultsFile(str(out))  # the job's reader: the blank line is nothing, the cut line removed
+    r.close()
+    assert len(out.read_bytes().splitlines()) == 2 and out.read_bytes().endswith(b"\n")

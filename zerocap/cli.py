@@ -310,7 +310,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     argv = _route(argv)
     args, extra = parser.parse_known_args(argv)
     if extra and (not hasattr(args, "inputs") or any(a.startswith("-") for a in extra)):
-        parser.parse_args(argv)  # argparse's own message for what is not ours (exits 2)
+        parser.parse_args(argv)  # argparse's own message for what is not ours (Parser.error: one line)
     if extra:
         args.inputs = list(args.inputs) + extra
     return args

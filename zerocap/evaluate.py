@@ -28,7 +28,8 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import InputError
-from .jobs.results import finite
+from .jobs.results import bounded_lines, finite, ours_cut_short
+from .limits import REFS_BYTES
 
 FIELDS = ("best_mixed", "best_clip", "best_fluency")
 COCO_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -73,21 +74,28 @@ class Report:
 
 # ---- reading -------------------------------------------------------------------------------------
 def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool = False,
-                  key: str = "image") -> tuple[dict[str, str], int, list[str]]:
-    """({image: caption}, error lines, notes) from a captions JSONL (zerocap caption --out)."""
+                  key: str = "image", sources: dict | None = None) -> tuple[dict[str, str], int, list[str]]:
+    """({image: caption}, error lines, notes) from a captions JSONL (zerocap caption --out), read
+    by the jobs' rule: blank lines are nothing, a last line of zerocap's cut short (a crash, a
+    full disk) is left out with a note, no line may pass LINE_BYTES. `sources`, when given, gets
+    each image's real path as its line recorded it."""
     if field_name not in FIELDS:
         raise InputError(f"unknown caption field {field_name!r}; choose one of {', '.join(FIELDS)}")
     captions, errors, repeated = {}, 0, 0
     named: dict[str, str] = {}  # real file (the line's source) -> the name it is scored under (its first)
+    cut = False
     try:
         with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
+            for n, (_, line) in enumerate(bounded_lines(f, path), 1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except ValueError:
                     record = None
+                if record is None and not line.endswith(b"\n") and ours_cut_short(line, key, after_ours=n > 1):
+                    cut = True
+                    break
                 if not isinstance(record, dict) or not isinstance(record.get(key), str):
                     raise InputError(f"{path}, line {n}: not a caption line (a JSON object with the {key!r} it"
                                      " captions, as zerocap caption --out writes)")
@@ -107,12 +115,17 @@ def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool 
                 name = named.setdefault(source if isinstance(source, str) else name, name)  # one real file once
                 repeated += name in captions
                 captions[name] = caption.strip()
+                if sources is not None and isinstance(source, str):
+                    sources[name] = source
     except OSError as e:
         raise InputError(f"cannot read the captions {path}: {e.strerror}") from None
     if not captions:
         raise InputError(f"{path} has no captions to evaluate" + (f" ({errors} error lines)" if errors else ""))
     notes = [f"{repeated} images have more than one line in {path} (the same real file, under one name or"
              " several): each is counted once, its last line scored"] if repeated else []
+    if cut:
+        notes.append(f"the last line of {path} is zerocap's own, cut short (the job was stopped mid-write): left"
+                     " out; the same job's command resumes it")
     return captions, errors, notes
 
 
@@ -159,17 +172,40 @@ def _image_id(value, where: str) -> int:
     return value
 
 
+def _objects(value, where: str) -> None:
+    """A list of JSON objects, as both reference formats hold; else InputError saying what it is."""
+    if not isinstance(value, list):
+        kind = "an object" if isinstance(value, dict) else "missing" if value is None else f"{type(value).__name__}"
+        raise InputError(f"{where} must be a list of objects, but it is {kind}; is it COCO or Karpathy-split JSON?")
+    bad = next((i for i, v in enumerate(value, 1) if not isinstance(v, dict)), None)
+    if bad is not None:
+        raise InputError(f"{where} must be a list of objects, but item {bad} is {json.dumps(value[bad - 1])[:80]};"
+                         " is it COCO or Karpathy-split JSON?")
+
+
 def read_references(path: str) -> References:
     """References from either annotation format (see the module docstring); images without any
     reference caption are left out (and counted in the notes)."""
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
+            text = f.read(REFS_BYTES.hi + 1)
     except OSError as e:
         raise InputError(f"cannot read the references {path}: {e.strerror}") from None
-    except ValueError as e:
-        raise InputError(f"the references {path} are not JSON: {e}") from None
+    if len(text) > REFS_BYTES.hi:
+        raise InputError(f"the references {path} are larger than {REFS_BYTES.said}; is it the right file?")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"the references {path} are not JSON: {str(e)[:200]}") from None
+    del text
     images = data.get("images") if isinstance(data, dict) else None
+    if isinstance(images, list):
+        _objects(images, f"{path}: its \"images\"")
+    if isinstance(data, dict) and "annotations" in data:
+        _objects(data["annotations"], f"{path}: its \"annotations\"")
+    if isinstance(images, list) and images and "sentences" in images[0]:
+        for im in images:
+            _objects(im.get("sentences"), f"{path}: the \"sentences\" of image {json.dumps(im.get('filename'))[:80]}")
     entries: list[tuple[str, list[int], list[str]]] = []  # (file name, ids, captions)
     notes = []
     try:
@@ -356,9 +392,12 @@ def _spice_unavailable(java: bool) -> str | None:
 
 # ---- CLIP-S -----------------------------------------------------------------------------------
 def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], scorer, image_root: str | None = None,
-                batch_size: int = 64) -> tuple[dict, dict, list[str]]:
+                batch_size: int = 64, sources: dict | None = None) -> tuple[dict, dict, list[str]]:
     """(corpus CLIP-S and RefCLIP-S, per-image scores, images that could not be read), through
-    the scorer (scorer.py); one image decoded at a time, batches of prepared inputs."""
+    the scorer (scorer.py); one image decoded at a time, batches of prepared inputs. Each image is
+    read where its line says it was captioned (its `source`, a real path) -- never a file that
+    has its name in the folder eval runs in; `image_root` instead reads relative names there
+    (for a results file whose images moved), and lines without a source are read by name."""
     import torch
 
     from .images import load_image
@@ -372,7 +411,10 @@ def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], scorer, im
     image_feats = []
     with torch.no_grad():
         for name in captions:
-            path = name if image_root is None or os.path.isabs(name) else os.path.join(image_root, name)
+            if image_root is not None:
+                path = name if os.path.isabs(name) else os.path.join(image_root, name)
+            else:
+                path = (sources or {}).get(name, name)
             try:
                 prepared.append(scorer.prepare_image(load_image(path, name)))
             except InputError as e:
@@ -413,7 +455,8 @@ def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed",
     scorer.py -- is given); `skip`: metrics of SKIPPABLE not to compute; `how`: how captions find
     their references (MATCHES)."""
     check_skip(skip)
-    captions, errors, notes = read_captions(captions_path, field_name, strip_prompt)
+    sources: dict[str, str] = {}
+    captions, errors, notes = read_captions(captions_path, field_name, strip_prompt, sources=sources)
     references = read_references(refs_path)
     refs, unmatched, uncaptioned, ambiguous = match(captions, references, how)
     notes += references.notes
@@ -429,14 +472,18 @@ def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed",
                      f" (e.g. {unmatched[0]})")
     if uncaptioned:
         notes.append(f"{uncaptioned} images of the references were not captioned")
+    if not refs and scorer is None and ambiguous and not unmatched:
+        raise InputError(f"every one of the {len(captions)} captioned images matches a reference image that another"
+                         f" also matches (e.g. {', '.join(next(iter(ambiguous.values()))[:3])}), so none can be"
+                         " scored: at most one of them is that image; caption one folder per file, or use --match")
     if not refs and scorer is None:
         raise InputError(f"none of the {len(captions)} captioned images is in {refs_path}: match them by file name"
-                         " or COCO id (--match)")
+                         " or COCO id (--match)" + (f"; {notes[-1]}" if ambiguous else ""))
     scores, per, skipped, used = ({}, {n: {} for n in refs}, {}, "none") if not refs else \
         coco_metrics(captions, refs, tokenizer, tuple(skip))
     clip_images = 0
     if scorer is not None and "CLIP-S" not in skip:
-        clip_s, clip_per, unreadable = clip_scores(captions, refs, scorer, image_root)
+        clip_s, clip_per, unreadable = clip_scores(captions, refs, scorer, image_root, sources=sources)
         clip_images = len(clip_per)
         scores.update(clip_s)
         for name, values in clip_per.items():

@@ -52,7 +52,12 @@ LIST_NAMES = Limit(None, 1_000_000, "1,000,000 names", "the names in one --list"
 LIST_BYTES = Limit(None, 100_000_000, "100,000,000 bytes (100 MB)", "one --list, read in pieces")
 LIST_NAME = Limit(None, 4096, "4,096 bytes", "one name in a --list (the longest path Linux opens)")
 
+LINE_BYTES = Limit(None, 16_000_000, "16,000,000 bytes (16 MB)",
+                   "one line of a results, captions or per-image file, read in pieces")
+REFS_BYTES = Limit(None, 500_000_000, "500,000,000 bytes (500 MB)",
+                   "a references file (Karpathy's dataset_coco.json is 150 MB)")
+
 LIMITS = {"pixels": PIXELS, "aspect": ASPECT, "frames": FRAMES, "every": EVERY, "decoded_frames": DECODED_FRAMES,
           "decoder_memory": DECODER_MEMORY, "batch_size": BATCH_SIZE, "terms": TERMS, "weight": WEIGHT,
           "download_bytes": DOWNLOAD_BYTES, "clip_prompt_tokens": CLIP_PROMPT_TOKENS, "list_names": LIST_NAMES,
-          "list_bytes": LIST_BYTES, "list_name": LIST_NAME}
+          "list_bytes": LIST_BYTES, "list_name": LIST_NAME, "line_bytes": LINE_BYTES, "refs_bytes": REFS_BYTES}

@@ -29,6 +29,7 @@ import tempfile
 from typing import Iterable, Iterator
 
 from ..errors import InputError
+from ..limits import LINE_BYTES
 from .inputs import Input, content_id, identify
 
 MARK = "zerocap"
@@ -159,14 +160,28 @@ def _stat(path: str):
         return None
 
 
-def _lines(fd: int) -> Iterator[tuple[int, bytes]]:
+def bounded_lines(f, where: str) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of each line of the binary file `f` from where it is, the last one possibly
+    without its newline; InputError at a line longer than LINE_BYTES (a file without newlines, a
+    sparse file, a device): bounded memory whatever the file is."""
+    offset, n = 0, 0
+    while True:
+        raw = f.readline(LINE_BYTES.hi + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > LINE_BYTES.hi:
+            raise InputError(f"{where}: line {n} is longer than {LINE_BYTES.said}; zerocap's lines are far shorter:"
+                             " is it the right file?")
+        yield offset, raw
+        offset += len(raw)
+
+
+def _lines(fd: int, where: str) -> Iterator[tuple[int, bytes]]:
     """(offset, line) of each line, the last one possibly without its newline."""
     with os.fdopen(os.dup(fd), "rb") as f:
         f.seek(0)
-        offset = 0
-        for raw in f:
-            yield offset, raw
-            offset += len(raw)
+        yield from bounded_lines(f, where)
 
 
 def _write_all(fd: int, data: bytes, path: str) -> None:
@@ -180,6 +195,17 @@ def _write_all(fd: int, data: bytes, path: str) -> None:
 
 
 TMP_PREFIX, TMP_SUFFIX = ".zerocap-", ".tmp"  # --retry-failed's copy beside the results file
+
+
+def ours_cut_short(raw: bytes, key: str = "image", kind: str | None = None, after_ours: bool = False) -> bool:
+    """A last line (no newline, not JSON) that is a line of zerocap's cut short: it starts as every
+    line of ours does ('{"zerocap": "captions/1", "image": "') and holds only the printable ASCII
+    zerocap writes. After a whole line of ours (`after_ours`), a piece of that start is ours too:
+    a full disk cuts a write at a block boundary, anywhere in a line. A file that holds only such
+    a piece (`{`, `{"zerocap"`) is not taken for ours: it is nobody's cut line."""
+    prefix = json.dumps({MARK: kind or KINDS[key], key: ""})[:-2].encode()
+    ours = raw.startswith(prefix) or (after_ours and bool(raw) and prefix.startswith(raw))
+    return ours and all(0x20 <= b < 0x7F for b in raw)
 
 
 class _Scan:
@@ -199,18 +225,17 @@ class _Scan:
         self.lines = 0
 
     def __iter__(self) -> Iterator[tuple[int, bytes, dict]]:
-        prefix = json.dumps({MARK: self.kind, self.key: ""})[:-2].encode()  # '{"zerocap": "captions/1", "image": "'
-        for offset, raw in _lines(self.fd):
+        for offset, raw in _lines(self.fd, f"{self.what} {self.path}"):
             self.lines += 1
             complete = raw.endswith(b"\n")
+            if complete and not raw.strip():  # a blank line: nothing (eval skips it too)
+                continue
             try:
                 record = json.loads(raw)
             except ValueError:
                 record = None
             if not complete and record is None:
-                # ours cut anywhere, even inside the start every line of ours has (a full disk)
-                ours = raw.startswith(prefix) or (bool(raw) and prefix.startswith(raw))
-                if ours and all(0x20 <= b < 0x7F for b in raw):
+                if ours_cut_short(raw, self.key, self.kind, after_ours=self.lines > 1):
                     self.cut = offset  # ours, cut short: its input runs again
                     return
                 raise _foreign(self.path, self.kind, self.what, self.lines, last=True)
