@@ -377,3 +377,47 @@ def test_a_copy_a_killed_retry_failed_left_is_removed_and_said(tmp_path):
     ResultsFile(str(out), warn=notes.append).close()
     assert sorted(os.listdir(tmp_path)) == [".zerocap-mine.tmp", "r.jsonl"]
     assert len(notes) == 2 and all("the partial copy a killed --retry-failed left" in n for n in notes), notes
+
+
+def test_json_to_the_out_file_itself_is_refused(job, capsys):
+    """`--json --out /dev/stdout >> FILE`: two handles would append every line to one file."""
+    import subprocess
+
+    out = job.path / "r.jsonl"
+    assert job.run("caption", "in/a.png", "--out", out, capsys=capsys)[0] == 0
+    before = out.read_bytes()
+    with open(out, "ab") as f:
+        proc = subprocess.run([sys.executable, "-m", "zerocap", "caption", "in/b.png", *job.models, "--json",
+                               "--out", "/dev/stdout"], stdout=f, stderr=subprocess.PIPE, text=True, cwd=job.path)
+    assert proc.returncode == 2 and "which is the --out file /dev/stdout itself" in proc.stderr, proc.stderr
+    assert out.read_bytes() == before
+
+
+def test_a_list_from_a_pipe_cut_inside_an_entry_is_refused(job, capsys, monkeypatch):
+    """The writer died mid-entry: `imgs` (of imgs/c.png) must not be taken as a folder."""
+    r, w = os.pipe()
+    os.write(w, b"in/a.png\nin")
+    os.close(w)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(r, "rb")))
+    code, err = job.run("caption", "--list", "-", capsys=capsys)
+    assert code == 2 and "ends in the middle of entry 2 (no line end after it)" in err, err
+    listed = job.path / "l.txt"  # a list file may leave its last line open
+    listed.write_bytes(b"in/a.png\nin/b.png")
+    assert read_list(str(listed)) == ["in/a.png", "in/b.png"]
+
+
+def test_relative_names_say_where_they_were_looked_for_and_outs_in_a_file_are_said(job, capsys):
+    listed = job.path / "l.txt"
+    listed.write_text("d/a.png\n")
+    code, err = job.run("caption", "--list", listed, capsys=capsys)
+    assert code == 2 and f"relative names, a list's too, are taken from the folder zerocap runs in, {job.path}" in err
+    code, err = job.run("caption", "in/a.png", "--out", "in/a.png/x.jsonl", capsys=capsys)
+    assert code == 2 and "in/a.png is a file, not a folder" in err, err
+    code, err = job.run("caption", "in/a.png", "--out", "res.jsonl/", capsys=capsys)
+    assert code == 2 and "--out res.jsonl/ is a folder; give a file name" in err, err
+
+
+def test_a_settings_difference_names_the_method_and_mode_first(job, capsys):
+    assert job.run("caption", "in/a.png", "--out", "r.jsonl", capsys=capsys)[0] == 0
+    code, err = job.run("ocr", "in/b.png", "--out", "r.jsonl", "--beam-size", "3", capsys=capsys)
+    assert code == 2 and "was made with mode \"caption\" (now \"ocr\")," in err, err

@@ -95,7 +95,9 @@ def dataset(args, mode, cfg) -> int:
     missing = [i.name for i in inputs if not i.is_url and not i.exists]
     if len(missing) == len(inputs):  # a typo, most likely: say so before loading the models
         raise InputError(f"{key} file not found: {missing[0]}" + (f" (nor the {len(missing) - 1} others)"
-                                                                   if len(missing) > 1 else ""))
+                                                                   if len(missing) > 1 else "")
+                         + (f"; relative names, a list's too, are taken from the folder zerocap runs in, {os.getcwd()}"
+                            if not os.path.isabs(missing[0]) else ""))
     where = devices(args)
     lm_path, clip_path = model_paths(args)
     # every output is checked (and locked) before any work: never one of the inputs (the list too)
@@ -107,6 +109,11 @@ def dataset(args, mode, cfg) -> int:
         results = ResultsFile(args.out, key, args.retry_failed, not_outputs, settings=made_with,
                               mix_settings=args.mix_settings,
                               warn=lambda m: print(f"zerocap: note: {m}", file=sys.stderr))
+        if args.json and _same_file(sys.stdout, results.fd):
+            results.close()
+            raise InputError(f"--json writes each line to standard output, which is the --out file {args.out} itself:"
+                             " every line would be written twice; drop --json (--out keeps the lines) or write --out"
+                             " elsewhere")
     todo = sum(1 for i in inputs if results is None or i not in results)
     bar = progress_bar("img" if key == "image" else "clip") if todo else None
     backend = None
@@ -129,6 +136,14 @@ def dataset(args, mode, cfg) -> int:
               " again", file=sys.stderr)
     print(f"zerocap: {summary.line(args.out)}", file=sys.stderr)
     return 1 if summary.any_failed else 0
+
+
+def _same_file(stream, fd: int) -> bool:
+    try:
+        a, b = os.fstat(stream.fileno()), os.fstat(fd)
+    except (OSError, AttributeError, ValueError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def settings(mode, cfg, chosen: forms.Form, lm_dtype: str, options: dict, lm_path: str, clip_path: str) -> dict:

@@ -63,7 +63,9 @@ def _check_path(path, name: str | None) -> tuple[str, str]:
     path = os.fspath(path)
     name = name or path
     if not os.path.exists(path):
-        raise InputError(f"image file not found: {name}")
+        relative = "" if os.path.isabs(name) or name != path else \
+            f" (relative names, a list's too, are taken from the folder zerocap runs in, {os.getcwd()})"
+        raise InputError(f"image file not found: {name}{relative}")
     if not os.path.isfile(path):
         raise InputError(f"not a file: {name}")
     return path, name

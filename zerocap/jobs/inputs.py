@@ -29,6 +29,7 @@ LIST_NAMES names, LIST_BYTES in all, LIST_NAME bytes a name), so an endless stre
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import re
 import stat
@@ -156,6 +157,15 @@ def read_list(list_file: str | None, null: bool = False, warn: Warn | None = Non
         raise InputError(f"cannot read the list {list_file}: {e.strerror}") from None
 
 
+def _is_pipe(stream) -> bool:
+    """A list read from a pipe or socket (its writer may have died mid-entry), not a file."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 def _too_long(where: str, what: str) -> InputError:
     return InputError(f"the list {where} {what}; a list holds {LIST_NAMES.said}, {LIST_BYTES.said} in all, a"
                       f" name {LIST_NAME.said}: split it into several jobs, or give a folder or a pattern")
@@ -189,6 +199,10 @@ def _names(stream, where: str, null: bool, warn: Warn | None) -> list[str]:
         if len(buf) > LIST_NAME.hi:
             _name(buf, n + 1, where, null, warn)  # says so
         if not piece:
+            if data.strip(b"\0\n\r \t") and not data.endswith(sep) and _is_pipe(stream):
+                raise InputError(f"the list {where} ends in the middle of entry {n + 1} (no {'NUL' if null else 'line end'}"
+                                 " after it): was the program writing it stopped? A list from a pipe must end each"
+                                 " entry; a list file may leave its last line open")
             return names
 
 

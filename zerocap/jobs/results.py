@@ -72,12 +72,17 @@ def open_output(path: str, what: str, inputs: Iterable[Input] = ()) -> tuple[int
     if same is not None:
         raise InputError(f"{what} {path} is one of the inputs ({same.name}); zerocap never writes over its inputs:"
                          " choose another file")
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(os.sep):
         raise InputError(f"{what} {path} is a folder; give a file name")
     if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
         raise InputError(f"{what} {path} is not a regular file (a device, pipe or socket); give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(path) and not os.path.isdir(folder):
+        above = folder
+        while above and not os.path.lexists(above) and os.path.dirname(above) != above:
+            above = os.path.dirname(above)
+        if os.path.lexists(above) and not os.path.isdir(above):
+            raise InputError(f"{what} {path}: {above} is a file, not a folder; give a file name in a folder")
         raise InputError(f"{what} {path}: the folder {folder} does not exist")
     for _ in range(5):
         existed = os.path.exists(path)
@@ -437,7 +442,9 @@ def differences(theirs: dict, ours: dict) -> str:
     def show(value):
         return "unset" if value is _UNSET else json.dumps(value)
 
-    names = list(ours) + [k for k in theirs if k not in ours]
+    first = [k for k in ("method", "mode") if k in ours or k in theirs]  # what a run is, before its knobs
+    names = first + [k for k in list(ours) + [k for k in theirs if k not in ours] if k not in first]
+    names = list(dict.fromkeys(names))
     diffs = [f"{k} {show(theirs.get(k, _UNSET))} (now {show(ours.get(k, _UNSET))})"
              for k in names if theirs.get(k, _UNSET) != ours.get(k, _UNSET)]
     return ", ".join(diffs)
