@@ -391,3 +391,14 @@ def test_eval_reads_a_results_file_by_the_jobs_rule(tmp_path):
     r = ResultsFile(str(out))  # the job's reader: the blank line is nothing, the cut line removed
     r.close()
     assert len(out.read_bytes().splitlines()) == 2 and out.read_bytes().endswith(b"\n")
+
+
+def test_a_file_of_mixed_settings_is_said(tmp_path):
+    caps = tmp_path / "c.jsonl"
+    caps.write_text("".join(json.dumps({"image": f"{n}.png", "best_mixed": "a cat", "settings": s}) + "\n"
+                            for n, s in (("a", {"mode": "caption"}),
+                                         ("b", {"mode": "caption", "method": "pseudo-tokens"}))))
+    report = evaluate(str(caps), coco_refs(tmp_path / "r.json", {"a.png": ["a cat"], "b.png": ["a dog"]}),
+                      tokenizer="simple", skip=QUICK)
+    assert any("made with 2 different settings (a --mix-settings file; method/mode: pseudo-tokens/caption,"
+               " zerocap/caption)" in n for n in report.notes), report.notes

@@ -84,6 +84,7 @@ def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool 
     captions, errors, repeated = {}, 0, 0
     named: dict[str, str] = {}  # real file (the line's source) -> the name it is scored under (its first)
     cut = False
+    made_with: dict[str, dict] = {}  # each distinct settings (as JSON) -> the settings
     try:
         with open(path, "rb") as f:
             for n, (_, line) in enumerate(bounded_lines(f, path), 1):
@@ -117,12 +118,19 @@ def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool 
                 captions[name] = caption.strip()
                 if sources is not None and isinstance(source, str):
                     sources[name] = source
+                if isinstance(record.get("settings"), dict) and len(made_with) < 100:
+                    made_with.setdefault(json.dumps(record["settings"], sort_keys=True), record["settings"])
     except OSError as e:
         raise InputError(f"cannot read the captions {path}: {e.strerror}") from None
     if not captions:
         raise InputError(f"{path} has no captions to evaluate" + (f" ({errors} error lines)" if errors else ""))
     notes = [f"{repeated} images have more than one line in {path} (the same real file, under one name or"
              " several): each is counted once, its last line scored"] if repeated else []
+    if len(made_with) > 1:
+        kinds = sorted({f"{s.get('method', 'zerocap')}/{s.get('mode', '?')}" for s in made_with.values()})
+        notes.append(f"the captions in {path} were made with {len(made_with)}{'+' * (len(made_with) >= 100)} different"
+                     f" settings (a --mix-settings file; method/mode: {', '.join(kinds[:5])}): every score covers"
+                     " them all together")
     if cut:
         notes.append(f"the last line of {path} is zerocap's own, cut short (the job was stopped mid-write): left"
                      " out; the same job's command resumes it")
