@@ -29,6 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 warnings.filterwarnings("ignore")
 
+import zerocap  # noqa: E402,F401,I001 -- before torch, as the command line and the container: how idle OpenMP workers wait
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 

@@ -421,3 +421,11 @@ def test_a_settings_difference_names_the_method_and_mode_first(job, capsys):
     assert job.run("caption", "in/a.png", "--out", "r.jsonl", capsys=capsys)[0] == 0
     code, err = job.run("ocr", "in/b.png", "--out", "r.jsonl", "--beam-size", "3", capsys=capsys)
     assert code == 2 and "was made with mode \"caption\" (now \"ocr\")," in err, err
+
+
+def test_a_preset_that_is_a_mode_is_that_mode_recorded_and_resumed_alike(job, capsys):
+    """`caption X --preset ocr` is `ocr X`: a job started one way resumes the other way."""
+    assert job.run("caption", "in/a.png", "--preset", "ocr", "--out", "r.jsonl", capsys=capsys)[0] == 0
+    assert lines(job.path / "r.jsonl")[0]["settings"]["mode"] == "ocr"
+    code, err = job.run("ocr", "in/a.png", "in/b.png", "--out", "r.jsonl", capsys=capsys)
+    assert code == 0 and "captioned 1, failed 0, skipped 1 already" in err, err

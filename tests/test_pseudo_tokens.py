@@ -217,3 +217,22 @@ def test_requests_of_any_settings_sharing_steps_each_give_what_their_code_gives(
         assert {"sentences": [s.text for s in got.sentences], "best_clip": got.best_clip,
                 "best_mixed": got.best_mixed, "beams": [b.text for b in got.beams]} == \
             reference(engine, ref_tokenizer, cfg, frames), cfg
+
+
+@pytest.mark.parametrize("call,said", [
+    (dict(method="pseudo-tokens", num_iterations=3), "num_iterations is a knob of method zerocap, not of pseudo-tokens"),
+    (dict(method="zerocap", config="pt"), "config is a pseudo-tokens config (PseudoTokenConfig) but method is 'zerocap'"),
+    (dict(method="pseudo-tokens", config="zc"), "config is a zerocap config (ZeroCapConfig) but method is"
+                                                " 'pseudo-tokens'"),
+    (dict(beams=3), "unknown knob beams; the knobs of method zerocap: cond_text, beam_size"),
+    (dict(method="greedy"), "unknown method 'greedy'; choose one of zerocap, pseudo-tokens"),
+])
+def test_the_python_api_refuses_a_mismatched_method_in_words(engine, images, call, said):
+    from zerocap import InputError, ZeroCapConfig
+
+    call = dict(call)
+    if "config" in call:
+        call["config"] = PseudoTokenConfig() if call["config"] == "pt" else ZeroCapConfig()
+    with pytest.raises(InputError) as e:
+        engine.caption([images[0]], **call)
+    assert said in str(e.value), str(e.value)

@@ -95,7 +95,8 @@ def test_failed_download_says_so(tmp_path, monkeypatch):
     monkeypatch.delenv("ZEROCAP_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(ValueError, match="the download failed: cannot download"):
+    with pytest.raises(ValueError, match="the download failed: cannot reach 127.0.0.1:9 to download .* \\(connection"
+                                         " refused\\); without a network, copy the file to .* by hand"):
         weights.ensure(str(tmp_path / "w"))
 
 
@@ -137,3 +138,21 @@ def test_ensure_fetches_only_what_is_asked(hub, tmp_path):
     assert os.path.isfile(os.path.join(root, "clip", "ViT-B-32.pt"))
     assert not os.path.exists(os.path.join(root, "gpt2-medium"))
     assert all("/clip/" in p for p in hub.requests)
+
+
+def test_no_network_is_one_line_naming_the_host_and_the_hand_copy(tmp_path, monkeypatch):
+    import requests
+
+    from zerocap import InputError
+
+    def offline(url, **kw):
+        raise requests.ConnectionError("HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded"
+                                       " (Caused by NameResolutionError(\"Failed to resolve 'huggingface.co'\"))")
+
+    monkeypatch.setattr(requests, "get", offline)
+    with pytest.raises(InputError) as e:
+        weights.fetch("https://huggingface.co/x/resolve/main/config.json", str(tmp_path / "lm" / "config.json"))
+    said = str(e.value)
+    assert said == ("cannot reach huggingface.co to download https://huggingface.co/x/resolve/main/config.json (the"
+                    f" name does not resolve: no network or no DNS); without a network, copy the file to"
+                    f" {tmp_path / 'lm' / 'config.json'} by hand (README: Weights)")

@@ -23,6 +23,10 @@ def run(args) -> int:
         return selfcheck(args)
     mode = modes.get(args.command)
     method = methods.get(args.method)
+    if method.presets and args.preset in modes.MODES and args.preset != mode.name \
+            and modes.get(args.preset).kind is mode.kind:
+        # `caption X --preset ocr` is `ocr X`: one request, recorded (and resumed) as that mode
+        mode, args.preset = modes.get(args.preset), None
     knobs = dict.fromkeys(k for m in methods.METHODS.values() for k in m.knobs)  # every method's, as flags
     cfg = method.config(mode.name, args.preset, **{name: getattr(args, name, None) for name in knobs})
     if not BATCH_SIZE.allows(args.batch_size):
@@ -51,8 +55,30 @@ def model_paths(args) -> tuple[str, str]:
     from . import families, weights
 
     clip_path = args.clip or (os.path.join(args.clip_checkpoints, "ViT-B-32.pt") if args.clip_checkpoints else None)
+    if args.lm_model and getattr(args, "method", None) not in (None, methods.ZEROCAP.name):
+        if args.lm_model != families.DEFAULT.flag:
+            raise InputError(f"--lm_model {args.lm_model}: method {args.method} runs on GPT-2, as their code does;"
+                             " leave out --lm_model")
+    if args.lm_model and args.lm:  # --lm names the folder; the family the flag names must be its
+        wanted = families.by_flag(args.lm_model)
+        found = _model_type(args.lm)
+        if found is not None and found not in wanted.model_types:
+            raise InputError(f"--lm_model {args.lm_model} names a {wanted.name} LM, but --lm {args.lm} holds a"
+                             f" {found!r} model: leave out one of them")
     lm_dir = families.by_flag(args.lm_model).folder if args.lm_model else weights.LM_DIR
     return weights.locate(args.lm, clip_path, lm_dir)
+
+
+def _model_type(folder: str) -> str | None:
+    """config.json's model_type of an LM folder, or None where it cannot be read (loading says why)."""
+    import json
+
+    try:
+        with open(os.path.join(folder, "config.json"), "rb") as f:
+            value = json.loads(f.read(1 << 20)).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def form(args) -> forms.Form:

@@ -242,12 +242,23 @@ class ZeroCap:
 
     def _begin(self, items, what: str, config, overrides: dict, names, default=None):
         """(checked config, the items as a list, their names) -- every entry point's opening."""
-        method = overrides.pop("method", None)
-        if config is None and method is not None and method != "zerocap":  # another method's defaults
-            from .methods import get
+        from .methods import METHODS, get, of, refuse_foreign
 
-            config = get(method).Config()
-        cfg = self.check((config or default or ZeroCapConfig()).replace(**overrides))
+        method = overrides.pop("method", None)
+        if method is not None:
+            chosen = get(method)
+            if config is not None and of(config) is not chosen:
+                raise InputError(f"config is a {of(config).name} config ({type(config).__name__}) but method is"
+                                 f" {chosen.name!r}: give the config of the method you mean, or leave one out")
+            if config is None and chosen is not get(None):  # another method's defaults
+                config = chosen.Config()
+        base = config or default or ZeroCapConfig()
+        unknown = [k for k in overrides if not any(k in m.knobs for m in METHODS.values())]
+        if unknown:
+            raise InputError(f"unknown knob{'s' * (len(unknown) > 1)} {', '.join(unknown)}; the knobs of method"
+                             f" {of(base).name}: {', '.join(of(base).knobs)}")
+        refuse_foreign(of(base), overrides)
+        cfg = self.check(base.replace(**overrides))
         items = list(items) if isinstance(items, (list, tuple)) else [items]
         if not items and what != "term":
             raise InputError(f"give at least one {what}")

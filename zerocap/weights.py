@@ -182,6 +182,25 @@ def _hex64(value: str | None) -> str | None:
     return value if re.fullmatch(r"[0-9a-f]{64}", value) else None
 
 
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc or url
+
+
+def _reason(error: Exception) -> str:
+    """A network error in a few words: urllib3's are a paragraph of nested reprs."""
+    text = str(error)
+    for words, said in (("NameResolution", "the name does not resolve: no network or no DNS"),
+                        ("Failed to resolve", "the name does not resolve: no network or no DNS"),
+                        ("timed out", "timed out"), ("Connection refused", "connection refused"),
+                        ("Network is unreachable", "network unreachable"), ("SSL", "TLS failed"),
+                        ("ProxyError", "the proxy failed")):
+        if words in text:
+            return said
+    return type(error).__name__
+
+
 def fetch(url: str, dest: str, sha256: str | None = None, required: bool = True,
           log: Callable[[str], None] | None = None) -> dict | None:
     """Download url to dest through dest.part (resumed when present), verify, then rename.
@@ -199,7 +218,8 @@ def fetch(url: str, dest: str, sha256: str | None = None, required: bool = True,
     try:
         r = requests.get(url, headers=headers, stream=True, timeout=60, allow_redirects=True)
     except requests.RequestException as e:
-        raise InputError(f"cannot download {url}: {e}") from None
+        raise InputError(f"cannot reach {_host(url)} to download {url} ({_reason(e)}); without a network, copy the"
+                         f" file to {dest} by hand (README: Weights)") from None
     with r:
         if r.status_code == 404 and not required:
             return None
