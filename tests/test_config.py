@@ -234,3 +234,19 @@ def test_the_readmes_pseudo_token_knobs_table_is_the_table():
     by_name = {row[0].strip("`"): row for row in table}
     assert by_name["sentence_iterations"][2] == str(PT_DEFAULTS.sentence_iterations) == "30"
     assert by_name["token_wise"][1] == "--token-wise / --per-sentence"
+
+
+@pytest.mark.parametrize("Config", ["ZeroCapConfig", "PseudoTokenConfig"])
+def test_cond_texts_limit_holds_on_every_door(Config, capsys):
+    """300 characters in Python and on the command line as in a Cog request (limits.COND_TEXT)."""
+    import zerocap
+    from zerocap.cli import main
+    from zerocap.limits import COND_TEXT
+
+    cls = getattr(zerocap, Config)
+    cls(cond_text="x" * COND_TEXT.hi).validate()
+    with pytest.raises(InputError, match="cond_text must be at most 300 characters, got 301"):
+        cls(cond_text="x" * 301).validate()
+    method = "zerocap" if Config == "ZeroCapConfig" else "pseudo-tokens"
+    assert main(["caption", "a.png", "--method", method, "--cond-text", "x" * 800]) == 2
+    assert "cond_text must be at most 300 characters, got 800" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from . import modes as _modes
 from .errors import InputError
+from .limits import COND_TEXT
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Knob:
     help: str  # one line
     range: Range | None = None  # numbers: what the decoder accepts
     serve: Range | None = None  # numbers: what one Cog request may ask for (None: not a Cog input)
-    max_length: int | None = None  # strings: the Cog input's length limit (None: not a Cog input)
+    max_length: int | None = None  # strings: the longest allowed, on every door (also makes it a Cog input)
     served: bool = False  # a Cog input though neither (true/false knobs)
     choices: tuple | None = None  # strings: the values allowed (None: any)
 
@@ -60,6 +61,8 @@ def check_knobs(cfg) -> None:
         if kind is str:
             if not isinstance(value, str):
                 raise InputError(f"{name} must be a string, got {value!r}")
+            if spec.max_length is not None and len(value) > spec.max_length:
+                raise InputError(f"{name} must be at most {spec.max_length} characters, got {len(value)}")
             if spec.choices is not None and value not in spec.choices:
                 raise InputError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
             continue
@@ -81,7 +84,7 @@ def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tup
 @dataclass(frozen=True)
 class ZeroCapConfig:
     cond_text: str = knob("Image of a", "prompt the caption continues; a caption is cond_text + the generated text",
-                          max_length=300)
+                          max_length=COND_TEXT.hi)
     beam_size: int = knob(5, "beams kept by the length-normalised beam search (at most top_k); more = slower,"
                              " more varied", 1, 100, serve=(1, 20))
     max_tokens: int = knob(15, "tokens generated at most (the authors' --target_seq_length)", 1, 100, serve=(1, 40))
@@ -139,7 +142,7 @@ class PseudoTokenConfig:
     (`--token_wise --randomized_prompt`, the rest as their run.py declares)."""
 
     cond_text: str = knob("Image of a", "prompt of the final beam search; a beam's caption is cond_text + its text",
-                          max_length=300)
+                          max_length=COND_TEXT.hi)
     seed: int = knob(0, "seed of the prompt choices and of the sampling", 0, 2**31 - 1, serve=(0, 2**31 - 1))
     max_tokens: int = knob(20, "tokens per sampled sentence and beam at most (their --target_seq_length)", 1, 100,
                            serve=(1, 40))

@@ -48,6 +48,9 @@ DOWNLOAD_BYTES = Limit(None, 200_000_000, "at most 200,000,000 bytes (200 MB) pe
 CLIP_PROMPT_TOKENS = Limit(None, 74, "at most 74 CLIP tokens",
                            "cond_text, leaving room for a generated word within CLIP's 77")
 
+COND_TEXT = Limit(None, 300, "at most 300 characters",
+                  "cond_text of either method, on the command line, in Python and in a Cog request")
+
 LIST_NAMES = Limit(None, 1_000_000, "1,000,000 names", "the names in one --list")
 LIST_BYTES = Limit(None, 100_000_000, "100,000,000 bytes (100 MB)", "one --list, read in pieces")
 LIST_NAME = Limit(None, 4096, "4,096 bytes", "one name in a --list (the longest path Linux opens)")
@@ -60,4 +63,4 @@ REFS_BYTES = Limit(None, 500_000_000, "500,000,000 bytes (500 MB)",
 LIMITS = {"pixels": PIXELS, "aspect": ASPECT, "frames": FRAMES, "every": EVERY, "decoded_frames": DECODED_FRAMES,
           "decoder_memory": DECODER_MEMORY, "batch_size": BATCH_SIZE, "terms": TERMS, "weight": WEIGHT,
           "download_bytes": DOWNLOAD_BYTES, "clip_prompt_tokens": CLIP_PROMPT_TOKENS, "list_names": LIST_NAMES,
-          "list_bytes": LIST_BYTES, "list_name": LIST_NAME, "line_bytes": LINE_BYTES, "refs_bytes": REFS_BYTES}
+          "list_bytes": LIST_BYTES, "list_name": LIST_NAME, "cond_text": COND_TEXT, "line_bytes": LINE_BYTES, "refs_bytes": REFS_BYTES}
