@@ -381,10 +381,13 @@ def burst(server, bodies, headers=None):
 
 
 def test_back_to_back_clients_never_get_409(server, uris):
-    """Each request sent the moment the previous answer arrives (a client's loop, a queue's worker)."""
-    statuses = [http("POST", server.url + "/predictions", {"input": {"image": uris[i % 4], **SMALL}})[0]
-                for i in range(12)]
-    assert statuses == [200] * 12
+    """Each request sent the moment the previous answer arrives (a client's loop, a queue's worker),
+    100 in a row, successes and failures alternating: the image's slots always have one free."""
+    bad = "data:image/png;base64,AAAA"  # not an image: that prediction fails, in words
+    answers = [http("POST", server.url + "/predictions", {"input": {"image": bad if i % 2 else uris[i % 4], **SMALL}})
+               for i in range(100)]
+    assert [s for s, _ in answers] == [200] * 100
+    assert [o["status"] for _, o in answers] == ["succeeded", "failed"] * 50
 
 
 def test_a_burst_all_succeeds_together_faster_with_the_captions_each_gets_alone(server, uris):
@@ -573,3 +576,24 @@ def test_a_zerocap_caption_beside_a_long_pseudo_token_request_is_not_held_up(ser
     assert "out" not in done, "the long request should still be running"
     thread.join(600)
     assert done["out"]["status"] == "succeeded", done["out"].get("error")
+
+
+def test_the_health_check_stays_ready_while_a_prediction_is_in_flight(server, uris):
+    """As the README says: READY means a slot is free, not that nothing runs."""
+    long = {"input": {"image": uris[0], "method": "pseudo-tokens", "sentence_iterations": 20, "max_tokens": 10}}
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(out=http("POST", server.url + "/predictions", long,
+                                                                   timeout=600)[1]))
+    thread.start()
+    try:
+        seen = set()
+        for _ in range(50):
+            seen.add(server.health()["status"])
+            if "out" in done:
+                break
+            time.sleep(0.02)
+        assert "out" not in done, "the prediction ended before the health check was read beside it"
+        assert seen == {"READY"}, seen
+    finally:
+        thread.join(600)
+    assert done["out"]["status"] == "succeeded"
