@@ -92,3 +92,19 @@ def _on_a_terminal(columns, rows):
 @pytest.mark.parametrize("columns,rows", [(100, 30), (0, 0)])
 def test_the_progress_bar_shows_whatever_size_the_terminal_reports(columns, rows):
     assert "3/3" in _on_a_terminal(columns, rows)
+
+
+def test_a_run_logged_to_a_file_writes_progress_lines(tmp_path, images, lm_dir, clip_file):
+    """stderr not a terminal: a progress line at most every ZEROCAP_PROGRESS_SECONDS (10 by default),
+    so a long redirected run never looks hung."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ZEROCAP_PROGRESS_SECONDS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "zerocap", "caption", images[0], images[1], "--lm", lm_dir, "--clip",
+                           clip_file, *FAST, "--out", str(tmp_path / "r.jsonl")], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    progress = [x for x in proc.stderr.splitlines() if x.startswith("zerocap: progress: ")]
+    assert progress and any("token 1/1" in x for x in progress), proc.stderr
+    assert progress[-1].startswith("zerocap: progress: 2/2 images done"), progress

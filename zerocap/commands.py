@@ -196,7 +196,8 @@ def _backend(args, mode, cfg, options, where, lm_path, clip_path, bar, todo: int
                           args.batch_size, mode, options, args.compile)
     from .jobs.backends import Local
 
-    tokens = None if bar is None else lambda step, total, best: bar.set_postfix_str(f"token {step}/{total}")
+    tokens = None if bar is None else lambda step, total, best: bar.set_postfix_str(methods.progress_step(cfg, step,
+                                                                                                           total))
     in_flight = min(args.batch_size, max(1, todo))  # a compiled step is sized by it
     backend = Local.load(lm_path, clip_path, where, mode, cfg, options, lm_dtype=args.lm_dtype, form=form(args),
                          in_flight=in_flight, progress=tokens, compile=args.compile)

@@ -176,6 +176,9 @@ def method_description() -> str:
 def progress_line(cfg, step: int, total: int, best: list[str]) -> str:
     """One line of a prediction's log after a step: a token of ZeroCap's beams, a sentence of the
     pseudo-tokens'."""
-    if of(cfg) is ZEROCAP:
-        return f"token {step}/{total}: {cfg.cond_text}{best[0]}"
-    return f"sentence {step}/{total}: {best[0]}"
+    return f"{progress_step(cfg, step, total)}: {cfg.cond_text if of(cfg) is ZEROCAP else ''}{best[0]}"
+
+
+def progress_step(cfg, step: int, total: int) -> str:
+    """Where a caption is, in a few words: ZeroCap's token, the pseudo-tokens' sentence."""
+    return f"{'token' if of(cfg) is ZEROCAP else 'sentence'} {step}/{total}"

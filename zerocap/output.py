@@ -55,11 +55,60 @@ def emitter(as_json: bool, quiet: bool, bar=None, key: str | None = None):
     return emit
 
 
+PROGRESS_SECONDS = 10.0  # a progress line at most this often where stderr is not a terminal
+
+
+class ProgressLog:
+    """Where stderr is not a terminal (a redirected or logged run): a progress line at most every
+    PROGRESS_SECONDS ($ZEROCAP_PROGRESS_SECONDS) -- done/total, the current token or sentence, the
+    time so far -- so a long run never looks hung; the same calls as the terminal's bar."""
+
+    def __init__(self, unit: str, seconds: float | None = None):
+        import time
+
+        self.clock = time.monotonic
+        self.unit, self.total, self.done, self.postfix = unit, 0, 0, ""
+        if seconds is None:
+            try:
+                seconds = float(os.environ.get("ZEROCAP_PROGRESS_SECONDS", PROGRESS_SECONDS))
+            except ValueError:
+                seconds = PROGRESS_SECONDS
+        self.every = seconds
+        self.start = self.last = self.clock()
+
+    def reset(self, total: int = 0) -> None:
+        self.total, self.done = total, 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self._maybe()
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+        self._maybe()
+
+    def write(self, message: str, file=None) -> None:
+        print(message, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+    def _maybe(self) -> None:
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"zerocap: progress: {self.done}/{self.total} {self.unit}s done{extra}; {now - self.start:.0f} s so far",
+              file=sys.stderr, flush=True)
+
+
 def progress_bar(unit: str):
-    """A progress bar over the inputs on a terminal (done/total, rate, ETA), else None. A terminal
-    that reports no size (0 x 0: a serial console, some containers' ttys) gets 80 x 24."""
+    """A progress bar over the inputs on a terminal (done/total, rate, ETA); elsewhere a
+    ProgressLog. A terminal that reports no size (0 x 0: a serial console, some containers'
+    ttys) gets 80 x 24."""
     if not sys.stderr.isatty():
-        return None
+        return ProgressLog({"img": "image", "clip": "clip"}.get(unit, unit))
     from tqdm import tqdm
 
     try:
