@@ -108,3 +108,22 @@ def test_a_run_logged_to_a_file_writes_progress_lines(tmp_path, images, lm_dir, 
     progress = [x for x in proc.stderr.splitlines() if x.startswith("zerocap: progress: ")]
     assert progress and any("token 1/1" in x for x in progress), proc.stderr
     assert progress[-1].startswith("zerocap: progress: 2/2 images done"), progress
+
+
+def test_the_readmes_tiny_weights_try_runs(tmp_path, images):
+    """`python script/tiny-weights DIR`, then a caption from it: the README's try-before-download."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = tmp_path / "tiny"
+    made = subprocess.run([sys.executable, os.path.join(root, "script", "tiny-weights"), str(folder)],
+                          capture_output=True, text=True)
+    assert made.returncode == 0 and "gibberish by design" in made.stdout, made.stderr
+    env = {**os.environ, "ZEROCAP_WEIGHTS": str(folder), "ZEROCAP_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "zerocap", "caption", images[0], "--max-tokens", "2", "--json"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and json.loads(run.stdout)["best_mixed"].startswith("Image of a"), run.stderr
+    again = subprocess.run([sys.executable, os.path.join(root, "script", "tiny-weights"), str(folder)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "is not an empty folder" in again.stderr
