@@ -70,6 +70,40 @@ class Output(BaseModel):
     # frames sampled before their near-duplicate filter; else 0
 
 
+# Every field of the output, per method: what it holds, and when it is empty (a description that
+# starts with "empty", "-1" or "0" is that value for every output of the method). The README's
+# output table is printed from it (script/readme-tables); tests/test_predictor.py holds both
+# methods' outputs to it.
+OUTPUT_FIELDS = {
+    "caption": ("the beam-search winner (= best_mixed)",
+                "their returned caption: the sentence closest to the target (= best_clip)"),
+    "best_clip": ("the beam closest to the target in CLIP space", "the sentence closest to the target"),
+    "best_fluency": ("the beam with the lowest LM perplexity", "empty (\"\")"),
+    "best_mixed": ("the beam-search winner", "the sentence best by their mixed score"),
+    "beams": ("every beam's caption, best first", "their final beam search's captions, best first"),
+    "beam_scores": ("each beam's mean log-probability per token", "the same, of their final beams"),
+    "clip_scores": ("each beam's cosine similarity with the target", "empty"),
+    "perplexities": ("each beam's LM perplexity; -1 where undefined", "empty"),
+    "method": ("zerocap", "pseudo-tokens"),
+    "seed": ("-1 (the method is deterministic)", "the seed"),
+    "sentences": ("empty", "every sampled sentence, in the order sampled"),
+    "sentence_clip_scores": ("empty", "their CLIP score of each sentence (logit-scaled, mean over frames)"),
+    "sentence_log_probs": ("empty", "their mean log-probability of each sentence; -1e9 where undefined"),
+    "mode": ("the mode", "the mode"),
+    "target": ("what was captioned: the file name as sent (\"image\" for a data URL, \"video\" for a clip's), or"
+               " the arithmetic expression", "the same"),
+    "cond_text": ("the prompt the captions continue", "the prompt of the final beam search"),
+    "tokens": ("decoding steps run", "tokens sampled, all sentences together"),
+    "seconds": ("decoding time, reranking included", "decoding time"),
+    "frame_times": ("mode video: the distinct frames (seconds) the caption describes; else empty",
+                    "mode video: the kept frames (seconds); else empty"),
+    "frames": ("mode video: how many distinct frames that is; else 0",
+               "mode video: how many frames were kept; else 0"),
+    "frames_asked": ("mode video: frames asked for (times falling on one frame count it once); else 0",
+                     "mode video: frames sampled before their near-duplicate filter; else 0"),
+}
+
+
 # ---- checking a request against the declarations ------------------------------------------------
 @functools.cache  # read once per function, at its first request
 def _declared(run) -> tuple[dict[str, FieldInfo], dict[str, object]]:

@@ -127,3 +127,23 @@ def test_the_readmes_tiny_weights_try_runs(tmp_path, images):
     again = subprocess.run([sys.executable, os.path.join(root, "script", "tiny-weights"), str(folder)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "is not an empty folder" in again.stderr
+
+
+def test_the_readme_states_the_real_load_signature_and_result_fields(images, engine, tmp_path):
+    """README text that restates code: ZeroCap.load's signature, and where a pseudo-token clip
+    result keeps its frames (`details`, flattened by to_dict())."""
+    import inspect
+
+    from zerocap import ZeroCap
+    from zerocap.pseudo_tokens import ClipFrames
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    params = inspect.signature(ZeroCap.load).parameters
+    said = "`ZeroCap.load(" + ", ".join(f"{n}={p.default!r}" for n, p in params.items()) + ")`"
+    assert said in readme, said
+    frames = ClipFrames([0.0, 0.5], 3, "every 10th frame")
+    assert set(frames.to_dict()) == {"frame_times", "frames", "frames_sampled", "sampling"}
+    for name in ("times", "sampled", "sampling"):
+        assert hasattr(frames, name) and f"`{name}`" in readme
+    for name in frames.to_dict():
+        assert f"`{name}`" in readme

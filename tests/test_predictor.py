@@ -10,6 +10,7 @@ import os
 import time
 import sys
 import tempfile
+import typing
 
 import pytest
 import torch
@@ -314,3 +315,35 @@ def test_the_pseudo_token_method_in_python_and_in_the_container_agree(predictor,
     same = zc.caption([images[2]], method="pseudo-tokens", seed=5, sentence_iterations=2, max_tokens=3,
                       beam_size=2)[0]
     assert [s.text for s in same.sentences] == out.sentences
+
+
+def _holds(value, doc: str) -> bool:
+    """A field's value against its OUTPUT_FIELDS description's fixed values."""
+    if doc.startswith("empty"):
+        return value in ([], "")
+    if doc.startswith("-1 "):
+        return value == -1
+    if doc.startswith("mode video:") and doc.endswith("else empty"):
+        return value == []
+    if doc.startswith("mode video:") and doc.endswith("else 0"):
+        return value == 0
+    return True
+
+
+@pytest.mark.parametrize("method", ["zerocap", "pseudo-tokens"])
+def test_the_output_is_the_readmes_table_for_each_method(predictor, images, method):
+    """Every field of Output is in OUTPUT_FIELDS (and so in the README's table, printed from it),
+    and each method's output holds what its column says is fixed (empty, -1, 0)."""
+    import predict
+    from test_config import readme_table
+
+    fields = set(typing.get_type_hints(predict.Output))
+    assert set(predict.OUTPUT_FIELDS) == fields
+    rows = {name.strip("`"): (zc, pt) for name, zc, pt in readme_table("Output: one JSON object")}
+    assert rows == predict.OUTPUT_FIELDS
+    inputs = {**SMALL} if method == "zerocap" else dict(PT_SMALL)
+    out = predictor.run(image=sent(images[0]), **inputs)
+    column = 0 if method == "zerocap" else 1
+    assert out.method == method == predict.OUTPUT_FIELDS["method"][column]
+    for name in fields:
+        assert _holds(getattr(out, name), predict.OUTPUT_FIELDS[name][column]), (name, getattr(out, name))
