@@ -68,6 +68,7 @@ class Output(BaseModel):
     frames: int  # mode video: how many distinct frames that is; else 0
     frames_asked: int  # mode video: frames asked for (times falling on one frame count it once); pseudo-tokens:
     # frames sampled before their near-duplicate filter; else 0
+    frames_sampling: str  # mode video: how the frames were sampled, in words; else empty
 
 
 # Every field of the output, per method: what it holds, and when it is empty (a description that
@@ -101,6 +102,10 @@ OUTPUT_FIELDS = {
                "mode video: how many frames were kept; else 0"),
     "frames_asked": ("mode video: frames asked for (times falling on one frame count it once); else 0",
                      "mode video: frames sampled before their near-duplicate filter; else 0"),
+    "frames_sampling": ("mode video: how the frames were sampled, in words (\"8 frames spread evenly\"); else empty",
+                        "mode video: how the frames were sampled, in words: their every n-th frame, or, when"
+                        " that would be more than 64, \"64 frames spread evenly (every 10th frame would be more"
+                        " than 64)\"; else empty"),
 }
 
 
@@ -301,7 +306,7 @@ class Predictor(BaseRunner):
         texts: Optional[list[str]] = Input(default=None, description="arithmetic: texts to add to the target, e.g. 'a crown'."),  # noqa: E501
         text_weights: Optional[list[float]] = Input(default=None, description="arithmetic: one weight per text, numbers from -10 to 10; empty = all 1."),  # noqa: E501
         video: Optional[Path] = Input(default=None, description="video: the clip (a URL or data URL; MP4, MOV, MKV, WebM, AVI, ...; frames of at most 80,000,000 pixels (80 MP))."),  # noqa: E501
-        frames: int = Input(default=8, ge=1, le=32, description="video: frames spread evenly over the clip, an integer from 1 to 32; the caption describes their mean CLIP embedding."),  # noqa: E501
+        frames: Optional[int] = Input(default=None, ge=1, le=64, description="video: frames to sample, spread evenly over the clip, an integer from 1 to 64. Empty: each method's own sampling: zerocap 8 spread evenly (its caption describes their mean CLIP embedding); pseudo-tokens every max(1, fps // 3)-th frame as their run.py (at most 64, else 64 spread evenly, said in frames_sampling)."),  # noqa: E501
         cond_text: Optional[str] = Input(default=None, max_length=300, description="Prompt the caption continues; a caption is cond_text + the generated text. Empty = the mode's (default 'Image of a'; knowledge 'Image of'; ocr 'Image of text that says')."),  # noqa: E501
         beam_size: int = Input(default=5, ge=1, le=20, description="Beams kept by the length-normalised beam search (at most top_k); more = slower, more varied."),  # noqa: E501
         max_tokens: Optional[int] = Input(default=None, ge=1, le=40, description="Tokens generated at most (the authors' --target_seq_length). Empty = the method's and mode's (zerocap: default 15; pseudo-tokens: 20)."),  # noqa: E501
@@ -331,7 +336,7 @@ class Predictor(BaseRunner):
     ) -> Output:
         values = dict(locals())
         chosen, how = modes.get(mode), methods.get(method)
-        # an input left at its declared default is not given (frames has one, for video)
+        # an input left at its declared default is not given
         defaults = _declared(Predictor.run.__wrapped__)[0]
         given = {name: None if values[name] == defaults[name].default else sent(values[name]) for name in MODE_INPUTS}
         inputs = chosen.kind.check(chosen, given)
@@ -372,6 +377,7 @@ class Predictor(BaseRunner):
                 perplexities=[b.perplexity if math.isfinite(b.perplexity) else -1.0 for b in result.beams],
                 seed=-1, sentences=[], sentence_clip_scores=[], sentence_log_probs=[],
                 frames_asked=out.get("frames_asked", 0), **common,
+                frames_sampling=f"{out['frames_asked']} frames spread evenly" if "frames_asked" in out else "",
             )
         return Output(  # the pseudo-token method: their returned caption, the sentences that made it
             caption=result.best_clip,
@@ -383,7 +389,7 @@ class Predictor(BaseRunner):
             sentences=[x.text for x in result.sentences],
             sentence_clip_scores=[_finite(x.clip_score) for x in result.sentences],
             sentence_log_probs=[_finite(x.log_prob) for x in result.sentences],
-            frames_asked=out.get("frames_sampled", 0), **common,
+            frames_asked=out.get("frames_sampled", 0), frames_sampling=out.get("sampling", ""), **common,
         )
 
     async def _decode(self, request, cfg):

@@ -597,3 +597,19 @@ def test_the_health_check_stays_ready_while_a_prediction_is_in_flight(server, ur
     finally:
         thread.join(600)
     assert done["out"]["status"] == "succeeded"
+
+
+def test_an_ordinary_x264_clip_is_served_with_the_authors_sampling(server, tmp_path):
+    """A 20 s clip with x264's default key frames (one every 250 frames): the pseudo-token method's
+    every 10th frame, 60 frames, within the container's 64 (it was refused: too much decoding)."""
+    from test_video import write_video
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "s20.mp4", [np.roll(base, i, axis=1) for i in range(600)], fps=30,
+                       codec="libx264", pix_fmt="yuv420p")
+    out = server.predict(mode="video", video=data_uri(path, "video/mp4"), method="pseudo-tokens",
+                         sentence_iterations=1, max_tokens=2, beam_size=2)
+    assert out["status"] == "succeeded", (out.get("error"), server.log_tail())
+    o = out["output"]
+    assert o["frames_asked"] == 60 and o["frames_sampling"] == "every 10th frame (30 fps // 3)"

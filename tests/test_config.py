@@ -114,7 +114,7 @@ def test_every_cog_input_restates_the_tables_word_for_word():
     assert knobs == set(methods.SERVED)  # no knob left out, none invented
     for name, description in others.items():
         assert inputs[name].description == description, name
-    assert (inputs["frames"].ge, inputs["frames"].le) == FRAMES.serve
+    assert (inputs["frames"].ge, inputs["frames"].le) == (FRAMES.lo, FRAMES.hi)  # a Cog request's as the CLI's
     assert inputs["lr_schedule"].choices == list(SCHEDULES)
     for name in methods.SERVED:
         owner = methods.ZEROCAP if name in methods.ZEROCAP.knobs else methods.PSEUDO_TOKENS
@@ -180,7 +180,7 @@ def test_the_readmes_inputs_table_restates_the_tables():
     assert PIXELS.said in table["image"][2] and PIXELS.said in table["video"][2]
     assert table["images"][2] == TERMS.say(served=True)
     assert WEIGHT.say(served=True) in table["image_weights"][2] and WEIGHT.say(served=True) in table["text_weights"][2]
-    assert table["frames"][2] == f"{FRAMES.serve[0]}–{FRAMES.serve[1]}"
+    assert table["frames"][2] == f"{FRAMES.lo}–{FRAMES.hi}"
     assert table["cond_text"][2] == f"≤ {KNOBS['cond_text'].max_length} characters, ≤ {CLIP_PROMPT_TOKENS.hi} CLIP tokens"
 
 

@@ -9,7 +9,8 @@ from PIL import Image
 from numeric import assert_same_beams
 from zerocap import InputError
 from zerocap.cli import main
-from zerocap.video import MAX_DECODED, FrameSampler, frames_at, sample_times
+from zerocap import video as zvideo
+from zerocap.video import FrameSampler, frames_at, sample_times
 
 av = pytest.importorskip("av")
 FAST = ["--top-k", "16", "--beam-size", "2", "--max-tokens", "2", "--device", "cpu"]
@@ -122,7 +123,7 @@ def test_bad_videos_are_refused_in_words(tmp_path, moving, make, message):
     assert message in str(e.value)
 
 
-def test_too_many_frames_or_too_much_decoding_is_refused(moving, tmp_path):
+def test_too_many_frames_or_too_much_decoding_is_refused(moving, tmp_path, monkeypatch):
     with pytest.raises(InputError, match="a frame every 0.01 s of a 2.0 s clip is 200 frames; at most 64"):
         list(frames_at(moving, "moving.mkv", every=0.01))
     with pytest.raises(InputError, match="frames must be an integer from 1 to 64, got 65"):
@@ -131,7 +132,8 @@ def test_too_many_frames_or_too_much_decoding_is_refused(moving, tmp_path):
     long = write_video(tmp_path / "long.mp4", [np.full((16, 16, 3), i % 256, np.uint8) for i in range(6000)],
                        fps=100, codec="libx264", pix_fmt="yuv420p", g="100000", keyint_min="100000",
                        sc_threshold="0")
-    with pytest.raises(InputError, match=f"cannot sample long within {MAX_DECODED:,} decoded frames"):
+    monkeypatch.setattr(zvideo, "MAX_DECODED_PIXELS", 5000 * 16 * 16)  # the bound, for this clip's size
+    with pytest.raises(InputError, match="cannot sample long within 20,000,000,000 decoded pixels"):
         list(frames_at(long, "long", frames=8))
 
 
@@ -238,8 +240,8 @@ def test_times_that_fall_on_one_frame_use_it_once_and_the_result_says_so(tmp_pat
 
     one = mjpeg(tmp_path / "one.mkv", [(64, 48)])
     calls = []
-    real = zerocap.video._frame_at
-    monkeypatch.setattr(zerocap.video, "_frame_at", lambda *a: calls.append(a) or real(*a))
+    real = zerocap.video._Reader._decode_to
+    monkeypatch.setattr(zerocap.video._Reader, "_decode_to", lambda *a, **k: calls.append(a) or real(*a, **k))
     sampler = FrameSampler(one, "one", frames=8)
     assert [t for t, _ in sampler] == [0.0] and sampler.asked == 8 and len(calls) == 1
     long = write_video(tmp_path / "long.mkv", [square(i) for i in range(24)], fps=12)  # 2 s
@@ -258,3 +260,57 @@ def test_every_is_bounded_below_and_never_overflows():
             sample_times(2.0, every=every)
     with pytest.raises(InputError, match="a frame every 0.001 s of a 1000000000.0 s clip is"):
         sample_times(1e9, every=0.001)
+
+
+# ---- ordinary clips: x264's default key frames (one every 250 frames) ------------------------------
+@pytest.fixture(scope="module")
+def x264_clips(tmp_path_factory):
+    """20 s and 60 s, 30 fps, 96x72, encoded with x264's defaults (a key frame every 250 frames)."""
+    d = tmp_path_factory.mktemp("x264")
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    clips = {}
+    for seconds in (20, 60):
+        frames = [np.roll(base, i, axis=1) for i in range(30 * seconds)]  # a slow pan: every frame differs
+        clips[seconds] = write_video(d / f"s{seconds}.mp4", frames, fps=30, codec="libx264", pix_fmt="yuv420p")
+    return clips
+
+
+@pytest.mark.parametrize("seconds", [20, 60])
+def test_many_close_frames_are_read_in_one_pass_and_equal_the_frames_seeking_finds(x264_clips, seconds,
+                                                                                     monkeypatch):
+    """Every 10th frame (the pseudo-token method's sampling at 30 fps; 64 frames of the 60 s clip)
+    of a clip with a key frame every 250 frames: one forward pass (each frame decoded at most
+    once), the very frames a seek per time finds. Before: each time sought back to its key frame,
+    and the 20 s clip passed the decode bound."""
+    path, every = x264_clips[seconds], (1 / 3 if seconds == 20 else 0.94)
+    readers = []
+    real = zvideo._Reader._decode_to
+    monkeypatch.setattr(zvideo._Reader, "_decode_to", lambda self, *a, **k: readers.append(self) or real(self, *a, **k))
+    forward = [(t, np.asarray(im)) for t, im in FrameSampler(path, "clip", every=every)]
+    assert len(forward) == (60 if seconds == 20 else 64)
+    assert readers[0].decoded <= 30 * seconds  # one pass at most
+    monkeypatch.setattr(zvideo._Reader, "forward", False)
+    readers.clear()
+    sought = [(t, np.asarray(im)) for t, im in FrameSampler(path, "clip", every=every)]
+    assert readers[0].decoded > 30 * seconds  # (a seek per time decodes much more)
+    assert [t for t, _ in sought] == [t for t, _ in forward]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(sought, forward))
+
+
+@pytest.mark.parametrize("seconds", [20, 60])
+def test_the_pseudo_token_method_reads_ordinary_clips_with_their_sampling(engine, x264_clips, seconds):
+    from zerocap.pseudo_tokens import clip_target
+
+    target = clip_target(engine, x264_clips[seconds], "clip")
+    details = target.details
+    if seconds == 20:  # every 10th frame (30 fps // 3): 60 frames, within the 64 allowed
+        assert details.sampled == 60 and details.sampling == "every 10th frame (30 fps // 3)"
+    else:  # 180 would be more than 64: 64 spread evenly, said
+        assert details.sampled == 64 and details.sampling.startswith("64 frames spread evenly")
+    assert target.frames.shape[0] == len(details.times) >= 1
+
+
+def test_zerocap_reads_an_ordinary_clip_every_half_second(x264_clips, engine):
+    result = engine.video([x264_clips[20]], every=0.5, top_k=16, beam_size=2, max_tokens=1)[0]
+    assert result.details.asked == 40 and len(result.details.times) == 40

@@ -32,10 +32,11 @@ PIXELS = Limit(None, 80_000_000, "at most 80,000,000 pixels (80 MP)",
                "every image and video frame, checked before it is decoded")
 ASPECT = Limit(None, 8, "longer than 8:1 is cut to its central 8:1 part",
                "what reaches CLIP's preprocessing (which keeps the central square anyway)")
-FRAMES = Limit(1, 64, "an integer from 1 to 64", "frames sampled from a clip (--frames, --every)", serve=(1, 32),
-               served_said="an integer from 1 to 32")
+FRAMES = Limit(1, 64, "an integer from 1 to 64",
+               "frames sampled from a clip (--frames, --every, a method's own sampling), a Cog request's too")
 EVERY = Limit(0.001, None, "a number of seconds from 0.001 up", "--every")
-DECODED_FRAMES = Limit(None, 5000, "5,000 decoded frames", "frames decoded for one clip, all seeks together")
+DECODED_PIXELS = Limit(None, 20_000_000_000, "20,000,000,000 decoded pixels (about 10,000 frames of 1080p)",
+                       "what is decoded to sample one clip, all seeks and forward reading together")
 DECODER_MEMORY = Limit(None, 1_000_000_000, "at most 1.0 GB",
                        "the frames a clip's decoder may hold at once: frame size x the frames its codec may keep")
 BATCH_SIZE = Limit(1, 64, "an integer from 1 to 64", "--batch-size: images or clips in flight per device")
@@ -60,7 +61,7 @@ LINE_BYTES = Limit(None, 16_000_000, "16,000,000 bytes (16 MB)",
 REFS_BYTES = Limit(None, 500_000_000, "500,000,000 bytes (500 MB)",
                    "a references file (Karpathy's dataset_coco.json is 150 MB)")
 
-LIMITS = {"pixels": PIXELS, "aspect": ASPECT, "frames": FRAMES, "every": EVERY, "decoded_frames": DECODED_FRAMES,
+LIMITS = {"pixels": PIXELS, "aspect": ASPECT, "frames": FRAMES, "every": EVERY, "decoded_pixels": DECODED_PIXELS,
           "decoder_memory": DECODER_MEMORY, "batch_size": BATCH_SIZE, "terms": TERMS, "weight": WEIGHT,
           "download_bytes": DOWNLOAD_BYTES, "clip_prompt_tokens": CLIP_PROMPT_TOKENS, "list_names": LIST_NAMES,
           "list_bytes": LIST_BYTES, "list_name": LIST_NAME, "cond_text": COND_TEXT, "line_bytes": LINE_BYTES, "refs_bytes": REFS_BYTES}

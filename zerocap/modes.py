@@ -138,12 +138,12 @@ class VideoKind(Kind):
 
     def check(self, mode, given, served=True):
         given = dict(given)
-        frames = given.pop("frames", None)  # has a default: given with every request
+        frames = given.pop("frames", None)  # None: the method samples by itself
         checked = super().check(mode, given, served)
         if frames is not None and not FRAMES.allows(frames, served):
             raise InputError(f"frames must be {FRAMES.say(served)}, got {frames}")
         checked.options["frames"] = frames
-        checked.options["most"] = FRAMES.serve[1] if served else FRAMES.hi  # frames a method samples by itself
+        checked.options["most"] = FRAMES.hi  # frames a method that samples by itself may take
         return checked
 
     def gather(self, mode, given, served):
@@ -286,6 +286,8 @@ def cog_descriptions() -> dict[str, str]:
         "texts": f"{terms}: texts to add to the target, e.g. 'a crown'.",
         "text_weights": f"{terms}: one weight per text, {WEIGHT.say(served=True)}; empty = all 1.",
         "video": f"{video}: the clip (a URL or data URL; MP4, MOV, MKV, WebM, AVI, ...; frames of {PIXELS.said}).",
-        "frames": f"{video}: frames spread evenly over the clip, {FRAMES.say(served=True)}; the caption describes"
-                  " their mean CLIP embedding.",
+        "frames": f"{video}: frames to sample, spread evenly over the clip, {FRAMES.say(served=True)}. Empty: each"
+                  f" method's own sampling: zerocap 8 spread evenly (its caption describes their mean CLIP embedding);"
+                  f" pseudo-tokens every max(1, fps // 3)-th frame as their run.py (at most {FRAMES.hi}, else"
+                  f" {FRAMES.hi} spread evenly, said in frames_sampling).",
     }

@@ -4,10 +4,13 @@ ZeroCap's target is any CLIP embedding, so a clip needs no new model. The target
 of the distinct sampled frames' normalised CLIP image embeddings, normalised again: the caption
 describes what the frames share. There is no temporal modelling (what happens in order, motion).
 
-Frames are decoded with PyAV (FFmpeg's libraries) in a streaming way: for each sampled time
-the decoder seeks to the key frame before it and decodes up to that time, so the work depends
-on the number of frames asked for, not on the clip's length; each frame is embedded and
-dropped. Frames are taken as decoded, in RGB, with no rotation or EXIF handling.
+Frames are decoded with PyAV (FFmpeg's libraries) in a streaming way, one pass forward through
+the clip: the next sampled time is reached by decoding on from where the decoder is when that
+is nearer than a seek would land (a seek goes back to the key frame before the time and decodes
+up from there: as far as the last seek had to, 8 s before any), else by a seek. So frames that
+are many and close (the pseudo-token method's every few frames, `--every 0.5`) cost one
+decode of the clip, and a few frames spread over a long clip cost a few seeks; each frame is
+embedded and dropped. Frames are taken as decoded, in RGB, with no rotation or EXIF handling.
   frames=N     N frames spread evenly: the frames nearest the middle of each of N equal parts
   every=S      the frames nearest 0, S, 2S, ... seconds (at most MAX_FRAMES)
 Each distinct frame is used once: when several sampled times fall on one frame (a short or
@@ -18,8 +21,9 @@ Bounded memory, whatever the file says: FFmpeg refuses to decode any frame over
 MAX_IMAGE_PIXELS (80 MP), also after a small first frame; and after every packet the decoder's
 worst case -- the frame size in its pixel format times the frames a codec of its kind may hold
 (references and reordering) -- must fit DECODER_BUDGET, checked before that many frames exist.
-Other limits, each refused with a message: at most MAX_FRAMES frames, at most MAX_DECODED
-frames decoded in all (a clip with too few key frames).
+Other limits, each refused with a message: at most MAX_FRAMES frames, at most
+MAX_DECODED_PIXELS decoded in all (a long clip with too few key frames, at a size that makes
+its decoding take minutes).
 """
 from __future__ import annotations
 
@@ -30,12 +34,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .errors import InputError
-from .limits import DECODED_FRAMES, DECODER_MEMORY, EVERY, FRAMES, PIXELS
+from .limits import DECODED_PIXELS, DECODER_MEMORY, EVERY, FRAMES, PIXELS
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".ogv")
 DEFAULT_FRAMES = 8
 MAX_FRAMES = FRAMES.hi
-MAX_DECODED = DECODED_FRAMES.hi  # frames decoded for one clip, all seeks together
+MAX_DECODED_PIXELS = DECODED_PIXELS.hi  # pixels decoded for one clip, all seeks together
+FIRST_SEEK_GUESS = 8.0  # seconds a seek may land before its time, before one has been measured
 DECODER_BUDGET = DECODER_MEMORY.hi  # bytes the decoder's frames may take at worst
 MAX_IMAGE_PIXELS = PIXELS.hi
 # frames a decoder may hold besides the one it outputs (references + reordering), by codec;
@@ -158,14 +163,10 @@ class FrameSampler:
             start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
             times = sample_times(_duration(container, stream), self.frames, self.every)
             self.asked = len(times)
-            decoded, used = 0, set()
+            reader, used = _Reader(container, stream, guard, start), set()
             try:
                 for t in times:
-                    frame, count, at_end = _frame_at(container, stream, guard, start + t, start)
-                    decoded += count
-                    if decoded > MAX_DECODED:
-                        raise InputError(f"cannot sample {name} within {DECODED_FRAMES.said} (too few key frames);"
-                                         " re-encode it, or ask for fewer frames")
+                    frame, at_end = reader.at(start + t)
                     if frame is None:
                         break
                     if frame.pts not in used:  # each distinct frame once
@@ -179,7 +180,7 @@ class FrameSampler:
                         break
             except av.error.FFmpegError as e:
                 raise InputError(f"cannot read video {name}: it is truncated or corrupt ({e})") from None
-            if decoded == 0:
+            if reader.decoded == 0:
                 raise InputError(f"no frames could be read from {name}")
 
 
@@ -196,22 +197,68 @@ def _duration(container, stream) -> float:
     return 0.0  # unknown: the first frame
 
 
-def _frame_at(container, stream, guard: _Guard, t: float, start: float):
-    """(the frame nearest time t -- the last one when t is past the end; frames decoded; whether
-    the clip ended before t)."""
-    if t > start:  # else: the first frame, where a newly opened file already is
-        container.seek(int(t / stream.time_base), stream=stream, backward=True, any_frame=False)
-    last, used = None, 0
-    for frame in guard.decode(container):
-        used += 1
-        if frame.time is None:
-            continue
-        if frame.time >= t:
-            return (last if last is not None and t - last.time < frame.time - t else frame), used, False
-        last = frame
-        if used > MAX_DECODED:
-            return last, used, False
-    return last, used, True
+class _Reader:
+    """The frames nearest to increasing times, decoding forward where that is cheaper than a
+    seek (see the module docstring); what it decodes counts against MAX_DECODED_PIXELS."""
+
+    forward = True  # False: a seek for every time (as before; the tests' reference)
+
+    def __init__(self, container, stream, guard: _Guard, start: float):
+        self.container, self.stream, self.guard, self.start = container, stream, guard, start
+        self.frames = None  # the decoder's frames from where it is
+        self.before = None  # the last frame decoded before the last time asked
+        self.ahead = None  # the first frame decoded at or past it
+        self.ended = False  # the decoder ran out where it is
+        self.decoded = self.pixels = 0
+        # how far before its time a seek lands (the key frame it decodes up from): the last seek's
+        self.landing = 0.0 if stream.codec_context.codec.intra_only else FIRST_SEEK_GUESS
+
+    def at(self, t: float):
+        """(the frame nearest time t -- the last one when t is past the end --, whether the clip
+        ended before t); t never less than the time asked before."""
+        if self.ahead is not None and self.ahead.time >= t:  # decoded already
+            return self._nearest(t), False
+        newest = self.ahead or self.before
+        if self.ended:
+            return newest, True
+        if self.frames is None:
+            if t - self.start > self.landing or (t > self.start and not self.forward):
+                return self._decode_to(t, seek=True)
+            self.frames = self.guard.decode(self.container)  # a newly opened file is at its first frame
+        elif newest is not None and (t - newest.time > self.landing or not self.forward):
+            return self._decode_to(t, seek=True)
+        if self.ahead is not None:
+            self.before, self.ahead = self.ahead, None
+        return self._decode_to(t, seek=False)
+
+    def _decode_to(self, t: float, seek: bool):
+        if seek:
+            self.container.seek(int(t / self.stream.time_base), stream=self.stream, backward=True, any_frame=False)
+            self.frames = self.guard.decode(self.container)
+            self.before = self.ahead = None
+        first = None
+        for frame in self.frames:
+            self.decoded += 1
+            self.pixels += (frame.width or 0) * (frame.height or 0)
+            if self.pixels > MAX_DECODED_PIXELS:
+                raise InputError(f"cannot sample {self.guard.name} within {DECODED_PIXELS.said} (a long clip with few"
+                                 " key frames): re-encode it, or ask for fewer frames")
+            if frame.time is None:
+                continue
+            if first is None:
+                first = frame.time
+            if frame.time >= t:
+                self.ahead = frame
+                if seek:
+                    self.landing = max(0.0, t - first)
+                return self._nearest(t), False
+            self.before = frame
+        self.ended = True
+        return self.before, True
+
+    def _nearest(self, t: float):
+        b, a = self.before, self.ahead
+        return b if b is not None and t - b.time < a.time - t else a
 
 
 @dataclass
