@@ -224,7 +224,8 @@ def test_the_readmes_failure_example_and_data_url_target_are_what_the_server_say
     example = re.search(r"`(Prediction failed: [^`]*beam_size must be [^`]*got 50)`", readme).group(1)
     out = bare_server.predict(image=uris[0], **{**SMALL, "beam_size": 50})
     assert out["status"] == "failed" and out["error"] == example, (out.get("error"), example)
-    target = re.search(r"`target` \(the image's file name as sent, (\S*) for a data URL", readme).group(1)
+    target = re.search(r"\| `target` \| what was captioned: the file name as sent \((\S*) for a data URL",
+                       readme).group(1)
     ok = bare_server.predict(image=uris[0], **SMALL)
     assert ok["status"] == "succeeded" and f'"{ok["output"]["target"]}"' == target, (ok["output"]["target"], target)
 
