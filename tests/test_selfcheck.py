@@ -59,9 +59,8 @@ def test_the_selfcheck_command_reports_device_path_time_and_agreement(capsys, lm
 def test_selfcheck_refuses_a_bad_device_or_compile_mode_in_words(capsys, lm_dir, clip_file):
     assert main(["selfcheck", "--lm", lm_dir, "--clip", clip_file, "--device", "tpu"]) == 2
     assert "unknown device 'tpu'; use cpu, cuda, cuda:N or auto" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["selfcheck", "--compile", "fast"])
-    assert e.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+    assert main(["selfcheck", "--compile", "fast"]) == 2  # argparse's mistakes are one line too
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -33,8 +33,10 @@ def test_arithmetic_target_is_the_normalised_weighted_sum(engine, images):
 def test_engine_checks_inputs_against_the_models(engine, images):
     with pytest.raises(InputError, match="top_k must be an integer from 1 to 8192, got 60000"):
         engine.caption([images[0]], top_k=60000)
-    with pytest.raises(InputError, match="cond_text is too long for the LM"):
+    with pytest.raises(InputError, match="cond_text must be at most 300 characters, got 600"):
         engine.caption([images[0]], cond_text="word " * 120)
+    with pytest.raises(InputError, match="cond_text is too long for the LM"):  # the tiny LM's 128 positions
+        engine.caption([images[0]], cond_text="word " * 55, max_tokens=100)
     with pytest.raises(InputError, match="cond_text is too long for CLIP: 80 CLIP tokens; at most 74"):
         engine.caption([images[0]], cond_text="a " * 80)
     with pytest.raises(InputError, match="beam_size .* must not exceed top_k"):
