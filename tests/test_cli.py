@@ -175,8 +175,10 @@ def test_missing_weights_say_how_to_get_them(capsys, monkeypatch, tmp_path, imag
 def test_python_dash_m_and_console_script(images, lm_dir, clip_file):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-m", "zerocap", "caption", "nope.png"], capture_output=True, text=True,
-                       env=env)
-    assert r.returncode == 2 and r.stderr.strip() == "zerocap: error: image file not found: nope.png"
+                       env=env, cwd=os.path.dirname(lm_dir))
+    assert r.returncode == 2 and r.stderr.strip() == ("zerocap: error: image file not found: nope.png; relative names,"
+                                                      " a list's too, are taken from the folder zerocap runs in,"
+                                                      f" {os.path.dirname(lm_dir)}")
     r = subprocess.run([sys.executable, "-m", "zerocap", "--caption_img_path", images[0], "--lm", lm_dir,
                         "--clip", clip_file, "--top_k", "8", "--beam_size", "2", "--target_seq_length", "1",
                         "--json"], capture_output=True, text=True, env=env)

@@ -429,3 +429,22 @@ def test_a_preset_that_is_a_mode_is_that_mode_recorded_and_resumed_alike(job, ca
     assert lines(job.path / "r.jsonl")[0]["settings"]["mode"] == "ocr"
     code, err = job.run("ocr", "in/a.png", "in/b.png", "--out", "r.jsonl", capsys=capsys)
     assert code == 0 and "captioned 1, failed 0, skipped 1 already" in err, err
+
+
+def test_a_results_file_without_newlines_is_refused_in_bounded_memory(tmp_path):
+    """A sparse 20 GB --out (NUL bytes, no newline) is refused in one line, read in pieces: not a
+    MemoryError after gigabytes."""
+    import tracemalloc
+
+    out = tmp_path / "r.jsonl"
+    with open(out, "wb") as f:
+        f.truncate(20 * 10**9)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="line 1 is longer than 16,000,000 bytes"):
+            ResultsFile(str(out))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6, f"{peak / 1e6:.0f} MB"
+    assert os.path.getsize(out) == 20 * 10**9  # untouched

@@ -227,8 +227,8 @@ class Scheduler:
             if self.lanes:
                 # the least served lane steps next; on a tie (a new lane) the lighter one
                 lane = min(self.lanes, key=lambda lane: (lane.seconds, lane.cost))
-                if self.engine.device.type == "cpu":
-                    sizer.tick()
+                if self.engine.device.type == "cpu" and self.engine.compiled is None:
+                    sizer.tick()  # (a compiled step is compiled for its thread count: changing it recompiles)
                 start = time.perf_counter()
                 self._step(lane)
                 lane.seconds += time.perf_counter() - start

@@ -236,7 +236,8 @@ def current() -> Choice | None:
 class Sizer:
     """A decoding loop's pool, sized again every RESIZE_SECONDS from the other processes' load
     over the last interval (no sleeping: it reads the counters it read last time). Call `tick()`
-    between steps on the decoding thread (torch's count is per thread under OpenMP)."""
+    between steps on the decoding thread (torch's count is per thread under OpenMP). Not for a
+    compiled step: its kernels are compiled for a thread count, and a new one recompiles them."""
 
     def __init__(self, interval: float = RESIZE_SECONDS):
         self.interval = interval
