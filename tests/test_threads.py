@@ -102,7 +102,8 @@ def test_a_cpu_another_process_keeps_busy_is_left_to_it(monkeypatch):
     try:
         time.sleep(0.3)
         choice = threads.choose(window=0.5)
-        assert choice.threads == 1 and "1 busy with other processes" in choice.why, choice
+        # (1 busy at least: the hog's; more when the machine runs other work too -- a shared CI)
+        assert choice.threads == 1 and "busy with other processes" in choice.why, choice
         monkeypatch.setattr(threads, "_CHOICE", threads.Choice(2, "test", False))
         sizer = threads.Sizer(interval=0)
         time.sleep(0.5)
