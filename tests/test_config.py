@@ -4,7 +4,8 @@ import math
 import pytest
 
 from zerocap import MODES, PRESETS, InputError, ZeroCapConfig, preset
-from zerocap.config import DEFAULTS, FIELD_TYPES, KNOBS, describe_knob
+from zerocap.config import DEFAULTS, FIELD_TYPES, KNOBS
+from zerocap.presets import describe_knob
 
 
 def test_presets_change_only_what_the_authors_readme_changes():
@@ -149,7 +150,8 @@ def readme_inputs_table() -> dict:
 
 
 def test_the_readmes_inputs_table_restates_the_tables():
-    from zerocap.config import SERVED_KNOBS, preset_dependent
+    from zerocap.config import SERVED_KNOBS
+    from zerocap.presets import preset_dependent
     from zerocap.limits import CLIP_PROMPT_TOKENS, FRAMES, PIXELS, TERMS, WEIGHT
 
     from zerocap import methods, pseudo_tokens
@@ -220,7 +222,8 @@ def test_the_readmes_pseudo_token_knobs_table_is_the_table():
     import subprocess
     import sys
 
-    from zerocap.config import PT_DEFAULTS, PT_KNOBS
+    from zerocap.pseudo_tokens.knobs import DEFAULTS as PT_DEFAULTS
+    from zerocap.pseudo_tokens.knobs import KNOBS as PT_KNOBS
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     printed = subprocess.run([sys.executable, os.path.join(root, "script", "readme-tables")], capture_output=True,

@@ -135,7 +135,7 @@ def test_the_readme_states_the_real_load_signature_and_result_fields(images, eng
     import inspect
 
     from zerocap import ZeroCap
-    from zerocap.pseudo_tokens import ClipFrames
+    from zerocap.pseudo_tokens.clips import ClipFrames
 
     readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
     params = inspect.signature(ZeroCap.load).parameters

@@ -11,7 +11,8 @@ import torch
 from reference_pseudo_tokens import CLIPTextGenerator, filter_video, reference_args
 from zerocap import InputError
 from zerocap.modes import Target
-from zerocap.pseudo_tokens import SCHEDULES, PseudoTokenConfig, clip_target, distinct_runs
+from zerocap.pseudo_tokens import SCHEDULES, PseudoTokenConfig
+from zerocap.pseudo_tokens.clips import clip_target, distinct_runs
 
 av = pytest.importorskip("av")
 
@@ -179,7 +180,7 @@ def test_the_lm_must_be_float32(lm_dir, clip_file, images):
 def test_requests_of_other_end_tokens_share_a_step_each_with_its_output_alone(engine, images):
     """Each row's token rules use its own end token's tables (a letter end token changes which tokens
     are whitelisted and which are alike), also when rows of another end token share its step."""
-    from zerocap.pseudo_tokens import PseudoTokenBatch
+    from zerocap.pseudo_tokens.batch import PseudoTokenBatch
 
     cfgs = [PseudoTokenConfig(sentence_iterations=2, max_tokens=5, beam_size=2, seed=1),
             PseudoTokenConfig(sentence_iterations=2, max_tokens=5, beam_size=2, seed=2, end_token=" and")]
@@ -201,7 +202,7 @@ def test_requests_of_any_settings_sharing_steps_each_give_what_their_code_gives(
     """Requests of other prefix lengths, lengths and schedules decoded together: the fast form's
     shared pass (each row's plain LM riding beside its prefixed one, a pass per prefix length) gives
     each one what their code gives it alone."""
-    from zerocap.pseudo_tokens import PseudoTokenBatch
+    from zerocap.pseudo_tokens.batch import PseudoTokenBatch
 
     rng = random.Random(7)
     cases = [random_case(rng).replace(dummy_tokens=n) for n in (2, 5, 2)]

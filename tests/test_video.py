@@ -300,7 +300,7 @@ def test_many_close_frames_are_read_in_one_pass_and_equal_the_frames_seeking_fin
 
 @pytest.mark.parametrize("seconds", [20, 60])
 def test_the_pseudo_token_method_reads_ordinary_clips_with_their_sampling(engine, x264_clips, seconds):
-    from zerocap.pseudo_tokens import clip_target
+    from zerocap.pseudo_tokens.clips import clip_target
 
     target = clip_target(engine, x264_clips[seconds], "clip")
     details = target.details

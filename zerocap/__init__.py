@@ -13,26 +13,25 @@ _threads.prepare()  # before torch loads libgomp: idle OpenMP workers sleep soon
 # OpenAI CLIP imports pkg_resources, which warns on every import.
 _warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from .config import PRESETS, PseudoTokenConfig, ZeroCapConfig, preset  # noqa: E402
+from .config import ZeroCapConfig  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .forms import FORMS  # noqa: E402
+from .lazy import resolve  # noqa: E402
 from .methods import METHODS  # noqa: E402
 from .modes import MODES  # noqa: E402
+from .presets import PRESETS, preset  # noqa: E402
+from .pseudo_tokens import PseudoTokenConfig  # noqa: E402
 
 __all__ = ["ZeroCap", "ZeroCapConfig", "PseudoTokenConfig", "CaptionResult", "Beam", "PseudoTokenResult", "InputError",
            "MODES", "METHODS", "PRESETS", "FORMS", "preset"]
 __version__ = "0.1.0"
 
-_ENGINE = {"ZeroCap", "CaptionResult", "Beam"}
+_HEAVY = {"ZeroCap": "zerocap.engine:ZeroCap", "CaptionResult": "zerocap.engine:CaptionResult",
+          "Beam": "zerocap.engine:Beam", "PseudoTokenResult": "zerocap.pseudo_tokens.batch:PseudoTokenResult"}
 
 
 def __getattr__(name):
-    if name in _ENGINE:
-        from . import engine
-
-        return getattr(engine, name)
-    if name == "PseudoTokenResult":
-        from . import pseudo_tokens
-
-        return pseudo_tokens.PseudoTokenResult
+    """The engine's names, loaded on first use (lazy.py: torch loads then, not at `import zerocap`)."""
+    if name in _HEAVY:
+        return resolve(_HEAVY[name])
     raise AttributeError(f"module 'zerocap' has no attribute {name!r}")

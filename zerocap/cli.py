@@ -19,10 +19,11 @@ import os
 import signal
 import sys
 
-from . import forms, methods, modes
-from .config import FIELD_TYPES, KNOBS, PRESETS, describe_knob
+from . import families, forms, methods, modes, request
+from .config import FIELD_TYPES, KNOBS
 from .errors import InputError, Terminated
 from .limits import BATCH_SIZE, EVERY, FRAMES, LIST_BYTES, LIST_NAMES
+from .presets import PRESETS, describe_knob
 
 COMMANDS = ("eval", "selfcheck")  # the commands besides one per input mode
 
@@ -80,8 +81,6 @@ def _text(name: str):
 
 
 def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
-    from . import families
-
     g = p.add_argument_group("decoding (defaults: the paper's, per preset)")
     g.add_argument("--method", choices=list(methods.METHODS), default=methods.DEFAULT.name,
                    help="; ".join(f"{m.name}: {m.help}" for m in methods.METHODS.values()))
@@ -316,10 +315,92 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def run(argv: list[str] | None = None) -> int:
-    from . import commands
+# ---- the flags as typed values, once (request.py); nothing below this file sees a flag -------------
+def typed(args: argparse.Namespace) -> "request.Decode | request.Eval | request.SelfCheck":
+    """The command the flags ask for, checked (InputError in words) before anything heavy loads."""
+    models = request.Models(lm=getattr(args, "lm", None), clip=_clip_path(args),
+                            lm_family_flag=getattr(args, "lm_model", None))
+    if args.command == "eval":
+        return request.Eval(args.captions, args.refs, args.field, args.strip_prompt, args.tokenizer, tuple(args.skip),
+                            args.per_image, args.image_root, args.match, args.json, args.clip, args.device)
+    if args.command == "selfcheck":
+        return request.SelfCheck(models, args.device, args.compile)
+    mode, method, preset = modes.get(args.command), methods.get(args.method), args.preset
+    if method.presets and preset in modes.MODES and preset != mode.name and modes.get(preset).kind is mode.kind:
+        mode, preset = modes.get(preset), None  # `caption X --preset ocr` is `ocr X`: recorded and resumed as ocr
+    knobs = dict.fromkeys(k for m in methods.METHODS.values() for k in m.knobs)  # every method's, as flags
+    cfg = method.config(mode.name, preset, **{name: getattr(args, name, None) for name in knobs})
+    if not BATCH_SIZE.allows(args.batch_size):
+        raise InputError(f"--batch-size must be {BATCH_SIZE.said}, got {args.batch_size}")
+    _check_lm_family(args, method)
+    runtime = request.Runtime(args.device, _devices(args), _form(args, method), args.compile, args.lm_dtype,
+                              args.batch_size)
+    inputs = tuple(args.inputs) + tuple(args.more_inputs)
+    if not mode.kind.one_per_input:  # arithmetic: one request of terms
+        return request.Decode(mode, method, cfg, models, runtime, request.Job(json=args.json),
+                              request.Terms(inputs, _tuple(args.weights), tuple(args.text), _tuple(args.text_weight)))
+    options = {name: getattr(args, name) for name in mode.kind.job_options}
+    mode.kind.check_options(options)
+    if args.retry_failed and not args.out:
+        raise InputError("--retry-failed needs --out FILE (the file whose error lines to retry)")
+    if args.mix_settings and not args.out:
+        raise InputError("--mix-settings needs --out FILE (the results file to add to)")
+    if args.actors is not None and (args.ray is None or args.actors < 1):
+        raise InputError("--actors needs --ray and a number from 1 up")
+    job = request.Job(inputs, args.list, args.null, args.out, args.retry_failed, args.mix_settings, args.json,
+                      options, args.ray, args.actors)
+    return request.Decode(mode, method, cfg, models, runtime, job)
 
-    return commands.run(parse(list(sys.argv[1:] if argv is None else argv)))
+
+def _tuple(values):
+    return None if values is None else tuple(values)
+
+
+def _clip_path(args) -> str | None:
+    if getattr(args, "clip", None):
+        return args.clip
+    checkpoints = getattr(args, "clip_checkpoints", None)
+    return os.path.join(checkpoints, "ViT-B-32.pt") if checkpoints else None
+
+
+def _devices(args) -> tuple[str, ...] | None:
+    spec = "all" if args.multi_gpu and not args.devices else args.devices
+    return tuple(d.strip() for d in spec.split(",") if d.strip()) if spec else None
+
+
+def _form(args, method) -> forms.Form:
+    chosen = forms.get(args.form)
+    if args.compile and chosen.exact_lm:
+        raise InputError("--compile runs the fast form; the exact form keeps the authors' operation order, eagerly")
+    if method is not methods.ZEROCAP:
+        if args.compile:
+            raise InputError(f"--compile compiles ZeroCap's decoding step; method {method.name} runs eagerly")
+        if args.lm_dtype != "float32":
+            raise InputError(f"method {method.name} runs the LM in float32 (its prefix is learned by gradient"
+                             " steps, as theirs); leave out --lm-dtype")
+    return chosen
+
+
+def _check_lm_family(args, method) -> None:
+    """--lm_model (the authors' flag) against the method and against an --lm folder."""
+    if not args.lm_model:
+        return
+    if method is not methods.ZEROCAP and args.lm_model != families.DEFAULT.flag:
+        raise InputError(f"--lm_model {args.lm_model}: method {method.name} runs on GPT-2, as their code does;"
+                         " leave out --lm_model")
+    if args.lm:  # --lm names the folder; the family the flag names must be its
+        wanted = families.by_flag(args.lm_model)
+        found = families.model_type(args.lm)
+        if found is not None and found not in wanted.model_types:
+            raise InputError(f"--lm_model {args.lm_model} names a {wanted.name} LM, but --lm {args.lm} holds a"
+                             f" {found!r} model: leave out one of them")
+
+
+def run(argv: list[str] | None = None) -> int:
+    asked = typed(parse(list(sys.argv[1:] if argv is None else argv)))
+    from . import commands  # the one deferred import: torch and the models' code load only now
+
+    return commands.run(asked)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,19 +2,18 @@
 
 Each field of `ZeroCapConfig` carries the paper's default, the range the decoder accepts, one
 line of help and, for the Cog container, the narrower range a request may ask for (bounded work
-per prediction). `validate()`, the command line's flags and help, and `cog_description()` read
-this table. The Cog inputs in predict.py restate it as literals (`cog build` parses predict.py
+per prediction). `validate()`, the command line's flags and help, and
+`presets.cog_description()` read this table. The Cog inputs in predict.py restate it as literals (`cog build` parses predict.py
 statically, so they cannot read it), and the README's inputs table restates the help lines;
-tests/test_config.py holds both to it, word for word. The presets are the modes' (modes.py).
+tests/test_config.py holds both to it, word for word. The presets (the modes' changes to these
+defaults) and the help that names them are presets.py's.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import modes as _modes
 from .errors import InputError
 from .limits import COND_TEXT
 
@@ -131,113 +130,3 @@ KNOBS: dict[str, Knob] = {f.name: f.metadata["knob"] for f in FIELDS}
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
 DEFAULTS = ZeroCapConfig()
 SERVED_KNOBS = [name for name, k in KNOBS.items() if k.serve is not None or k.max_length is not None]  # Cog inputs
-
-# ---- the evolving pseudo-tokens method's knobs (pseudo_tokens.py, methods.py) ---------------------------
-SCHEDULES = ("constant", "cosine", "exponential")
-
-
-@dataclass(frozen=True)
-class PseudoTokenConfig:
-    """Every knob of the method, with the defaults of the authors' README command
-    (`--token_wise --randomized_prompt`, the rest as their run.py declares)."""
-
-    cond_text: str = knob("Image of a", "prompt of the final beam search; a beam's caption is cond_text + its text",
-                          max_length=COND_TEXT.hi)
-    seed: int = knob(0, "seed of the prompt choices and of the sampling", 0, 2**31 - 1, serve=(0, 2**31 - 1))
-    max_tokens: int = knob(20, "tokens per sampled sentence and beam at most (their --target_seq_length)", 1, 100,
-                           serve=(1, 40))
-    dummy_tokens: int = knob(5, "pseudo-tokens in the learned prefix (their --num_dummy_tokens)", 1, 50, serve=(1, 20))
-    sentence_iterations: int = knob(30, "sentences sampled while the prefix learns (their --sentence_iterations)",
-                                    1, 200, serve=(1, 60))
-    sampling_top_k: int = knob(3, "tokens a sampled token is drawn from", 1, 100, serve=(1, 50))
-    clip_temperature: float = knob(1.0, "softmax temperature over the candidates' CLIP similarities", 0.0, 10.0,
-                                   lo_open=True, serve=(0.001, 1.0))
-    clip_scale: float = knob(1.0, "weight of the CLIP loss (and of CLIP in the mixed ranking)", 0.0, 100.0,
-                             serve=(0.0, 10.0))
-    ce_scale: float = knob(0.8, "weight of the fluency loss (and of fluency in the mixed ranking)", 0.0, 100.0,
-                           serve=(0.0, 5.0))
-    beam_size: int = knob(5, "beams of the final beam search", 1, 100, serve=(1, 20))
-    learning_rate: float = knob(0.006, "AdamW's learning rate for the prefix", 0.0, 10.0, lo_open=True,
-                                serve=(0.0001, 1.0))
-    lr_schedule: str = knob("cosine", "learning rate by sentence: constant, cosine (to 1e-4) or exponential (x0.9)",
-                            served=True, choices=SCHEDULES)
-    weight_decay_scale: float = knob(0.3, "AdamW's weight decay = learning_rate x this", 0.0, 100.0,
-                                     serve=(0.0, 10.0))
-    repetition_penalty: float = knob(2.0, "damping of tokens similar to the last 16 (1 = off)", 0.0, 10.0,
-                                     lo_open=True, serve=(0.5, 3.0))
-    entity_penalty: float = knob(2.0, "logit penalty of capitalised or non-letter tokens", 0.0, 100.0,
-                                 serve=(0.0, 20.0))
-    ending_bonus: float = knob(2.0, "logit bonus of the end token", -100.0, 100.0, serve=(-10.0, 10.0))
-    end_token: str = knob(".", "text whose first LM token ends a sentence or beam")
-    token_wise: bool = knob(True, "an optimiser step after every token (else after every sentence)", served=True)
-    randomized_prompt: bool = knob(True, "each sentence starts from one of their 12 prompts (else from BOS alone)",
-                                   served=True)
-
-    def replace(self, **changes) -> "PseudoTokenConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def validate(self) -> "PseudoTokenConfig":
-        """Raise InputError naming the first bad field and what is allowed; return self."""
-        check_knobs(self)
-        if not self.end_token:
-            raise InputError("end_token must be a non-empty string")
-        return self
-
-
-PT_FIELDS = dataclasses.fields(PseudoTokenConfig)
-PT_KNOBS: dict[str, Knob] = {f.name: f.metadata["knob"] for f in PT_FIELDS}
-PT_FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in PT_FIELDS}
-PT_DEFAULTS = PseudoTokenConfig()
-
-
-class _Presets(Mapping):
-    """mode name -> its knob changes, read live from the modes (modes.py)."""
-
-    def __getitem__(self, name: str) -> dict:
-        return _modes.MODES[name].preset
-
-    def __iter__(self):
-        return iter(_modes.MODES)
-
-    def __len__(self) -> int:
-        return len(_modes.MODES)
-
-
-PRESETS = _Presets()
-
-
-def preset(name: str, **overrides) -> ZeroCapConfig:
-    """The config of preset `name` with `overrides` (None = keep the preset's value), validated."""
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return ZeroCapConfig(**PRESETS[name]).replace(**overrides).validate()
-
-
-def cog_description(name: str) -> str:
-    """The Cog input's description of a served knob: its help line as a sentence, and, when a
-    mode changes it, what an empty value means. predict.py restates it as a literal."""
-    spec = KNOBS[name]
-    text = spec.help[0].upper() + spec.help[1:] + "."
-    if preset_dependent(name):
-        text += f" Empty = the mode's ({_preset_values(name)})."
-    return text
-
-
-def _preset_values(name: str) -> str:
-    others = "; ".join(f"{mode} {changes[name]!r}" for mode, changes in PRESETS.items() if name in changes)
-    return f"default {getattr(DEFAULTS, name)!r}" + (f"; {others}" if others else "")
-
-
-def preset_dependent(name: str) -> bool:
-    """Whether some preset changes this knob (then its default depends on the mode)."""
-    return any(name in changes for changes in PRESETS.values())
-
-
-def describe_knob(name: str) -> str:
-    """One line for --help: what it does, the range, the default and the presets' values."""
-    spec, kind = KNOBS[name], FIELD_TYPES[name]
-    parts = [spec.help]
-    if spec.range is not None:
-        parts.append(spec.range.describe(kind is int))
-    parts.append(_preset_values(name))
-    return ", ".join(parts)

@@ -19,21 +19,28 @@ import contextlib
 import functools
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
-from . import forms, threads
+from . import forms, methods, threads
 from .batch import Batch, Request
 from .beam_search import Beams
-from .config import ZeroCapConfig, preset
+from .compiled import MODES as COMPILE_MODES
+from .config import ZeroCapConfig
 from .errors import InputError
 from .families import lm_facts
+from .lm import step_size
+from .loading import load_models
 from .modes import TERMS_KIND, VIDEO, Target
+from .presets import preset
+from .pseudo_tokens.decoder import PseudoTokens
 from .rerank import clip_similarities, perplexities
 from .scorer import ClipScorer, TextScorer
 from .target import TargetEncoder, Term
+from .weights import locate
 
 # Called after every decoding step with (step, max_tokens, best text so far of each image).
 # It may raise (e.g. a cancellation) to stop decoding between steps.
@@ -121,12 +128,8 @@ class ZeroCap:
         """Decode in the static layout with the step and the context-shift iteration compiled
         (compiled.py): the fast form, for an LM with a written-out step (GPT-2); otherwise, or if
         torch.compile fails, decoding stays eager, with one warning."""
-        import warnings
-
-        from .compiled import MODES
-
-        if mode not in MODES:
-            raise InputError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode not in COMPILE_MODES:
+            raise InputError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
         if not hasattr(self.lm_adapter, "compile"):
             raise InputError(f"the {self.form.name} form is not compiled (it keeps the authors' operation order);"
                              " use the fast form to compile")
@@ -140,9 +143,7 @@ class ZeroCap:
 
     @functools.cached_property
     def pseudo_tokens(self):
-        """The evolving pseudo-tokens method on these models (pseudo_tokens.py)."""
-        from .pseudo_tokens import PseudoTokens
-
+        """The evolving pseudo-tokens method on these models (pseudo_tokens/decoder.py)."""
         return PseudoTokens(self)
 
     @property
@@ -183,8 +184,6 @@ class ZeroCap:
         cfg = self.check(cfg)
         counts = [batch]
         if self.compiled is not None:
-            from .lm import step_size
-
             sizes: dict[int, int] = {}  # size -> the fewest requests that step it
             for n in range(1, batch + 1):
                 sizes.setdefault(min(step_size(n * cfg.beam_size), batch * cfg.beam_size), n)
@@ -206,10 +205,6 @@ class ZeroCap:
         (gpt2-medium/, clip/ViT-B-32.pt), missing files fetched unless offline ($ZEROCAP_OFFLINE
         or $HF_HUB_OFFLINE). device: "auto" or None (the GPU when there is one, else the CPU),
         "cpu", "cuda", "cuda:N"."""
-        from .loading import load_models
-
-        from .weights import locate
-
         lm, clip = locate(lm, clip)
         threads.apply()  # the CPU threads this process should use (zerocap/threads.py)
         return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype, quiet=quiet), form=form, compile=compile)
@@ -225,10 +220,14 @@ class ZeroCap:
 
     def _other(self, cfg):
         """The decoder of cfg's method when it is not ZeroCap's (methods.py), else None."""
-        from .methods import of
-
-        runner = of(cfg).runner(self)
+        runner = methods.of(cfg).runner(self)
         return None if runner is self else runner
+
+    def read_clip(self, source: str, name: str, frames: int | None = None, every: float | None = None, cfg=None,
+                  most: int | None = None) -> Target:
+        """A clip as the method of `cfg` reads it (ZeroCap's when None; methods.py): a modes.Target."""
+        method = methods.DEFAULT if cfg is None else methods.of(cfg)
+        return method.read(self, source, name, frames, every, most)
 
     def check(self, cfg: ZeroCapConfig) -> ZeroCapConfig:
         """Validate `cfg` (of any method) and check it against these models; InputError says what is wrong."""
@@ -242,22 +241,21 @@ class ZeroCap:
 
     def _begin(self, items, what: str, config, overrides: dict, names, default=None):
         """(checked config, the items as a list, their names) -- every entry point's opening."""
-        from .methods import METHODS, get, of, refuse_foreign
-
+        of = methods.of
         method = overrides.pop("method", None)
         if method is not None:
-            chosen = get(method)
+            chosen = methods.get(method)
             if config is not None and of(config) is not chosen:
                 raise InputError(f"config is a {of(config).name} config ({type(config).__name__}) but method is"
                                  f" {chosen.name!r}: give the config of the method you mean, or leave one out")
-            if config is None and chosen is not get(None):  # another method's defaults
+            if config is None and chosen is not methods.get(None):  # another method's defaults
                 config = chosen.Config()
         base = config or default or ZeroCapConfig()
-        unknown = [k for k in overrides if not any(k in m.knobs for m in METHODS.values())]
+        unknown = [k for k in overrides if not any(k in m.knobs for m in methods.METHODS.values())]
         if unknown:
             raise InputError(f"unknown knob{'s' * (len(unknown) > 1)} {', '.join(unknown)}; the knobs of method"
                              f" {of(base).name}: {', '.join(of(base).knobs)}")
-        refuse_foreign(of(base), overrides)
+        methods.refuse_foreign(of(base), overrides)
         cfg = self.check(base.replace(**overrides))
         items = list(items) if isinstance(items, (list, tuple)) else [items]
         if not items and what != "term":

@@ -28,8 +28,10 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import InputError
+from .images import load_image
 from .jobs.results import bounded_lines, finite, ours_cut_short
 from .limits import REFS_BYTES
+from .weights import offline
 
 FIELDS = ("best_mixed", "best_clip", "best_fluency")
 COCO_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -383,8 +385,6 @@ def _spice_unavailable(java: bool) -> str | None:
     jar = os.path.join(os.path.dirname(spice_pkg.__file__), "lib", "stanford-corenlp-3.6.0.jar")
     if os.path.exists(jar):
         return None
-    from .weights import offline
-
     if offline():
         return ("needs Stanford CoreNLP 3.6.0, which pycocoevalcap downloads on first use (offline mode is on:"
                 " run once online, e.g. python -c 'from pycocoevalcap.spice.spice import Spice; Spice()')")
@@ -407,8 +407,6 @@ def clip_scores(captions: dict[str, str], refs: dict[str, list[str]], scorer, im
     has its name in the folder eval runs in; `image_root` instead reads relative names there
     (for a results file whose images moved), and lines without a source are read by name."""
     import torch
-
-    from .images import load_image
 
     def text_features(texts):
         out = [scorer.normalised(scorer.text_features([CLIP_PREFIX + t for t in texts[i:i + batch_size]]).float())

@@ -23,13 +23,14 @@ which their list lacks.
 """
 from __future__ import annotations
 
-import importlib
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from typing import Callable, Sequence
 
 from .errors import InputError
+from .lazy import resolve
 from .limits import CLIP_PROMPT_TOKENS
 
 MARKS = ("(", ")", ",", "!", ":", "\n")
@@ -81,8 +82,7 @@ class Family:
         """The written-out one-token step for this model, or None (then the generic forward)."""
         if self.step is None or not hasattr(lm, "config") or not self.step_applies(lm.config):
             return None
-        module, name = self.step.split(":")
-        return getattr(importlib.import_module(module), name)
+        return resolve(self.step)
 
 
 GPT2 = Family("gpt2", ("gpt2",), bos_prefix=True, flag="gpt-2", folder="gpt2-medium",
@@ -98,6 +98,16 @@ DEFAULT = GPT2  # the paper's LM: GPT-2 medium
 def family_of(lm_config) -> Family:
     model_type = getattr(lm_config, "model_type", "")
     return next((f for f in FAMILIES if model_type in f.model_types), GENERIC)
+
+
+def model_type(folder: str) -> str | None:
+    """config.json's model_type of an LM folder, or None where it cannot be read (loading says why)."""
+    try:
+        with open(os.path.join(folder, "config.json"), "rb") as f:
+            value = json.loads(f.read(1 << 20)).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def by_flag(flag: str) -> Family:

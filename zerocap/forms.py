@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import InputError
+from .lazy import resolve
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,10 @@ class Form:
     max_images: int | None  # images decoded together at most (None: as many as given)
 
     def lm(self, model, family):
-        """The LM adapter of this form for `model` of `family`."""
-        from .lm import ExactLM, FastLM
-
-        return ExactLM(model) if self.exact_lm else FastLM(model, family.fast_step(model))
+        """The LM adapter of this form for `model` of `family` (lm.py, resolved on first use: lazy.py)."""
+        if self.exact_lm:
+            return resolve("zerocap.lm:ExactLM")(model)
+        return resolve("zerocap.lm:FastLM")(model, family.fast_step(model))
 
     def candidates(self, scorer, prefix_texts: list[str], eager: bool = False):
         """The scorer's candidate features for one decoding step, in this form's way (`eager`: never

@@ -21,13 +21,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
+from .formats import IMAGE_EXTENSIONS, IMAGE_FORMATS  # noqa: F401  (images.IMAGE_EXTENSIONS: what a scan takes)
 from .limits import ASPECT, PIXELS
 
 MAX_IMAGE_PIXELS = PIXELS.hi  # width x height; 8k x 8k photos pass
 MAX_ASPECT = ASPECT.hi  # longest side : shortest side reaching CLIP's preprocessing
 LIMIT = f"{PIXELS.said} are accepted"
-FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # what a folder scan takes
+FORMATS = IMAGE_FORMATS
 _RGB_MODES = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 
 

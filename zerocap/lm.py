@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 from transformers import DynamicCache
 
+from .compiled import Compiled
 from .context_shift import shift_context
 from .kv_cache import KVCache
 
@@ -178,8 +179,6 @@ class FastLM(GenericLM):
 
     def compile(self, mode: str = "default") -> None:
         """Decode in the static layout, its step and shift iteration compiled (compiled.py)."""
-        from .compiled import Compiled
-
         if self.step is None:
             raise ValueError("only an LM with a written-out step (GPT-2) can be compiled")
         self.compiled = Compiled(self, mode)

@@ -9,9 +9,9 @@ import warnings
 import torch
 
 from .errors import InputError
+from .weights import GET_WEIGHTS, check_clip_file, check_lm_dir  # noqa: F401  (loading's checks)
 
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-GET_WEIGHTS = "run `python script/download-weights` (or set ZEROCAP_WEIGHTS to a folder that has them)"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -29,30 +29,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
     return dev
-
-
-def missing_lm_files(path: str) -> list[str]:
-    """What a causal-LM directory lacks: config, weights, tokenizer (as names to show)."""
-    has = lambda f: os.path.isfile(os.path.join(path, f))  # noqa: E731
-    gone = [] if has("config.json") else ["config.json"]
-    if not (has("model.safetensors") or has("pytorch_model.bin")):
-        gone.append("model.safetensors")
-    if not (has("tokenizer.json") or (has("vocab.json") and has("merges.txt"))):
-        gone.append("tokenizer.json (or vocab.json + merges.txt)")
-    return gone
-
-
-def check_lm_dir(path: str) -> None:
-    if not os.path.isdir(path):
-        raise InputError(f"language-model weights not found: {path} is not a directory; {GET_WEIGHTS}")
-    missing = missing_lm_files(path)
-    if missing:
-        raise InputError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)}); {GET_WEIGHTS}")
-
-
-def check_clip_file(path: str) -> None:
-    if not os.path.isfile(path):
-        raise InputError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
 
 
 def quiet_transformers() -> None:

@@ -3,7 +3,7 @@
   zerocap        ZeroCap's context shift (Tewel et al., CVPR 2022): gradient steps on the LM's
                  key/value cache at every token, a beam search (engine.py, batch.py); the default
   pseudo-tokens  evolving pseudo-tokens (Tewel et al. 2022, their method for clips and images): a
-                 learned prefix optimised while whole sentences are sampled (pseudo_tokens.py)
+                 learned prefix optimised while whole sentences are sampled (pseudo_tokens/)
 
 A method is its knob table (a frozen dataclass: defaults, ranges, help), how a mode's settings
 become its config, its decoder on an engine (`runner`), and how it reads a clip. A config knows
@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import config as _config
+from . import presets
 from .errors import InputError
+from .lazy import resolve
+from .pseudo_tokens.knobs import PseudoTokenConfig
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Method:
     Config: type  # the knob table
     presets: bool  # whether the modes' presets (changes of ZeroCap's knobs) make its configs; else its defaults
     runner: Callable  # engine -> its decoder on that engine: check(cfg), request(target, cfg), decode(targets, cfg)
-    read_clip: Callable  # (engine, source, name, frames, every, most) -> modes.Target
+    read_clip: "str | Callable"  # (engine, source, name, frames, every, most) -> modes.Target; "module:function"
     ignored: tuple = ()  # other methods' knobs it accepts and ignores (the authors' flags of its own run.py)
 
     @property
@@ -37,6 +40,10 @@ class Method:
     @property
     def defaults(self):
         return self.Config()
+
+    def read(self, engine, source: str, name: str, frames=None, every=None, most=None):
+        """A clip as this method reads it (its `read_clip`, resolved on first use: lazy.py)."""
+        return resolve(self.read_clip)(engine, source, name, frames, every, most)
 
     def config(self, mode: str, preset: str | None = None, **knobs):
         """The mode's config of this method with the knobs given (None: not given), validated;
@@ -48,7 +55,7 @@ class Method:
                 raise InputError(f"method {self.name} has no presets (its defaults are the authors' for every"
                                  f" mode); leave out preset")
             return self.Config().replace(**given).validate()
-        return _config.preset(preset or mode, **given)
+        return presets.preset(preset or mode, **given)
 
 
 def refuse_foreign(method: Method, given: dict) -> None:
@@ -64,26 +71,12 @@ def _and(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else (names[0] if names else "?")
 
 
-def _zerocap_clip(engine, source, name, frames=None, every=None, most=None):
-    from .modes import Target
-    from .video import video_target
-
-    vector, frames_used = video_target(engine, source, name, frames=frames, every=every)
-    return Target(vector, name, frames_used)
-
-
-def _pseudo_token_clip(engine, source, name, frames=None, every=None, most=None):
-    from .pseudo_tokens import clip_target
-
-    return clip_target(engine, source, name, frames, every, most)
-
-
 ZEROCAP = Method("zerocap", "ZeroCap's context shift: gradient steps on the LM's key/value cache at every token,"
                  " then a beam search (the default)", _config.ZeroCapConfig, True, lambda engine: engine,
-                 _zerocap_clip, ignored=("seed",))  # their ZeroCap run.py's --seed: nothing to seed
+                 "zerocap.video:clip_target", ignored=("seed",))  # their ZeroCap run.py's --seed: nothing to seed
 PSEUDO_TOKENS = Method("pseudo-tokens", "evolving pseudo-tokens (the authors' follow-up, for clips and images): a learned"
-                       " prefix optimised while whole sentences are sampled", _config.PseudoTokenConfig, False,
-                       lambda engine: engine.pseudo_tokens, _pseudo_token_clip)
+                       " prefix optimised while whole sentences are sampled", PseudoTokenConfig, False,
+                       lambda engine: engine.pseudo_tokens, "zerocap.pseudo_tokens.clips:clip_target")
 METHODS = {m.name: m for m in (ZEROCAP, PSEUDO_TOKENS)}
 DEFAULT = ZEROCAP
 SHARED = [k for k in PSEUDO_TOKENS.knobs if k in ZEROCAP.knobs]  # the knobs both take, by name
@@ -108,7 +101,7 @@ def unregister(name: str) -> None:
 def describe(method: Method, name: str) -> str:
     """One line for --help about one of the method's knobs: what it does, its range, its default."""
     if method is ZEROCAP:
-        return _config.describe_knob(name)
+        return presets.describe_knob(name)
     spec, default = method.knobs[name], getattr(method.defaults, name)
     parts = [spec.help]
     if spec.range is not None:
@@ -152,7 +145,7 @@ def differs(name: str) -> bool:
 
 def optional(name: str) -> bool:
     """Whether the Cog input is optional: empty = the method's (and mode's) default."""
-    return (name in ZEROCAP.knobs and _config.preset_dependent(name)) or differs(name)
+    return (name in ZEROCAP.knobs and presets.preset_dependent(name)) or differs(name)
 
 
 def cog_description(name: str) -> str:
@@ -161,10 +154,10 @@ def cog_description(name: str) -> str:
         spec = PSEUDO_TOKENS.knobs[name]
         return f"{PSEUDO_TOKENS.name}: {spec.help}."
     if not differs(name):
-        return _config.cog_description(name)
+        return presets.cog_description(name)
     spec = ZEROCAP.knobs[name]
     text = spec.help[0].upper() + spec.help[1:] + "."
-    return (text + f" Empty = the method's and mode's ({ZEROCAP.name}: {_config._preset_values(name)};"
+    return (text + f" Empty = the method's and mode's ({ZEROCAP.name}: {presets.preset_values(name)};"
             f" {PSEUDO_TOKENS.name}: {getattr(PSEUDO_TOKENS.defaults, name)!r}).")
 
 

@@ -17,8 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
+from .download import local_file
 from .errors import InputError
-from .limits import FRAMES, TERMS, WEIGHT
+from .formats import IMAGE_EXTENSIONS, IMAGE_FORMATS, VIDEO_EXTENSIONS
+from .limits import EVERY, FRAMES, PIXELS, TERMS, WEIGHT
 
 
 class Sent(NamedTuple):
@@ -94,16 +96,35 @@ class Kind:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class Term:
+    """One term of a target: an image (path or PIL image) or a text, with its weight."""
+
+    weight: float
+    image: object = None  # path or PIL.Image, loaded when the target is computed
+    text: str | None = None
+    label: str = "image"  # how results and messages name the image: its path, file name or "image N"
+
+    def describe(self) -> str:
+        what = f"text {self.text!r}" if self.text is not None else self.label
+        return f"{self.weight:+g} x {what}"
+
+
+def check_sampling(frames: int | None, every: float | None) -> None:
+    if frames is not None and every is not None:
+        raise InputError("give --frames or --every, not both")
+    if frames is not None and not FRAMES.allows(frames):
+        raise InputError(f"frames must be {FRAMES.said}, got {frames}")
+    if every is not None and not (math.isfinite(every) and EVERY.allows(every)):
+        raise InputError(f"every must be {EVERY.said}, got {every:g}")
+
+
 class ImageKind(Kind):
     name = "image"
     inputs = ("image",)
     needs = "`image`"
 
-    @property
-    def extensions(self):
-        from .images import IMAGE_EXTENSIONS
-
-        return IMAGE_EXTENSIONS
+    extensions = IMAGE_EXTENSIONS
 
     def gather(self, mode, given, served):
         if given["image"] is None:
@@ -116,8 +137,6 @@ class ImageKind(Kind):
                                                                                             checked.names)]
 
     def target(self, engine, source, name, **options):
-        from .download import local_file
-
         with local_file(source) as path:
             return Target(engine.targets.image_target(path, name), name)
 
@@ -127,11 +146,7 @@ class VideoKind(Kind):
     inputs = ("video", "frames")
     job_options = ("frames", "every")
 
-    @property
-    def extensions(self):
-        from .video import VIDEO_EXTENSIONS
-
-        return VIDEO_EXTENSIONS
+    extensions = VIDEO_EXTENSIONS
 
     def takes(self):
         return "`video` (and `frames`)"
@@ -152,8 +167,6 @@ class VideoKind(Kind):
         return Inputs([given["video"].path], [given["video"].name or "video"])
 
     def check_options(self, options):
-        from .video import check_sampling
-
         check_sampling(options.get("frames"), options.get("every"))
 
     def targets(self, engine, checked, cfg=None):
@@ -162,11 +175,9 @@ class VideoKind(Kind):
                 for path, name in zip(checked.items, checked.names)]
 
     def target(self, engine, source, name, frames=None, every=None, cfg=None, most=None, **options):
-        """A clip as the method of `cfg` reads it (methods.py; ZeroCap's when None); `most`: the
-        frames a method that samples by itself may take (a Cog request's limit)."""
-        from .methods import DEFAULT, of
-
-        return (DEFAULT if cfg is None else of(cfg)).read_clip(engine, source, name, frames, every, most)
+        """A clip as the method of `cfg` reads it (the engine's read_clip: ZeroCap's when None);
+        `most`: the frames a method that samples by itself may take."""
+        return engine.read_clip(source, name, frames=frames, every=every, cfg=cfg, most=most)
 
 
 class TermsKind(Kind):
@@ -218,8 +229,6 @@ class TermsKind(Kind):
         return out
 
     def targets(self, engine, checked, cfg=None):
-        from .target import Term
-
         n = checked.options["images"]
         terms = [Term(w, image=path, label=name) for (path, w), name in zip(checked.items[:n], checked.names)]
         terms += [Term(w, text=text) for text, w in checked.items[n:]]
@@ -268,8 +277,6 @@ register(Mode("video", "describe what the frames of a clip share", {}, VIDEO))
 def cog_descriptions() -> dict[str, str]:
     """The Cog input descriptions of `mode` and the modes' inputs, from this registry and the
     limits table; predict.py restates them as literals (tests/test_config.py compares)."""
-    from .images import FORMATS
-    from .limits import PIXELS
 
     def of(kind: Kind) -> str:
         return _and([m.name for m in MODES.values() if m.kind is kind])
@@ -277,7 +284,7 @@ def cog_descriptions() -> dict[str, str]:
     terms, video = of(TERMS_KIND), of(VIDEO)
     return {
         "mode": " ".join(f"{m.name}: {m.help}." for m in MODES.values()),
-        "image": f"The image (a URL or data URL; {FORMATS}; {PIXELS.said}). For {of(IMAGE)}; in {terms}, the first"
+        "image": f"The image (a URL or data URL; {IMAGE_FORMATS}; {PIXELS.said}). For {of(IMAGE)}; in {terms}, the first"
                  " image term.",
         "images": f"{terms}: the images to combine (URLs or data URLs), after `image` if given;"
                   f" {TERMS.say(served=True)}.",

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from .candidates import CONTEXT_LENGTH, CandidateTokenizer
 from .images import clip_pixels
 from .limits import CLIP_PROMPT_TOKENS
 
@@ -138,8 +139,6 @@ class ClipScorer(TextScorer):
         return len(self.candidates.encode(text) if self.candidates is not None else self.tokenizer.encode(text))
 
     def use_vocabulary(self, token_strings: list[str]) -> None:
-        from .candidates import CandidateTokenizer
-
         super().use_vocabulary(token_strings)
         self.candidates = CandidateTokenizer(token_strings, self.tokenizer, self.device)
 
@@ -414,8 +413,6 @@ class FixedCandidates(_ClipCandidates):
 
     def __init__(self, scorer: ClipScorer, prefix_texts: list[str]):
         super().__init__(scorer, prefix_texts)
-        from .candidates import CONTEXT_LENGTH
-
         rows = self.prefix_rows
         self.prefix_rows = torch.nn.functional.pad(rows, (0, CONTEXT_LENGTH - 1 - rows.shape[1]))  # (R, 76)
         with record_function("zerocap.clip_prefix"):

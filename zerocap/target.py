@@ -5,7 +5,6 @@ embeddings of several images (and texts), normalised once at the end.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -13,20 +12,7 @@ from PIL import Image
 
 from .errors import InputError
 from .images import load_image, to_rgb8
-
-
-@dataclass(frozen=True)
-class Term:
-    """One term of a target: an image (path or PIL image) or a text, with its weight."""
-
-    weight: float
-    image: object = None  # path or PIL.Image, loaded when the target is computed
-    text: str | None = None
-    label: str = "image"  # how results and messages name the image: its path, file name or "image N"
-
-    def describe(self) -> str:
-        what = f"text {self.text!r}" if self.text is not None else self.label
-        return f"{self.weight:+g} x {what}"
+from .modes import Term
 
 
 class TargetEncoder:

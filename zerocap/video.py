@@ -33,10 +33,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from .download import local_file
 from .errors import InputError
-from .limits import DECODED_PIXELS, DECODER_MEMORY, EVERY, FRAMES, PIXELS
+from .formats import VIDEO_EXTENSIONS  # noqa: F401  (video.VIDEO_EXTENSIONS: what a scan takes)
+from .limits import DECODED_PIXELS, DECODER_MEMORY, FRAMES, PIXELS
+from .modes import Target, check_sampling
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".ogv")
 DEFAULT_FRAMES = 8
 MAX_FRAMES = FRAMES.hi
 MAX_DECODED_PIXELS = DECODED_PIXELS.hi  # pixels decoded for one clip, all seeks together
@@ -48,15 +50,6 @@ MAX_IMAGE_PIXELS = PIXELS.hi
 HELD_FRAMES = {"h264": 16, "hevc": 16, "vvc": 16, "vp9": 8, "av1": 8, "vp8": 3, "mpeg1video": 2, "mpeg2video": 2,
                "mpeg4": 2, "h263": 2, "msmpeg4v3": 2, "wmv3": 2, "vc1": 2, "theora": 2, "ffv1": 1, "png": 1,
                "apng": 2, "gif": 2}
-
-
-def check_sampling(frames: int | None, every: float | None) -> None:
-    if frames is not None and every is not None:
-        raise InputError("give --frames or --every, not both")
-    if frames is not None and not FRAMES.allows(frames):
-        raise InputError(f"frames must be {FRAMES.said}, got {frames}")
-    if every is not None and not (math.isfinite(every) and EVERY.allows(every)):
-        raise InputError(f"every must be {EVERY.said}, got {every:g}")
 
 
 def sample_times(duration: float, frames: int | None = None, every: float | None = None) -> list[float]:
@@ -73,7 +66,7 @@ def sample_times(duration: float, frames: int | None = None, every: float | None
     return [i * every for i in range(n)]
 
 
-def _av():
+def av_library():
     try:
         import av
         import av.logging
@@ -138,7 +131,7 @@ class FrameSampler:
         self.asked = 0
 
     def __iter__(self):
-        av = _av()
+        av = av_library()
         level = av.logging.get_level()
         av.logging.set_level(av.logging.ERROR)  # FFmpeg's reason then ends up in the exception
         try:
@@ -161,7 +154,7 @@ class FrameSampler:
             guard = _Guard(av, stream, name)
             guard.check()  # what the header says, before any frame is decoded
             start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-            times = sample_times(_duration(container, stream), self.frames, self.every)
+            times = sample_times(stream_duration(container, stream), self.frames, self.every)
             self.asked = len(times)
             reader, used = _Reader(container, stream, guard, start), set()
             try:
@@ -189,7 +182,7 @@ def frames_at(path: str, name: str, frames: int | None = None, every: float | No
     return iter(FrameSampler(path, name, frames, every))
 
 
-def _duration(container, stream) -> float:
+def stream_duration(container, stream) -> float:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
@@ -286,9 +279,15 @@ def embedded_frames(engine, sampler: FrameSampler, name: str) -> tuple[list, lis
 def video_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None):
     """(the normalised mean of the clip's distinct sampled frames' normalised CLIP embeddings (D,),
     the frames as the result's details: VideoFrames)."""
-    from .download import local_file
-
     with local_file(source) as path:
         sampler = FrameSampler(path, name, frames, every)
         embeddings, times = embedded_frames(engine, sampler, name)
     return engine.targets.mean(embeddings, name), VideoFrames(times, sampler.asked)
+
+
+def clip_target(engine, source: str, name: str, frames: int | None = None, every: float | None = None,
+                most: int | None = None) -> Target:
+    """A clip as ZeroCap reads it (methods.py's reader): its frames' mean as a modes.Target. (`most`
+    is for a method that samples by itself; ZeroCap's frames are asked for.)"""
+    vector, frames_used = video_target(engine, source, name, frames=frames, every=every)
+    return Target(vector, name, frames_used)

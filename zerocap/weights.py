@@ -77,11 +77,36 @@ def _check_lm(lm: str | None) -> None:
         raise InputError(f"unknown language model {lm!r}; choose one of {', '.join(lms())}")
 
 
+GET_WEIGHTS = "run `python script/download-weights` (or set ZEROCAP_WEIGHTS to a folder that has them)"
+
+
+def missing_lm_files(path: str) -> list[str]:
+    """What a causal-LM directory lacks: config, weights, tokenizer (as names to show)."""
+    has = lambda f: os.path.isfile(os.path.join(path, f))  # noqa: E731
+    gone = [] if has("config.json") else ["config.json"]
+    if not (has("model.safetensors") or has("pytorch_model.bin")):
+        gone.append("model.safetensors")
+    if not (has("tokenizer.json") or (has("vocab.json") and has("merges.txt"))):
+        gone.append("tokenizer.json (or vocab.json + merges.txt)")
+    return gone
+
+
+def check_lm_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        raise InputError(f"language-model weights not found: {path} is not a directory; {GET_WEIGHTS}")
+    missing = missing_lm_files(path)
+    if missing:
+        raise InputError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)}); {GET_WEIGHTS}")
+
+
+def check_clip_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise InputError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
+
+
 def missing(weights_root: str | None = None, lm: str | None = LM_DIR, clip: bool = True) -> list[str]:
     """Required files that are absent, relative to the root: the LM folder `lm` (None: none)
     and, with `clip`, the CLIP checkpoint."""
-    from .loading import missing_lm_files
-
     _check_lm(lm)
     r = weights_root or root()
     gone = [os.path.join(lm, f) for f in missing_lm_files(os.path.join(r, lm))] if lm else []

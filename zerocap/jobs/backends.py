@@ -12,24 +12,17 @@ from __future__ import annotations
 import queue
 from typing import Iterable, Iterator, Sequence
 
+from ..engine import ZeroCap
 from ..errors import InputError
+from ..scheduler import Scheduler
 from .inputs import Input
-
-
-def error_record(key: str, item: Input, error: Exception) -> dict:
-    return {key: item.name, "source": item.source, "error": str(error)}
-
-
-def result_record(key: str, item: Input, result) -> dict:
-    return {key: item.name, "source": item.source, **result.to_dict()}
+from .run import error_record, result_record  # noqa: F401  (backends' records: run.py's)
 
 
 class Local:
     """Inputs captioned on this process's engines (see the module docstring)."""
 
     def __init__(self, engines: Sequence, mode, cfg, options: dict, in_flight: int = 8, progress=None):
-        from ..scheduler import Scheduler
-
         if not engines:
             raise InputError("need at least one model replica")
         self.engines = list(engines)
@@ -40,8 +33,6 @@ class Local:
     @classmethod
     def load(cls, lm: str, clip: str, devices: Sequence[str], mode, cfg, options: dict, lm_dtype: str = "float32",
              form="fast", in_flight: int = 8, progress=None, compile=None) -> "Local":
-        from ..engine import ZeroCap
-
         engines = [ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, form=form, compile=compile or False)
                    for d in devices]
         return cls(engines, mode, cfg, options, in_flight, progress)

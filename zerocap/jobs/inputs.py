@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..download import is_url
 from ..errors import InputError
-from ..images import IMAGE_EXTENSIONS
+from ..formats import IMAGE_EXTENSIONS
 from ..limits import LIST_BYTES, LIST_NAME, LIST_NAMES
 
 Warn = Callable[[str], None]

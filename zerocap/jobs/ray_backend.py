@@ -18,6 +18,9 @@ from typing import Iterable, Iterator
 from .. import methods, modes
 from ..config import ZeroCapConfig
 from ..errors import InputError
+from ..families import lm_facts
+from ..limits import CLIP_PROMPT_TOKENS
+from ..weights import check_lm_dir
 from .inputs import Input
 from .results import dumps
 from .run import caption_batch
@@ -226,10 +229,6 @@ def check_without_models(cfg: ZeroCapConfig, lm: str) -> ZeroCapConfig:
     """ZeroCap.check on the driver, from the LM's tokenizer and config (no weights loaded)."""
     import clip
     from transformers import AutoConfig, AutoTokenizer
-
-    from ..families import lm_facts
-    from ..limits import CLIP_PROMPT_TOKENS
-    from ..loading import check_lm_dir
 
     check_lm_dir(lm)
     if methods.of(cfg) is not methods.ZEROCAP:  # another method's checks need the models: the actors make them

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..errors import InputError
-from .backends import error_record, result_record
 from .inputs import Input
 from .results import ResultsFile
 
@@ -36,6 +35,14 @@ def caption_batch(engine, items: list[Input], mode, cfg, options: dict | None = 
         for i, result in zip(good, results):
             records[i] = result_record(key, items[i], result)
     return records
+
+
+def error_record(key: str, item: Input, error: Exception) -> dict:
+    return {key: item.name, "source": item.source, "error": str(error)}
+
+
+def result_record(key: str, item: Input, result) -> dict:
+    return {key: item.name, "source": item.source, **result.to_dict()}
 
 
 @dataclass

@@ -1,0 +1,234 @@
+"""A request of the method, its result, and requests sharing decoding steps: each step samples
+one token of every request, whatever sentence each is at."""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .. import threads
+from .knobs import NAME, PseudoTokenConfig
+from .rules import TokenRules, apply_rules
+
+PROMPTS = ("Image of", "Picture of", "Photo of", "Video of", "Image shows", "Picture shows", "Photo shows",
+           "Video shows", "Image showing", "Picture showing", "Photo showing", "Video showing")
+ETA_MIN = 1e-4  # the cosine schedule's last learning rate
+GAMMA = 0.9  # the exponential schedule's factor per sentence
+CANDIDATES = 512  # continuations CLIP scores per token (fixed in their code)
+
+
+@dataclass
+class Sentence:
+    text: str  # as they decode it: prompt included, special tokens skipped
+    clip_score: float  # CLIP's logit-scaled similarity to the frames, averaged over frames
+    log_prob: float  # their "avg perplexity": the plain LM's log-probs of the tokens, summed, / (length - 1)
+
+
+@dataclass
+class PTBeam:
+    text: str
+    caption: str
+    score: float
+
+
+@dataclass
+class PseudoTokenResult:
+    sentences: list[Sentence]  # in the order sampled
+    best_clip: str  # their returned caption
+    best_mixed: str
+    beams: list[PTBeam]  # best first
+    seed: int
+    cond_text: str
+    target: str
+    tokens: int  # tokens sampled, all sentences together
+    seconds: float
+    details: Any = None
+    method: str = NAME
+
+    @property
+    def caption(self) -> str:
+        return self.best_clip
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        del d["details"]
+        if self.details is not None:
+            d.update(self.details.to_dict())
+        d["timing"] = threads.timing(d.pop("seconds"), d.pop("tokens"))
+        return d
+
+
+@dataclass(eq=False)
+class PseudoTokenRequest:
+    """One caption by this method: its frames (F, D normalised), config and state."""
+
+    frames: torch.Tensor
+    cfg: PseudoTokenConfig
+    name: str
+    details: Any = None
+    progress: Callable | None = None  # progress(sentence, sentence_iterations, [best sentence so far])
+    joined: float = field(default_factory=time.perf_counter)
+    error: BaseException | None = None
+    shared: list[int] = field(default_factory=list)
+    # state
+    sentence: int = 0
+    tokens: list[int] = field(default_factory=list)
+    index: int = 0  # token index in the sentence
+    log_prob: Any = 0
+    sentences: list[Sentence] = field(default_factory=list)
+    sims: list = field(default_factory=list)
+    ppls: list = field(default_factory=list)
+    sampled: int = 0
+    beams: list[PTBeam] | None = None
+    offset: torch.Tensor | None = None  # the learned offset (L, 2, 1, H, P, hd), a leaf
+    optimizer: Any = None
+    schedule: Any = None
+    rng: random.Random | None = None
+    generator: torch.Generator | None = None
+    rules: TokenRules | None = None
+
+    @property
+    def cost(self) -> float:
+        """What one of its steps costs, in candidate scorings (the scheduler's lanes)."""
+        return CANDIDATES + 64
+
+    @property
+    def done(self) -> bool:
+        return self.beams is not None
+
+    def new_batch(self, engine, max_requests: int | None = None) -> "PseudoTokenBatch":
+        return PseudoTokenBatch(engine, max_requests)
+
+
+class PseudoTokenBatch:
+    """Pseudo-token requests sharing decoding steps: each step samples one token of every request
+    (whatever sentence each is at, whatever its settings); a request whose sentences are done
+    runs its final beam search in the step that follows."""
+
+    def __init__(self, engine, max_requests: int | None = None):
+        self.engine = engine
+        self.method = engine.pseudo_tokens
+        self.requests: list[PseudoTokenRequest] = []  # (max_requests: the scheduler's; no layout is sized by it)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def accepts(self, request, most: int | None = None) -> bool:
+        return most is None or len(self.requests) < most
+
+    def add(self, request: PseudoTokenRequest) -> None:
+        m, cfg = self.method, request.cfg
+        init = m.prefix(cfg.dummy_tokens)
+        request.offset = torch.zeros_like(init).requires_grad_(True)
+        request.optimizer = torch.optim.AdamW([request.offset], lr=cfg.learning_rate,
+                                              weight_decay=cfg.learning_rate * cfg.weight_decay_scale)
+        if cfg.lr_schedule == "cosine":
+            request.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(request.optimizer, eta_min=ETA_MIN,
+                                                                          T_max=cfg.sentence_iterations)
+        elif cfg.lr_schedule == "exponential":
+            request.schedule = torch.optim.lr_scheduler.ExponentialLR(request.optimizer, gamma=GAMMA)
+        request.rng = random.Random(cfg.seed)
+        request.generator = torch.Generator(device=self.engine.device).manual_seed(cfg.seed)
+        request.rules = m.rules(cfg.end_token)
+        self._begin_sentence(request)
+        self.requests.append(request)
+
+    def remove(self, request) -> None:
+        self.requests.remove(request)
+
+    def result(self, request: PseudoTokenRequest) -> PseudoTokenResult:
+        return self.method.result(request)
+
+    def _begin_sentence(self, r: PseudoTokenRequest) -> None:
+        e = self.engine
+        prompt = r.rng.choice(PROMPTS if r.cfg.randomized_prompt else ("",))
+        r.tokens = e.tokenizer.encode(e.bos + prompt)
+        r.index, r.log_prob = 0, 0
+
+    def step(self, only: list | None = None) -> list:
+        """One token of every request (or of those in `only`); the finished ones are returned and
+        removed."""
+        requests = list(self.requests if only is None else only)
+        if not requests:
+            return []
+        sampling = [r for r in requests if r.sentence < r.cfg.sentence_iterations]
+        ending = [r for r in requests if r.sentence >= r.cfg.sentence_iterations]
+        finished = []
+        if sampling:
+            self._sample(sampling)
+        if ending:
+            self.method.beams(ending)
+        for r in requests:
+            r.shared.append(len(requests))
+            if r.done or r.error is not None:
+                finished.append(r)
+        for r in finished:
+            self.remove(r)
+        return finished
+
+    def _sample(self, rows: list[PseudoTokenRequest]) -> None:
+        e, m = self.engine, self.method
+        contexts = [list(r.tokens) for r in rows]
+        plain, logits = m.step_logits(contexts, [m.prefix(r.cfg.dummy_tokens) + r.offset for r in rows])
+        unshifted = torch.softmax(plain, dim=-1)
+        probs = torch.softmax(logits, dim=-1) + 2e-45
+        top = probs.topk(min(CANDIDATES, probs.shape[-1]), -1).indices  # (R, K)
+        texts = e.tokenizer.batch_decode(contexts, skip_special_tokens=True)
+        # (R, K, D) normalised; eagerly: a compiled ZeroCap step's CLIP buffers are not sized for these rows
+        feats = e.form.candidates(e.scorer, texts, eager=True).features(top)
+        losses = []
+        for j, r in enumerate(rows):
+            sim = m.logit_scale * (feats[j] @ r.frames.T).float()  # (K, F)
+            target = torch.softmax(sim / r.cfg.clip_temperature, dim=0)
+            clip_loss = (-target * probs[j][top[j]].log().unsqueeze(-1)).sum(0).mean()
+            fluency = -(unshifted[j] * probs[j].log()).sum()
+            losses.append(r.cfg.clip_scale * clip_loss + r.cfg.ce_scale * fluency)
+        torch.stack(losses).sum().backward()
+        for r in rows:
+            if r.cfg.token_wise:
+                r.optimizer.step()
+                r.optimizer.zero_grad()
+        fixed = apply_rules([r.rules for r in rows], [r.cfg for r in rows], contexts, [r.index for r in rows],
+                            logits.detach())
+        done = []
+        for j, r in enumerate(rows):
+            values, options = fixed[j:j + 1].topk(r.cfg.sampling_top_k)
+            choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=r.generator)[0]
+            token = int(options[0, int(choice)])
+            r.tokens.append(token)
+            r.log_prob = r.log_prob + unshifted[j:j + 1].log()[:, token]
+            r.sampled += 1
+            if token == r.rules.end_id or r.index + 1 >= r.cfg.max_tokens:
+                done.append(r)
+            else:
+                r.index += 1
+        if done:
+            self._end_sentences(done)
+
+    def _end_sentences(self, rows: list[PseudoTokenRequest]) -> None:
+        e, m = self.engine, self.method
+        texts = e.tokenizer.batch_decode([r.tokens for r in rows], skip_special_tokens=True)
+        feats = e.scorer.normalised(e.scorer.text_features(texts))  # (n, D)
+        for j, (r, text) in enumerate(zip(rows, texts)):
+            if not r.cfg.token_wise:
+                r.optimizer.step()
+                r.optimizer.zero_grad()
+            if r.schedule is not None:
+                r.schedule.step()
+            ppl = r.log_prob / r.index  # theirs: divided by the last token's index (0 at a one-token sentence)
+            sim = (m.logit_scale * (feats[j:j + 1] @ r.frames.T).float()).mean(-1)  # (1,)
+            r.sims.append(sim)
+            r.ppls.append(ppl.detach())
+            r.sentences.append(Sentence(text, float(sim), float(ppl)))
+            r.sentence += 1
+            if r.progress is not None:
+                try:
+                    r.progress(r.sentence, r.cfg.sentence_iterations, [text])
+                except Exception as exc:  # noqa: BLE001 -- stops that request alone (e.g. a cancellation)
+                    r.error = exc
+            if r.sentence < r.cfg.sentence_iterations:
+                self._begin_sentence(r)
