@@ -61,10 +61,11 @@ def allowed_cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def _read(path: str) -> str | None:
+def _read(path: str, most: int = 4096) -> str | None:
+    """A small system file's text (at most `most` characters), stripped; None where unreadable."""
     try:
         with open(path) as f:
-            return f.read(4096).strip()
+            return f.read(most).strip()
     except OSError:
         return None
 
@@ -123,7 +124,7 @@ def _user_count() -> tuple[int, str] | None:
 # ---- the other processes' load ------------------------------------------------------------------
 def _cpu_times(cpus: list[int]) -> tuple[float, float] | None:
     """(busy, total) jiffies of `cpus` from /proc/stat; None where it cannot be read."""
-    text = _read_all("/proc/stat")
+    text = _read("/proc/stat", 1 << 20)
     if text is None:
         return None
     wanted = {f"cpu{c}" for c in cpus}
@@ -137,16 +138,8 @@ def _cpu_times(cpus: list[int]) -> tuple[float, float] | None:
     return (busy, total) if total else None
 
 
-def _read_all(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read(1 << 20)
-    except OSError:
-        return None
-
-
 def _own_jiffies() -> float:
-    text = _read_all("/proc/self/stat")
+    text = _read("/proc/self/stat")
     if not text:
         return 0.0
     fields = text.rpartition(")")[2].split()
@@ -175,6 +168,22 @@ def taken(before: Sample, after: Sample, cpus: int) -> int:
 
 
 # ---- the choice ---------------------------------------------------------------------------------
+def _budget() -> tuple[list[int], int, list[str]]:
+    """(the CPUs this process may run on, the most threads its affinity and quota allow, why)."""
+    cpus = allowed_cpus()
+    most, why = len(cpus), [f"{len(cpus)} CPUs allowed"]
+    q = quota()
+    if q is not None:
+        most = min(most, max(1, math.ceil(q - 0.01)))
+        why.append(f"quota {q:g}")
+    return cpus, most, why
+
+
+def _fit(most: int, cpus: list[int], busy: int) -> int:
+    """Threads within the budget, on the CPUs other processes leave free (at least one)."""
+    return max(1, min(most, len(cpus) - busy))
+
+
 @dataclass
 class Choice:
     threads: int
@@ -190,12 +199,7 @@ def choose(window: float = 0.1) -> Choice:
     user = _user_count()
     if user is not None:
         return Choice(user[0], f"{user[1]}", True)
-    cpus = allowed_cpus()
-    n, why = len(cpus), [f"{len(cpus)} CPUs allowed"]
-    q = quota()
-    if q is not None:
-        n = min(n, max(1, math.ceil(q - 0.01)))
-        why.append(f"quota {q:g}")
+    cpus, n, why = _budget()
     before = sample(cpus)
     if before is not None and window > 0:
         time.sleep(window)
@@ -203,7 +207,7 @@ def choose(window: float = 0.1) -> Choice:
         busy = taken(before, after, len(cpus)) if after is not None else 0
         if busy:
             why.append(f"{busy} busy with other processes")
-        n = max(1, min(n, len(cpus) - busy))
+        n = _fit(n, cpus, busy)
     return Choice(n, ", ".join(why), False)
 
 
@@ -241,14 +245,11 @@ class Sizer:
 
     def __init__(self, interval: float = RESIZE_SECONDS):
         self.interval = interval
-        self.cpus = allowed_cpus()
+        self.cpus, self.most, _ = _budget()
         choice = current()
         self.fixed = choice is None or choice.fixed
-        q = quota()
-        self.most = min(len(self.cpus), max(1, math.ceil(q - 0.01)) if q is not None else len(self.cpus))
         self.last = sample(self.cpus)
         self.when = time.monotonic()
-        self.threads = choice.threads if choice is not None else None
 
     def tick(self) -> int | None:
         """The count set now, when it changed; else None."""
@@ -258,7 +259,7 @@ class Sizer:
         if now is None:
             return None
         global _IN_USE
-        n = max(1, min(self.most, len(self.cpus) - taken(self.last, now, len(self.cpus))))
+        n = _fit(self.most, self.cpus, taken(self.last, now, len(self.cpus)))
         self.last, self.when = now, time.monotonic()
         import torch
 
@@ -266,7 +267,7 @@ class Sizer:
         if changed:
             release_pool()  # the old pool's threads go; the next kernel starts one of n
             torch.set_num_threads(n)
-        self.threads = _IN_USE = n
+        _IN_USE = n
         return n if changed else None
 
 
