@@ -402,3 +402,14 @@ def test_a_file_of_mixed_settings_is_said(tmp_path):
                       tokenizer="simple", skip=QUICK)
     assert any("made with 2 different settings (a --mix-settings file; method/mode: pseudo-tokens/caption,"
                " zerocap/caption)" in n for n in report.notes), report.notes
+
+
+def test_some_ambiguous_and_the_rest_unmatched_says_the_ambiguity(tmp_path):
+    """The refusal's second half is the ambiguity note, not whichever note came last."""
+    caps = tmp_path / "c.jsonl"
+    caps.write_text("".join(json.dumps({"image": name, "source": f"/{name}", "best_mixed": "a cat"}) + "\n"
+                            for name in ("a/x.png", "b/x.png", "other.png")))
+    with pytest.raises(InputError) as e:
+        evaluate(str(caps), coco_refs(tmp_path / "r.json", {"x.png": ["a cat"]}), tokenizer="simple", skip=QUICK)
+    said = str(e.value)
+    assert said.startswith("none of the 3 captioned images is in") and "; 2 captioned images match a reference" in said

@@ -466,11 +466,13 @@ def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed",
     references = read_references(refs_path)
     refs, unmatched, uncaptioned, ambiguous = match(captions, references, how)
     notes += references.notes
+    ambiguity = None
     if ambiguous:
         names = next(iter(ambiguous.values()))
-        notes.append(f"{sum(map(len, ambiguous.values()))} captioned images match a reference image that another"
+        ambiguity = (f"{sum(map(len, ambiguous.values()))} captioned images match a reference image that another"
                      f" also matches (e.g. {', '.join(names[:3])}): left out of the COCO metrics, since at most"
                      " one of them is that image; caption one folder per file, or use --match")
+        notes.append(ambiguity)
     if errors:
         notes.append(f"{errors} error lines in {captions_path} (images that failed) not evaluated")
     if unmatched:
@@ -480,11 +482,11 @@ def evaluate(captions_path: str, refs_path: str, field_name: str = "best_mixed",
         notes.append(f"{uncaptioned} images of the references were not captioned")
     if not refs and scorer is None and ambiguous and not unmatched:
         raise InputError(f"every one of the {len(captions)} captioned images matches a reference image that another"
-                         f" also matches (e.g. {', '.join(next(iter(ambiguous.values()))[:3])}), so none can be"
-                         " scored: at most one of them is that image; caption one folder per file, or use --match")
+                         f" also matches (e.g. {', '.join(names[:3])}), so none can be scored: at most one of them"
+                         " is that image; caption one folder per file, or use --match")
     if not refs and scorer is None:
         raise InputError(f"none of the {len(captions)} captioned images is in {refs_path}: match them by file name"
-                         " or COCO id (--match)" + (f"; {notes[-1]}" if ambiguous else ""))
+                         " or COCO id (--match)" + (f"; {ambiguity}" if ambiguity else ""))
     scores, per, skipped, used = ({}, {n: {} for n in refs}, {}, "none") if not refs else \
         coco_metrics(captions, refs, tokenizer, tuple(skip))
     clip_images = 0
