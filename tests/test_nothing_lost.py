@@ -377,6 +377,11 @@ def test_a_copy_a_killed_retry_failed_left_is_removed_and_said(tmp_path):
     ResultsFile(str(out), warn=notes.append).close()
     assert sorted(os.listdir(tmp_path)) == [".zerocap-mine.tmp", "r.jsonl"]
     assert len(notes) == 2 and all("the partial copy a killed --retry-failed left" in n for n in notes), notes
+    (tmp_path / ".zerocap-new.tmp").write_bytes(b"")  # another job's copy, made, not yet locked
+    (tmp_path / ".zerocap-old.tmp").write_bytes(b"")  # a job killed right after making it
+    os.utime(tmp_path / ".zerocap-old.tmp", (1, 1))
+    ResultsFile(str(out)).close()
+    assert sorted(os.listdir(tmp_path)) == [".zerocap-mine.tmp", ".zerocap-new.tmp", "r.jsonl"]
 
 
 def test_json_to_the_out_file_itself_is_refused(job, capsys):

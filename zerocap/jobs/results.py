@@ -26,6 +26,7 @@ import math
 import os
 import stat
 import tempfile
+import time
 from typing import Iterable, Iterator
 
 from ..errors import InputError
@@ -112,7 +113,8 @@ def remove_stale_copies(path: str, warn=None) -> None:
     """Remove the copies an earlier --retry-failed left beside the results file when it was killed
     before renaming one over it (the results file itself was then still whole): files of
     --retry-failed's names (today's and an earlier zerocap's) that no running job holds locked and
-    that hold only zerocap lines. Each is said."""
+    that hold only zerocap lines. An empty one is left while it is new (NEW_COPY_SECONDS): a running
+    job creates its copy before it locks it. Each removed is said."""
     folder = os.path.dirname(os.path.realpath(path))
     base = os.path.basename(os.path.realpath(path))
     try:
@@ -128,7 +130,8 @@ def remove_stale_copies(path: str, warn=None) -> None:
         except OSError:
             continue
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_size == 0 and time.time() - st.st_mtime < NEW_COPY_SECONDS):
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -200,6 +203,7 @@ def _write_all(fd: int, data: bytes, path: str) -> None:
 
 
 TMP_PREFIX, TMP_SUFFIX = ".zerocap-", ".tmp"  # --retry-failed's copy beside the results file
+NEW_COPY_SECONDS = 60  # an empty copy younger than this may be a running job's, not yet locked
 
 
 def ours_cut_short(raw: bytes, key: str = "image", kind: str | None = None, after_ours: bool = False) -> bool:
