@@ -34,11 +34,9 @@ from cog import BaseModel, BaseRunner, Input, Path
 from cog.input import FieldInfo
 from cog.types import URLPath
 
-from zerocap import InputError, methods, modes, selfcheck, weights
+from zerocap import InputError, methods, modes, selfcheck, threads, weights
 from zerocap.loading import quiet_transformers, resolve_device
 from zerocap.modes import Target
-from zerocap import threads
-from zerocap.threads import release_pool
 
 MAX_TERMS = 16  # images + texts in one arithmetic target
 FILE_RULE = ("send the file as a URL (https://...) or a data URL (data:{mime};base64,...);"
@@ -285,7 +283,7 @@ class Predictor(BaseRunner):
             print(f"decoding on {threads.current().line()}", flush=True)
         print(f"ready: up to {self.scheduler.max_batch} predictions decoded together on {self.model.device}",
               flush=True)
-        release_pool()  # setup's thread is done with CPU work: its idle pool would slow the decoding thread
+        threads.release_pool()  # setup's thread is done with CPU work: its idle pool would slow the decoding thread
 
     def healthcheck(self) -> bool:
         """Unhealthy (with the reason) when the decoding loop stopped or the device broke."""
@@ -352,7 +350,7 @@ class Predictor(BaseRunner):
                 try:
                     return chosen.kind.targets(self.model, inputs, cfg=cfg)
                 finally:  # its idle OpenMP pool would slow the decoding thread's kernels (zerocap/threads.py)
-                    release_pool()
+                    threads.release_pool()
 
         targets = await asyncio.to_thread(read)
         result, ticket = await self._decode(self.model.request(targets[0], cfg), cfg)

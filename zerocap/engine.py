@@ -248,7 +248,7 @@ class ZeroCap:
             if config is not None and of(config) is not chosen:
                 raise InputError(f"config is a {of(config).name} config ({type(config).__name__}) but method is"
                                  f" {chosen.name!r}: give the config of the method you mean, or leave one out")
-            if config is None and chosen is not methods.get(None):  # another method's defaults
+            if config is None and chosen is not methods.DEFAULT:  # another method's defaults
                 config = chosen.Config()
         base = config or default or ZeroCapConfig()
         unknown = [k for k in overrides if not any(k in m.knobs for m in methods.METHODS.values())]

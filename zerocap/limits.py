@@ -64,4 +64,5 @@ REFS_BYTES = Limit(None, 500_000_000, "500,000,000 bytes (500 MB)",
 LIMITS = {"pixels": PIXELS, "aspect": ASPECT, "frames": FRAMES, "every": EVERY, "decoded_pixels": DECODED_PIXELS,
           "decoder_memory": DECODER_MEMORY, "batch_size": BATCH_SIZE, "terms": TERMS, "weight": WEIGHT,
           "download_bytes": DOWNLOAD_BYTES, "clip_prompt_tokens": CLIP_PROMPT_TOKENS, "list_names": LIST_NAMES,
-          "list_bytes": LIST_BYTES, "list_name": LIST_NAME, "cond_text": COND_TEXT, "line_bytes": LINE_BYTES, "refs_bytes": REFS_BYTES}
+          "list_bytes": LIST_BYTES, "list_name": LIST_NAME, "cond_text": COND_TEXT, "line_bytes": LINE_BYTES,
+          "refs_bytes": REFS_BYTES}

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import warnings
 
 import torch
 
 from .errors import InputError
-from .weights import GET_WEIGHTS, check_clip_file, check_lm_dir  # noqa: F401  (loading's checks)
+from .weights import GET_WEIGHTS, check_clip_file, check_lm_dir
 
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -284,8 +284,8 @@ def cog_descriptions() -> dict[str, str]:
     terms, video = of(TERMS_KIND), of(VIDEO)
     return {
         "mode": " ".join(f"{m.name}: {m.help}." for m in MODES.values()),
-        "image": f"The image (a URL or data URL; {IMAGE_FORMATS}; {PIXELS.said}). For {of(IMAGE)}; in {terms}, the first"
-                 " image term.",
+        "image": f"The image (a URL or data URL; {IMAGE_FORMATS}; {PIXELS.said}). For {of(IMAGE)}; in {terms}, the"
+                 " first image term.",
         "images": f"{terms}: the images to combine (URLs or data URLs), after `image` if given;"
                   f" {TERMS.say(served=True)}.",
         "image_weights": f"{terms}: one weight per image term (image first, then images), {WEIGHT.say(served=True)},"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from .jobs.results import KINDS, dumps, marked
 
@@ -64,8 +65,6 @@ class ProgressLog:
     time so far -- so a long run never looks hung; the same calls as the terminal's bar."""
 
     def __init__(self, unit: str, seconds: float | None = None):
-        import time
-
         self.clock = time.monotonic
         self.unit, self.total, self.done, self.postfix = unit, 0, 0, ""
         if seconds is None:

@@ -29,6 +29,7 @@ LIST_NAMES names, LIST_BYTES in all, LIST_NAME bytes a name), so an endless stre
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import os
 import re
@@ -77,8 +78,6 @@ def content_id(source: str) -> str | None:
     modification time, or other bytes at either end) is not. None for a URL or an unreadable file."""
     if is_url(source):
         return None
-    import hashlib
-
     try:
         with open(source, "rb") as f:
             st = os.fstat(f.fileno())

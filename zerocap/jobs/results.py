@@ -448,7 +448,6 @@ def differences(theirs: dict, ours: dict) -> str:
 
     first = [k for k in ("method", "mode") if k in ours or k in theirs]  # what a run is, before its knobs
     names = first + [k for k in list(ours) + [k for k in theirs if k not in ours] if k not in first]
-    names = list(dict.fromkeys(names))
     diffs = [f"{k} {show(theirs.get(k, _UNSET))} (now {show(ours.get(k, _UNSET))})"
              for k in names if theirs.get(k, _UNSET) != ours.get(k, _UNSET)]
     return ", ".join(diffs)
