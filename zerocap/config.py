@@ -80,8 +80,23 @@ def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tup
     return field(default=default, metadata={"knob": Knob(help, rng, srv, max_length, served, choices)})
 
 
+class KnobTable:
+    """What every method's knob table (a frozen dataclass of `knob` fields) shares."""
+
+    def replace(self, **changes):
+        """A copy with `changes` applied; None values keep the current value."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def table_of(config_class) -> tuple[dict[str, Knob], dict[str, type], object]:
+    """(each knob's spec, each knob's type, the defaults) of a knob table."""
+    fields = dataclasses.fields(config_class)
+    return ({f.name: f.metadata["knob"] for f in fields}, {f.name: type(f.default) for f in fields},
+            config_class())
+
+
 @dataclass(frozen=True)
-class ZeroCapConfig:
+class ZeroCapConfig(KnobTable):
     cond_text: str = knob("Image of a", "prompt the caption continues; a caption is cond_text + the generated text",
                           max_length=COND_TEXT.hi)
     beam_size: int = knob(5, "beams kept by the length-normalised beam search (at most top_k); more = slower,"
@@ -111,10 +126,6 @@ class ZeroCapConfig:
     forbidden_factor: float = knob(20.0, "damping of bare numbers and ( ) , ! : newline", 0.0, 1000.0, lo_open=True,
                                    serve=(1.0, 100.0))
 
-    def replace(self, **changes) -> "ZeroCapConfig":
-        """A copy with `changes` applied; None values keep the current value."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
     def validate(self) -> "ZeroCapConfig":
         """Raise InputError naming the first bad field and what is allowed; return self."""
         check_knobs(self)
@@ -125,8 +136,5 @@ class ZeroCapConfig:
         return self
 
 
-FIELDS = dataclasses.fields(ZeroCapConfig)
-KNOBS: dict[str, Knob] = {f.name: f.metadata["knob"] for f in FIELDS}
-FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
-DEFAULTS = ZeroCapConfig()
+KNOBS, FIELD_TYPES, DEFAULTS = table_of(ZeroCapConfig)
 SERVED_KNOBS = [name for name, k in KNOBS.items() if k.serve is not None or k.max_length is not None]  # Cog inputs

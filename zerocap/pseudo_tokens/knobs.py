@@ -2,10 +2,9 @@
 machinery, as ZeroCap's table)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from ..config import Knob, check_knobs, knob
+from ..config import KnobTable, check_knobs, knob, table_of
 from ..errors import InputError
 from ..limits import COND_TEXT
 
@@ -14,7 +13,7 @@ SCHEDULES = ("constant", "cosine", "exponential")
 
 
 @dataclass(frozen=True)
-class PseudoTokenConfig:
+class PseudoTokenConfig(KnobTable):
     """Every knob of the method, with the defaults of the authors' README command
     (`--token_wise --randomized_prompt`, the rest as their run.py declares)."""
 
@@ -50,9 +49,6 @@ class PseudoTokenConfig:
     randomized_prompt: bool = knob(True, "each sentence starts from one of their 12 prompts (else from BOS alone)",
                                    served=True)
 
-    def replace(self, **changes) -> "PseudoTokenConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
     def validate(self) -> "PseudoTokenConfig":
         """Raise InputError naming the first bad field and what is allowed; return self."""
         check_knobs(self)
@@ -61,7 +57,4 @@ class PseudoTokenConfig:
         return self
 
 
-FIELDS = dataclasses.fields(PseudoTokenConfig)
-KNOBS: dict[str, Knob] = {f.name: f.metadata["knob"] for f in FIELDS}
-FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in FIELDS}
-DEFAULTS = PseudoTokenConfig()
+KNOBS, FIELD_TYPES, DEFAULTS = table_of(PseudoTokenConfig)
