@@ -5,6 +5,13 @@ No optimisation on purpose: one beam at a time, candidate texts decoded and toke
 It is the oracle every optimisation in `zerocap` is compared with. The only changes from the
 authors' code are the issue's listed deviations (truncated CLIP texts, no unused min-max
 weights, no clean_up_tokenization_spaces) and the current transformers cache API.
+
+Generalised to other LMs in its tokenizer calls only (issue 32), each the authors' own on GPT-2:
+the prompt is BOS's id and the text's ids (theirs: `encode(bos + text)`, the same ids on GPT-2);
+the end token's id may be given (a SentencePiece vocabulary encodes "." alone as "▁", ".");
+and `candidate_text="row"` decodes a candidate with its row, and a beam's text as what it adds
+after the prompt -- a SentencePiece token's text depends on its neighbours -- where theirs
+(`"token"`) decodes the token alone.
 """
 from __future__ import annotations
 
@@ -35,15 +42,18 @@ def _as_cache(layers):
 
 
 class ReferenceDecoder:
-    def __init__(self, lm, tokenizer, clip_model, forbidden_ids, cfg, device="cpu", bos_prefix=True):
+    def __init__(self, lm, tokenizer, clip_model, forbidden_ids, cfg, device="cpu", bos_prefix=True, end_id=None,
+                 candidate_text="token"):
         import clip
 
         self.clip_tokenize = clip.tokenize
         self.lm, self.tokenizer, self.clip, self.cfg = lm, tokenizer, clip_model, cfg
         self.device = device
         self.forbidden_tokens = list(forbidden_ids)
-        self.context_prefix = tokenizer.bos_token if bos_prefix else ""
-        self.end_token = tokenizer.encode(cfg.end_token)[0]
+        self.bos_prefix = bos_prefix and tokenizer.bos_token_id is not None
+        self.bos_text = tokenizer.bos_token or ""
+        self.end_token = tokenizer.encode(cfg.end_token, add_special_tokens=False)[0] if end_id is None else end_id
+        self.by_row = candidate_text == "row"
 
     # ---- CLIP --------------------------------------------------------------------------------
     def get_txt_features(self, texts):
@@ -56,14 +66,18 @@ class ReferenceDecoder:
     def clip_loss(self, probs, context_tokens):
         top_size = self.cfg.top_k
         _, top_indices = probs.topk(top_size, -1)
-        prefix_texts = [_decode(self.tokenizer, x.tolist()).replace(self.tokenizer.bos_token, "")
-                        for x in context_tokens]
+        prefix_texts = [_decode(self.tokenizer, x.tolist()).replace(self.bos_text, "") if self.bos_text
+                        else _decode(self.tokenizer, x.tolist()) for x in context_tokens]
         clip_loss = 0
         for idx_p in range(probs.shape[0]):
             top_texts = []
             prefix_text = prefix_texts[idx_p]
             for x in top_indices[idx_p]:
-                top_texts.append(prefix_text + _decode(self.tokenizer, [int(x)]))
+                if self.by_row:  # what the token adds to its row
+                    row = context_tokens[idx_p].tolist()
+                    top_texts.append(prefix_text + _decode(self.tokenizer, row + [int(x)])[len(_decode(self.tokenizer, row)):])
+                else:
+                    top_texts.append(prefix_text + _decode(self.tokenizer, [int(x)]))
             text_features = self.get_txt_features(top_texts)
             with torch.no_grad():
                 similarities = self.image_features @ text_features.T
@@ -144,7 +158,9 @@ class ReferenceDecoder:
         """image_features: (1, D) normalised. Returns the beams' texts, best first, and scores."""
         self.image_features = image_features
         beam_size = self.cfg.beam_size
-        context_tokens = self.tokenizer.encode(self.context_prefix + cond_text)
+        prompt = [self.tokenizer.bos_token_id] if self.bos_prefix else []
+        prompt += self.tokenizer.encode(cond_text, add_special_tokens=False)
+        context_tokens = prompt
         context_tokens = torch.tensor(context_tokens, device=self.device, dtype=torch.long).unsqueeze(0)
         gen_tokens = None
         scores = None
@@ -179,6 +195,11 @@ class ReferenceDecoder:
             if is_stopped.all():
                 break
         scores = scores / seq_lengths
-        texts = [_decode(self.tokenizer, out[: int(n)].tolist()) for out, n in zip(gen_tokens, seq_lengths)]
+        if self.by_row:
+            head = _decode(self.tokenizer, prompt)
+            texts = [_decode(self.tokenizer, prompt + out[: int(n)].tolist())[len(head):]
+                     for out, n in zip(gen_tokens, seq_lengths)]
+        else:
+            texts = [_decode(self.tokenizer, out[: int(n)].tolist()) for out, n in zip(gen_tokens, seq_lengths)]
         order = scores.argsort(descending=True)
         return [texts[i] for i in order], [float(scores[i]) for i in order]

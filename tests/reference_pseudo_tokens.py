@@ -13,6 +13,15 @@ Changes from their code, each forced by today's libraries or by passing models i
   - `clip.tokenize(..., truncate=True)`: texts past CLIP's 77 tokens are cut (theirs raise);
   - the device is passed in (theirs: CUDA when there is one; `torch.multinomial` draws from that
     device's generator, as ours does).
+Generalised to other LMs in its tokenizer calls only (issue 32), each the authors' own on GPT-2:
+  - prompts are the start token's id and the text's ids (theirs: `encode(bos + text)`, the same
+    ids on GPT-2); `start_id` (default BOS) also fills the pseudo-tokens, for a family without a
+    BOS (Qwen: its end-of-text token, as GPT-2's BOS is);
+  - `end_id` may be given (a SentencePiece vocabulary encodes "." alone as "▁", ".");
+  - `spacer` is the vocabulary's word-start mark in its pieces (GPT-2's "Ġ"; SentencePiece's "▁");
+  - `candidate_text="row"` decodes a candidate with its row and a beam's text as what it adds
+    after the prompt (a SentencePiece token's text depends on its neighbours); theirs, `"token"`,
+    decodes the token alone.
 Everything else -- the order of operations, the random draws, the rules, the ranking and the
 final beam search -- is theirs, line by line.
 """
@@ -70,7 +79,8 @@ class CLIPTextGenerator:
                  token_wise=False, num_dummy_tokens=5, sentence_iterations=64, clip_loss_temperature=1.0,
                  sampling_top_k=3, clip_scale=1., ce_scale=0.2, learning_rate=0.01, scheduler_type="nothing",
                  weight_decay_scale=0.3, repetition_penalty=2.0, entity_penalty=2, ending_bonus=1, end_token='.',
-                 beam_size=5, device="cpu", **kwargs):
+                 beam_size=5, device="cpu", start_id=None, end_id=None, spacer='Ġ', candidate_text="token",
+                 **kwargs):
         import clip
 
         self.clip_tokenize = clip.tokenize
@@ -80,13 +90,14 @@ class CLIPTextGenerator:
 
         self.lm_tokenizer = lm_tokenizer
         self.lm_model = lm_model
-        self.context_prefix = self.lm_tokenizer.bos_token
+        self.start_id = self.lm_tokenizer.bos_token_id if start_id is None else start_id
+        self.by_row = candidate_text == "row"
         self.lm_tokenizer.pad_token = self.lm_tokenizer.eos_token
         self.lm_model.eval()
         for param in self.lm_model.parameters():
             param.requires_grad = False
 
-        dummy_tokens = [self.lm_tokenizer.bos_token_id] * num_dummy_tokens
+        dummy_tokens = [self.start_id] * num_dummy_tokens
         dummy_tokens = torch.tensor(dummy_tokens, device=self.device, dtype=torch.long).unsqueeze(0)
         with torch.no_grad():
             cache = self.lm_model(dummy_tokens, use_cache=True)
@@ -106,9 +117,8 @@ class CLIPTextGenerator:
         else:
             self.context_options = ['']
 
-        self.end_token = self.lm_tokenizer.encode(end_token)[0]
+        self.end_token = self.lm_tokenizer.encode(end_token)[0] if end_id is None else end_id
 
-        spacer = 'Ġ'
         lower_chars = [chr(char_ord) for char_ord in range(ord('a'), ord('z') + 1)]
         upper_chars = [chr(char_ord) for char_ord in range(ord('A'), ord('Z') + 1)]
         special_chars = [' ', ',', '\'', spacer]
@@ -158,6 +168,9 @@ class CLIPTextGenerator:
         self.scheduler_type = scheduler_type
         self.beam_size = beam_size
 
+    def prompt(self, text):
+        return [self.start_id] + self.lm_tokenizer.encode(text, add_special_tokens=False)
+
     def reset_random_seed(self):
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
@@ -199,7 +212,7 @@ class CLIPTextGenerator:
         avg_perplexities = []
         avg_frame_similarities = []
         for gd_iter in range(self.sentence_iterations):
-            context_tokens = self.lm_tokenizer.encode(self.context_prefix + random.choice(self.context_options))
+            context_tokens = self.prompt(random.choice(self.context_options))
             generated_tokens = torch.tensor(context_tokens, device=self.device, dtype=torch.long).unsqueeze(0)
 
             total_perplexity = 0
@@ -259,7 +272,7 @@ class CLIPTextGenerator:
         return clip_sorted_captions, mixed_sorted_captions, decoded_options, beam_caps
 
     def decode_beam_search(self, shifted_context, beam_size, prefix_text='Image of a'):
-        context_tokens = self.lm_tokenizer.encode(self.context_prefix + prefix_text)
+        context_tokens = self.prompt(prefix_text)
         generated_tokens = torch.tensor(context_tokens, device=self.device, dtype=torch.long).unsqueeze(0)
         gen_tokens = None
         scores = None
@@ -304,10 +317,15 @@ class CLIPTextGenerator:
 
         scores = scores / seq_lengths
         output_list = gen_tokens.cpu().numpy()
-        output_texts = [
-            self.lm_tokenizer.decode(output[: int(length)])
-            for output, length in zip(output_list, seq_lengths)
-        ]
+        if self.by_row:
+            head = self.lm_tokenizer.decode(context_tokens)
+            output_texts = [self.lm_tokenizer.decode(context_tokens + output[: int(length)].tolist())[len(head):]
+                            for output, length in zip(output_list, seq_lengths)]
+        else:
+            output_texts = [
+                self.lm_tokenizer.decode(output[: int(length)])
+                for output, length in zip(output_list, seq_lengths)
+            ]
         order = scores.argsort(descending=True)
         output_texts = [output_texts[i] for i in order]
         self.beam_scores = [float(scores[i]) for i in order]
@@ -349,10 +367,16 @@ class CLIPTextGenerator:
         _, top_next_tokens = probs.topk(samples, -1)
         prefix_texts = self.lm_tokenizer.batch_decode(context_tokens, skip_special_tokens=True)
         prefix_losses = []
-        for prefix_text, prefix_top_next_tokens, prefix_next_token_prob in zip(prefix_texts, top_next_tokens, probs):
+        for row, prefix_text, prefix_top_next_tokens, prefix_next_token_prob in zip(context_tokens, prefix_texts,
+                                                                                     top_next_tokens, probs):
             top_prefix_continuation = []
             for next_token in prefix_top_next_tokens:
-                top_prefix_continuation.append(prefix_text + self.lm_tokenizer.decode(next_token))
+                if self.by_row:  # what the token adds to its row
+                    head = self.lm_tokenizer.decode(row)
+                    tail = self.lm_tokenizer.decode(row.tolist() + [int(next_token)])[len(head):]
+                    top_prefix_continuation.append(prefix_text + tail)
+                else:
+                    top_prefix_continuation.append(prefix_text + self.lm_tokenizer.decode(next_token))
             cont_video_similarity = self.text_to_video_similarity(top_prefix_continuation)
             cont_video_prob = nn.functional.softmax(cont_video_similarity / self.clip_loss_temperature, dim=0)
             next_token_probs = prefix_next_token_prob[prefix_top_next_tokens]

@@ -129,6 +129,6 @@ def test_lm_model_gpt_neo_is_refused_in_words_never_ignored(lm_dir, clip_file, i
 
     assert main(["caption", images[0], "--method", "pseudo-tokens", "--lm_model", "gpt-neo", "--lm", lm_dir,
                  "--clip", clip_file]) == 2
-    assert "--lm_model gpt-neo: method pseudo-tokens runs on GPT-2, as their code does" in capsys.readouterr().err
+    assert "--lm_model gpt-neo names a gpt-neo LM, but --lm" in capsys.readouterr().err  # a GPT-2 folder
     assert main(["caption", images[0], "--lm_model", "gpt-neo", "--lm", lm_dir, "--clip", clip_file]) == 2
     assert "--lm_model gpt-neo names a gpt-neo LM, but --lm" in capsys.readouterr().err  # a GPT-2 folder

@@ -145,7 +145,7 @@ class Batch:
             r.shared.append(len(requests))
             if r.progress is not None:
                 try:
-                    r.progress(r.step, r.cfg.max_tokens, [self.engine.best_text(r.beams)])
+                    r.progress(r.step, r.cfg.max_tokens, [self.engine.best_text(r.beams, r.prompt)])
                 except Exception as e:  # noqa: BLE001 -- it stops that request alone (e.g. a cancellation)
                     r.error = e
             if r.done or r.error is not None:

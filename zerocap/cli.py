@@ -332,7 +332,7 @@ def typed(args: argparse.Namespace) -> "request.Decode | request.Eval | request.
     cfg = method.config(mode.name, preset, **{name: getattr(args, name, None) for name in knobs})
     if not BATCH_SIZE.allows(args.batch_size):
         raise InputError(f"--batch-size must be {BATCH_SIZE.said}, got {args.batch_size}")
-    _check_lm_family(args, method)
+    _check_lm_family(args)
     runtime = request.Runtime(args.device, _devices(args), _form(args, method), args.compile, args.lm_dtype,
                               args.batch_size)
     inputs = tuple(args.inputs) + tuple(args.more_inputs)
@@ -381,13 +381,10 @@ def _form(args, method) -> forms.Form:
     return chosen
 
 
-def _check_lm_family(args, method) -> None:
-    """--lm_model (the authors' flag) against the method and against an --lm folder."""
+def _check_lm_family(args) -> None:
+    """--lm_model (the authors' flag) against an --lm folder (both methods run on every family)."""
     if not args.lm_model:
         return
-    if method is not methods.ZEROCAP and args.lm_model != families.DEFAULT.flag:
-        raise InputError(f"--lm_model {args.lm_model}: method {method.name} runs on GPT-2, as their code does;"
-                         " leave out --lm_model")
     if args.lm:  # --lm names the folder; the family the flag names must be its
         wanted = families.by_flag(args.lm_model)
         found = families.model_type(args.lm)

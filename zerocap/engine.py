@@ -109,10 +109,9 @@ class ZeroCap:
         self.vocab_size = vocab
         self.facts = lm_facts(lm.config, tokenizer, vocab, bos_prefix)
         self.family = self.facts.family
-        self.bos = tokenizer.bos_token or ""
-        strings = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
-        strings += [""] * (vocab - len(strings))  # padded embedding rows decode to nothing
-        self.token_strings = strings[:vocab]
+        self.vocabulary = self.facts.vocabulary
+        self.bos = self.vocabulary.bos
+        self.token_strings = self.vocabulary.texts  # what each token adds to a text
         ids = list(forbidden_ids) if forbidden_ids is not None else self.family.forbidden(self.token_strings)
         self.forbidden = torch.zeros(vocab, dtype=torch.bool, device=self.device)
         self.forbidden[torch.tensor(ids, dtype=torch.long)] = True
@@ -237,7 +236,7 @@ class ZeroCap:
         return self.facts.check(cfg, self.tokenizer, self.scorer.text_tokens, self.scorer.max_text_tokens)
 
     def prompt_ids(self, cfg: ZeroCapConfig) -> list[int]:
-        return self.tokenizer.encode(self.facts.prompt_text(cfg.cond_text), add_special_tokens=False)
+        return self.facts.prompt_ids(cfg.cond_text)
 
     def _begin(self, items, what: str, config, overrides: dict, names, default=None):
         """(checked config, the items as a list, their names) -- every entry point's opening."""
@@ -314,7 +313,7 @@ class ZeroCap:
                     raise r.error
             if progress is not None:
                 live = [r for r in requests if r.beams is not None]
-                progress(max(r.step for r in live), cfg.max_tokens, [self.best_text(r.beams) for r in live])
+                progress(max(r.step for r in live), cfg.max_tokens, [self.best_text(r.beams, r.prompt) for r in live])
         return [self.result(r) for r in requests]
 
     def decode(self, targets: torch.Tensor, cfg: ZeroCapConfig, names: Sequence[str] | None = None,
@@ -329,7 +328,7 @@ class ZeroCap:
         other = self._other(cfg)
         if other is not None:
             return other.request(target, cfg, progress)
-        end_id = self.tokenizer.encode(cfg.end_token, add_special_tokens=False)[0]
+        end_id = self.vocabulary.end_id(cfg.end_token)
         return Request(target.vector.to(self.device), cfg, target.name, self.prompt_ids(cfg), end_id, target.details,
                        progress)
 
@@ -342,25 +341,23 @@ class ZeroCap:
         texts = self.tokenizer.batch_decode(contexts, clean_up_tokenization_spaces=False)
         return [t.replace(self.bos, "") if self.bos else t for t in texts]
 
-    def _texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        return [
-            self.tokenizer.decode(row[: int(n)], clean_up_tokenization_spaces=False)
-            for row, n in zip(tokens.tolist(), lengths.tolist())
-        ]
+    def _texts(self, prompt: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """The texts the beams' tokens add after the prompt."""
+        return [self.vocabulary.text_after(prompt, row[: int(n)]) for row, n in zip(tokens.tolist(), lengths.tolist())]
 
-    def best_text(self, beams: Beams) -> str:
+    def best_text(self, beams: Beams, prompt: list[int]) -> str:
         """The best beam's text so far, of a request's beams (1, B, ...)."""
         best = int(beams.ranked()[0, 0])
-        return self._texts(beams.tokens[0, best:best + 1], beams.lengths[0, best:best + 1])[0]
+        return self._texts(prompt, beams.tokens[0, best:best + 1], beams.lengths[0, best:best + 1])[0]
 
     def result(self, request: Request) -> CaptionResult:
         """A finished request's result: its beams reranked by CLIP and by fluency."""
         beams, cfg = request.beams, request.cfg
         order = beams.ranked()[0]
-        texts = self._texts(beams.tokens[0][order], beams.lengths[0][order])
+        texts = self._texts(request.prompt, beams.tokens[0][order], beams.lengths[0][order])
         scores = (beams.scores[0] / beams.lengths[0])[order].tolist()
         sims = clip_similarities(self.scorer, texts, request.target)
-        ppls = perplexities(self.lm, self.tokenizer, texts, self.bos, self.device)
+        ppls = perplexities(self.lm, self.vocabulary, texts, self.device)
         caption = [cfg.cond_text + t for t in texts]
         out = [Beam(t, c, s, cs, p) for t, c, s, cs, p in zip(texts, caption, scores, sims, ppls)]
         best_clip = max(range(len(out)), key=lambda j: sims[j])

@@ -2,14 +2,24 @@
 
 An entry (`Family`) says:
   model_types  the Hugging Face `config.model_type` values it covers
-  bos_prefix   whether the prompt starts with the tokenizer's BOS (the authors: GPT-2 yes, GPT-Neo no)
+  bos_prefix   whether the prompt starts with the tokenizer's BOS (the authors: GPT-2 yes, GPT-Neo no;
+               None: as the family's tokenizer does -- Llama, Gemma, Mistral and OPT add one, Qwen
+               and GPT-NeoX do not)
   forbidden    the token ids the decoder pushes down (see `forbidden_ids`)
   step         "module:function" of a written-out one-token step on the stacked cache, or None for
                the generic Hugging Face forward; `step_applies` says which configs it computes
   folder/repo  where its weights live under weights/ and the Hugging Face repo they come from
   flag         the authors' --lm_model spelling
+  examples     models of the family (README's table)
 The command line's --lm_model choices and weights.py read this table; adding a family is one
 entry in FAMILIES (tests/test_extending.py adds a toy one). Any other causal LM runs as GENERIC.
+
+What else an LM needs is read off the model and its tokenizer, the same for every family: its
+cache's layout -- key/value heads (fewer than the query heads under grouped- or multi-query
+attention) and head size -- from one token's pass (lm.GenericLM.layout); positions past the
+cached context from the cache's length, or each row's own `position_ids` where rows of other
+lengths share a pass; its tokenizer's conventions -- token texts, the prompt's ids, the end
+token -- from vocabulary.Vocabulary.
 
 `LMFacts` is what the decoder needs of an LM besides its weights -- family, prompt prefix,
 positions, vocabulary -- so a config can be checked without loading the model (Ray's driver).
@@ -32,6 +42,7 @@ from typing import Callable, Sequence
 from .errors import InputError
 from .lazy import resolve
 from .limits import CLIP_PROMPT_TOKENS
+from .vocabulary import Vocabulary
 
 MARKS = ("(", ")", ",", "!", ":", "\n")
 
@@ -70,13 +81,14 @@ def _plain_gpt2(config) -> bool:
 class Family:
     name: str
     model_types: tuple[str, ...]
-    bos_prefix: bool
+    bos_prefix: bool | None  # None: as its tokenizer does
     flag: str | None = None  # --lm_model value
     folder: str | None = None  # weights/<folder>
     repo: str | None = None  # Hugging Face repo of that folder
     step: str | None = None  # "module:function" (lm, last, past, positions, mask) -> logits
     step_applies: Callable = lambda config: True  # the step computes this config's model
     forbidden: Callable[[Sequence[str]], list[int]] = forbidden_ids
+    examples: tuple[str, ...] = ()
 
     def fast_step(self, lm) -> Callable | None:
         """The written-out one-token step for this model, or None (then the generic forward)."""
@@ -89,9 +101,19 @@ GPT2 = Family("gpt2", ("gpt2",), bos_prefix=True, flag="gpt-2", folder="gpt2-med
               repo="openai-community/gpt2-medium", step="zerocap.lm:gpt2_step", step_applies=_plain_gpt2)
 GPT_NEO = Family("gpt-neo", ("gpt_neo",), bos_prefix=False, flag="gpt-neo", folder="gpt-neo-125M",
                  repo="EleutherAI/gpt-neo-125m")
-GENERIC = Family("generic", (), bos_prefix=False)
+GPT_NEOX = Family("gpt-neox", ("gpt_neox",), bos_prefix=None,
+                  examples=("EleutherAI/pythia-160m", "EleutherAI/pythia-1.4b"))
+OPT = Family("opt", ("opt",), bos_prefix=None, examples=("facebook/opt-125m", "facebook/opt-1.3b"))
+LLAMA = Family("llama", ("llama", "mistral", "mixtral"), bos_prefix=None,
+               examples=("meta-llama/Llama-3.2-1B", "HuggingFaceTB/SmolLM2-360M", "TinyLlama/TinyLlama_v1.1",
+                         "mistralai/Mistral-7B-v0.3"))
+QWEN = Family("qwen", ("qwen2", "qwen3"), bos_prefix=None, examples=("Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B-Base"))
+GEMMA = Family("gemma", ("gemma", "gemma2", "gemma3_text"), bos_prefix=None,
+               examples=("google/gemma-2-2b", "google/gemma-3-270m", "google/gemma-3-1b-pt"))
+PHI = Family("phi", ("phi3", "phi"), bos_prefix=None, examples=("microsoft/Phi-3-mini-4k-instruct",))
+GENERIC = Family("generic", (), bos_prefix=None)
 
-FAMILIES: list[Family] = [GPT2, GPT_NEO]
+FAMILIES: list[Family] = [GPT2, GPT_NEO, GPT_NEOX, OPT, LLAMA, QWEN, GEMMA, PHI]
 DEFAULT = GPT2  # the paper's LM: GPT-2 medium
 
 
@@ -108,6 +130,31 @@ def model_type(folder: str) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
+
+
+ENCODER_ONLY = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert",
+                "modernbert", "camembert", "mpnet", "nomic_bert")
+
+
+def not_a_causal_lm(folder: str) -> str | None:
+    """Why the LM folder's config.json is no text-only causal LM (seq2seq, encoder-only, a
+    vision-language model), in words; None where it may be one (loading says the rest)."""
+    try:
+        with open(os.path.join(folder, "config.json"), "rb") as f:
+            config = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    kind = config.get("model_type")
+    if config.get("is_encoder_decoder"):
+        return f"a sequence-to-sequence (encoder-decoder) model ({kind!r}), not a causal LM"
+    if kind in ENCODER_ONLY:
+        return f"an encoder-only model ({kind!r}), not a causal LM"
+    if "vision_config" in config or "image_token_index" in config or "image_token_id" in config:
+        return (f"a vision-language model ({kind!r}); ZeroCap's LM reads text only: give a text-only causal LM"
+                " (CLIP is the eyes)")
+    return None
 
 
 def by_flag(flag: str) -> Family:
@@ -131,12 +178,18 @@ class LMFacts:
     """What the decoder needs of an LM besides its weights."""
 
     family: Family
-    prompt_prefix: str  # BOS for a family that starts prompts with it, else ""
+    bos: bool  # prompts start with the tokenizer's BOS
     positions: int  # the LM's context length
     vocab_size: int
+    vocabulary: Vocabulary
 
-    def prompt_text(self, cond_text: str) -> str:
-        return self.prompt_prefix + cond_text
+    @property
+    def prompt_prefix(self) -> str:
+        """BOS as text where prompts start with it, else ""."""
+        return self.vocabulary.bos if self.bos else ""
+
+    def prompt_ids(self, cond_text: str) -> list[int]:
+        return self.vocabulary.prompt_ids(cond_text, self.bos)
 
     def check(self, cfg, tokenizer, scorer_tokens: Callable[[str], int], scorer_max: int | None):
         """Validate `cfg` and check it against this LM's tokenizer and sizes and the scorer's
@@ -145,9 +198,9 @@ class LMFacts:
         cfg.validate()
         if cfg.top_k > self.vocab_size:
             raise InputError(f"top_k ({cfg.top_k}) must not exceed the LM vocabulary ({self.vocab_size})")
-        if not self.prompt_prefix and not cfg.cond_text:
+        n_prompt = len(self.prompt_ids(cfg.cond_text))
+        if n_prompt == 0:
             raise InputError("cond_text must not be empty: this LM has no BOS prefix to start from")
-        n_prompt = len(tokenizer.encode(self.prompt_text(cfg.cond_text), add_special_tokens=False))
         if n_prompt + cfg.max_tokens > self.positions:
             raise InputError(
                 f"cond_text is too long for the LM: {n_prompt} prompt tokens + max_tokens {cfg.max_tokens}"
@@ -158,16 +211,27 @@ class LMFacts:
             said = CLIP_PROMPT_TOKENS.said if scorer_max == CLIP_PROMPT_TOKENS.hi else f"at most {scorer_max} tokens"
             raise InputError(f"cond_text is too long for CLIP: {n_clip} CLIP tokens; {said} leave room for a"
                              " generated word")
-        if not tokenizer.encode(cfg.end_token, add_special_tokens=False):
-            raise InputError(f"end_token {cfg.end_token!r} gives no LM token")
+        self.vocabulary.end_id(cfg.end_token)  # found, or refused
         return cfg
 
 
-def lm_facts(lm_config, tokenizer, vocab_size: int | None = None, bos_prefix: bool | None = None) -> LMFacts:
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts an encoded text with its BOS."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer.encode("a")
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def lm_facts(lm_config, tokenizer, vocab_size: int | None = None, bos_prefix: bool | None = None,
+             vocabulary: Vocabulary | None = None) -> LMFacts:
     """The facts of an LM from its config and tokenizer (and its output size, when loaded)."""
     family = family_of(lm_config)
     if bos_prefix is None:
         bos_prefix = family.bos_prefix
+    if bos_prefix is None:
+        bos_prefix = adds_bos(tokenizer)
     positions = getattr(lm_config, "n_positions", None) or getattr(lm_config, "max_position_embeddings", 1024)
-    prefix = (tokenizer.bos_token or "") if bos_prefix else ""
-    return LMFacts(family, prefix, positions, vocab_size or lm_config.vocab_size)
+    size = vocab_size or lm_config.vocab_size
+    return LMFacts(family, bool(bos_prefix) and tokenizer.bos_token_id is not None, positions, size,
+                   vocabulary or Vocabulary(tokenizer, size))

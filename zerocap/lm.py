@@ -99,6 +99,23 @@ class GenericLM:
         # transformers >= 5.2x calls the cache argument `cache`; earlier 5.x `past_key_values`
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.step = None  # a written-out one-token step, or None: the generic forward
+        self._layout: tuple[int, int, int] | None = None
+
+    def layout(self) -> tuple[int, int, int]:
+        """(layers, key/value heads, head size) of the LM's cache, read off one token's pass: fewer
+        key/value heads than query heads under grouped- or multi-query attention (Llama, Qwen,
+        Mistral, Gemma, Phi-3), a head size of its own where the config sets one (Gemma, Qwen3)."""
+        if self._layout is None:
+            with torch.no_grad():
+                out = self.lm(torch.zeros(1, 1, dtype=torch.long, device=next(self.lm.parameters()).device),
+                              use_cache=True)
+            shapes = {(layer.keys.shape[1], layer.keys.shape[-1]) for layer in self._cache_out(out).layers}
+            if len(shapes) != 1:
+                raise ValueError(f"the LM's layers hold caches of other shapes ({sorted(shapes)}); ZeroCap stacks"
+                                 " them as one tensor, so it runs LMs whose layers share one")
+            (heads, head_dim), = shapes
+            self._layout = (len(self._cache_out(out).layers), heads, head_dim)
+        return self._layout
 
     def _cache_out(self, out):
         return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
@@ -213,13 +230,10 @@ class FastState:
 
     def _cache(self, beams: int, positions: int) -> KVCache:
         if self.cache is None:
-            c = self.lm.lm.config
-            layers = getattr(c, "num_hidden_layers", None) or c.n_layer
-            heads = getattr(c, "num_attention_heads", None) or c.n_head
-            width = getattr(c, "hidden_size", None) or c.n_embd
+            layers, heads, head_dim = self.lm.layout()
             param = next(self.lm.lm.parameters())
             slots = beams * (self.max_requests or 1)
-            self.cache = KVCache(layers, heads, width // heads, param.dtype, param.device, slots=slots,
+            self.cache = KVCache(layers, heads, head_dim, param.dtype, param.device, slots=slots,
                                  capacity=-(-positions // 32) * 32)
         return self.cache
 

@@ -83,12 +83,20 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
     return lm, tokenizer, clip_model, preprocess, dev
 
 
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # an OpenCLIP folder as its Hugging Face repos hold it
+
+
 def load_clip(clip_path: str, device=None):
-    """(clip_model, preprocess) from an OpenAI CLIP checkpoint (fp16 on a GPU, as clip.load gives it)."""
-    import clip
+    """(clip_model, preprocess) from an OpenAI CLIP checkpoint (fp16 on a GPU, as clip.load gives
+    it) or an OpenCLIP folder (open_clip_config.json and its weights, as on the hub)."""
+    import os
 
     dev = resolve_device(device)
     check_clip_file(clip_path)
+    if os.path.isdir(clip_path):
+        return load_open_clip(clip_path, dev)
+    import clip
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -98,3 +106,55 @@ def load_clip(clip_path: str, device=None):
             if isinstance(e, pickle.UnpicklingError):
                 why = "not a CLIP checkpoint (its data cannot be read as one)"
             raise InputError(f"cannot load CLIP from {clip_path}: {why}; {GET_WEIGHTS}") from None
+
+
+def load_open_clip(folder: str, device):
+    """An OpenCLIP model (open_clip_torch) from its folder, offline; refused in words where its text
+    tower is not CLIP's causal one with CLIP's tokenizer (what the scorer runs: scorer.py)."""
+    import logging
+    import os
+
+    if not os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)):
+        raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG}: give an OpenAI CLIP checkpoint"
+                         f" (.pt) or an OpenCLIP folder ({OPEN_CLIP_CONFIG} and its weights)")
+    try:
+        import open_clip
+    except ImportError:
+        raise InputError(f"--clip {folder} is an OpenCLIP folder: install open_clip_torch"
+                         " (pip install open_clip_torch)") from None
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs each step at INFO/WARNING
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
+    except Exception as e:  # noqa: BLE001 -- a bad folder or config: said in one line
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"cannot load OpenCLIP from {folder}: {why}") from None
+    finally:
+        logging.getLogger().setLevel(quiet)
+    why = open_clip_unsupported(model, open_clip.get_tokenizer(f"local-dir:{folder}"))
+    if why:
+        raise InputError(f"--clip {folder}: {why}")
+    if device.type == "cuda":
+        model = model.half()  # as clip.load gives OpenAI CLIP on a GPU
+    return model.eval(), preprocess
+
+
+def open_clip_unsupported(model, tokenizer) -> str | None:
+    """Why an OpenCLIP model is not one the scorer runs, or None: it runs CLIP's own text tower --
+    causal attention, features at EOT, CLIP's BPE of 77 tokens (ViT-B-32 ... ViT-bigG-14 with LAION
+    or DataComp weights, and the -quickgelu ones)."""
+    import open_clip
+    from torch import nn
+
+    if not hasattr(model, "transformer") or not hasattr(model, "token_embedding"):
+        kind = type(model).__name__
+        return (f"its text tower ({kind}: a Hugging Face or timm text model, e.g. SigLIP's) is not CLIP's causal"
+                " transformer; ZeroCap runs OpenCLIP models with CLIP's text tower (ViT-B-32, ViT-L-14, ViT-H-14,"
+                " ViT-bigG-14 ...)")
+    if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer) or tokenizer.context_length != 77:
+        return "its tokenizer is not CLIP's BPE of 77 tokens"
+    if getattr(model, "text_pool_type", "argmax") != "argmax" or getattr(model, "attn_mask", None) is None:
+        return "its text tower is not causal with features at the end-of-text token"
+    if not all(isinstance(b.attn, nn.MultiheadAttention) for b in model.transformer.resblocks):
+        return "its text tower's attention is not CLIP's (scaled-cosine or other custom attention)"
+    return None

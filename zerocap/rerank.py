@@ -14,11 +14,12 @@ def clip_similarities(scorer, texts: list[str], target: torch.Tensor) -> list[fl
 
 
 @torch.no_grad()
-def perplexities(lm, tokenizer, texts: list[str], prefix: str, device) -> list[float]:
-    """exp(mean next-token loss) of `prefix + text` under the LM (lower = more fluent)."""
+def perplexities(lm, vocabulary, texts: list[str], device) -> list[float]:
+    """exp(mean next-token loss) of BOS (where the tokenizer has one) + text under the LM (lower =
+    more fluent): the authors' `tokenizer(bos + text)` on GPT-2, as ids on every tokenizer."""
     out = []
     for text in texts:
-        ids = tokenizer(prefix + text, return_tensors="pt").input_ids.to(device)
+        ids = torch.tensor([vocabulary.prompt_ids(text, bos=True)], device=device)
         if ids.shape[1] < 2:
             out.append(math.inf)
             continue

@@ -30,6 +30,10 @@ from .images import clip_pixels
 from .limits import CLIP_PROMPT_TOKENS
 
 
+def _scaled(scale, x):
+    return x if scale is None or isinstance(scale, torch.nn.Identity) else scale(x)
+
+
 class TextScorer:
     """A scorer defined by its embeddings alone (subclass: `model`, `preprocess`, `text_features`,
     `image_features`, `text_tokens`); candidates are scored through their decoded texts."""
@@ -117,8 +121,10 @@ class ClipScorer(TextScorer):
         on_gpu = next(clip_model.parameters()).device.type == "cuda"
         self.chunk_tokens = 16384 if on_gpu else 2048
         self.blocks = list(clip_model.transformer.resblocks)
+        proj = clip_model.text_projection
+        self.embed_dim = proj.out_features if isinstance(proj, torch.nn.Module) else proj.shape[1]
         self.heads = self.blocks[0].attn.num_heads
-        self.dtype = clip_model.dtype
+        self.dtype = getattr(clip_model, "dtype", None) or next(clip_model.parameters()).dtype
 
     # ---- embeddings -----------------------------------------------------------------------------
     def prepare_image(self, image) -> torch.Tensor:
@@ -188,8 +194,16 @@ class ClipScorer(TextScorer):
     def _finish(self, block, x, attn):
         """Residual adds of one block; attn (..., h, L, hd)."""
         attn = attn.transpose(-2, -3).flatten(-2)  # (..., L, d)
-        x = x + F.linear(attn, block.attn.out_proj.weight, block.attn.out_proj.bias)
-        return x + self._mlp(block, block.ln_2(x))
+        ls_1, ls_2 = getattr(block, "ls_1", None), getattr(block, "ls_2", None)  # OpenCLIP's layer scales
+        x = x + _scaled(ls_1, F.linear(attn, block.attn.out_proj.weight, block.attn.out_proj.bias))
+        return x + _scaled(ls_2, self._mlp(block, block.ln_2(x)))
+
+    def _project(self, x):
+        """The text features of final hidden states x (..., d): ln_final, then the projection (a
+        matrix in OpenAI CLIP, a Linear layer in some OpenCLIP models)."""
+        x = self.clip.ln_final(x).type(self.dtype)
+        proj = self.clip.text_projection
+        return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
 
     @staticmethod
     def _mlp(block, x):
@@ -255,7 +269,7 @@ class ClipScorer(TextScorer):
         dev = suffix.device
         beam = torch.arange(R, device=dev).repeat_interleave(K)  # (M,)
         shared, suffix, eot_index = shared.reshape(-1), suffix.reshape(R * K, S), eot_index.reshape(-1)
-        out = torch.zeros(R * K, self.clip.text_projection.shape[1], dtype=self.dtype, device=dev)
+        out = torch.zeros(R * K, self.embed_dim, dtype=self.dtype, device=dev)
         rows = torch.arange(R * K, device=dev) if needed is None else needed.reshape(-1).nonzero()[:, 0]
         if rows.numel() == 0:
             return out.view(R, K, -1)
@@ -328,7 +342,7 @@ class ClipScorer(TextScorer):
             o = by_prefix(attn[..., :P], pv, grid) + torch.einsum("nhw,nhdw->nhd", attn[..., P:], window_v)
             x = x + F.linear(o.flatten(1), block.attn.out_proj.weight, block.attn.out_proj.bias)
             x = x + self._mlp(block, block.ln_2(x))
-        return self.clip.ln_final(x).type(self.dtype) @ self.clip.text_projection  # (M, D)
+        return self._project(x)  # (M, D)
 
     def _encode_rows(self, cache: PrefixCache, beam, shared, suffix, eot_index) -> torch.Tensor:
         """Features (M, D) of M rows; beam (M,) picks each row's prefix, suffix (M, S)."""
@@ -351,7 +365,7 @@ class ClipScorer(TextScorer):
             values = torch.cat([pv, v], dim=-2)
             x = self._finish(block, x, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
         x = x[torch.arange(M, device=dev), eot_index]  # (M, d)
-        return self.clip.ln_final(x).type(self.dtype) @ self.clip.text_projection  # (M, D)
+        return self._project(x)  # (M, D)
 
 
 

@@ -84,9 +84,10 @@ def missing_lm_files(path: str) -> list[str]:
     """What a causal-LM directory lacks: config, weights, tokenizer (as names to show)."""
     has = lambda f: os.path.isfile(os.path.join(path, f))  # noqa: E731
     gone = [] if has("config.json") else ["config.json"]
-    if not (has("model.safetensors") or has("pytorch_model.bin")):
+    if not any(has(f) for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                                "pytorch_model.bin.index.json")):
         gone.append("model.safetensors")
-    if not (has("tokenizer.json") or (has("vocab.json") and has("merges.txt"))):
+    if not (has("tokenizer.json") or has("tokenizer.model") or (has("vocab.json") and has("merges.txt"))):
         gone.append("tokenizer.json (or vocab.json + merges.txt)")
     return gone
 
@@ -97,10 +98,13 @@ def check_lm_dir(path: str) -> None:
     missing = missing_lm_files(path)
     if missing:
         raise InputError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)}); {GET_WEIGHTS}")
+    why = families.not_a_causal_lm(path)
+    if why:
+        raise InputError(f"--lm {path} holds {why}")
 
 
 def check_clip_file(path: str) -> None:
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and not os.path.isdir(path):
         raise InputError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
 
 

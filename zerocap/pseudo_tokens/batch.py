@@ -146,7 +146,7 @@ class PseudoTokenBatch:
     def _begin_sentence(self, r: PseudoTokenRequest) -> None:
         e = self.engine
         prompt = r.rng.choice(PROMPTS if r.cfg.randomized_prompt else ("",))
-        r.tokens = e.tokenizer.encode(e.bos + prompt)
+        r.tokens = self.method.prompt_ids(prompt)
         r.index, r.log_prob = 0, 0
 
     def step(self, only: list | None = None) -> list:

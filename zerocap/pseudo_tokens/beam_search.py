@@ -23,11 +23,11 @@ class BeamSearch:
         e, cfg = method.engine, r.cfg
         self.r, self.B, self.i, self.finished = r, cfg.beam_size, 0, False
         self.prefix = method.prefix(cfg.dummy_tokens) + r.offset.detach()  # (L, 2, 1, H, P, hd)
-        self.generated = torch.tensor([e.tokenizer.encode(e.bos + cfg.cond_text)], device=e.device)
+        self.generated = torch.tensor([method.prompt_ids(cfg.cond_text)], device=e.device)
         self.gen = self.scores = None
         self.lengths = torch.ones(self.B, device=e.device)
         self.stopped = torch.zeros(self.B, dtype=torch.bool, device=e.device)
-        self.decode = e.tokenizer.decode
+        self.text_after = e.vocabulary.text_after
 
     @property
     def rows(self) -> int:
@@ -66,7 +66,8 @@ class BeamSearch:
 
     def answer(self) -> list[PTBeam]:
         scores = self.scores / self.lengths
-        texts = [self.decode(row[:int(n)]) for row, n in zip(self.gen.tolist(), self.lengths.tolist())]
+        prompt = self.generated[0, :self.generated.shape[1] - self.gen.shape[1]].tolist()
+        texts = [self.text_after(prompt, row[:int(n)]) for row, n in zip(self.gen.tolist(), self.lengths.tolist())]
         order = scores.argsort(descending=True).tolist()
         cond = self.r.cfg.cond_text
         return [PTBeam(texts[k], cond + texts[k], float(scores[k])) for k in order]

@@ -55,20 +55,22 @@ class PseudoTokens:
     def check(self, cfg: PseudoTokenConfig) -> PseudoTokenConfig:
         cfg = cfg.validate()
         e = self.engine
-        if e.family.name != "gpt2":
-            raise InputError(f"the {NAME} method runs on GPT-2 (their code's LM); this LM is {e.family.name}")
         if next(e.lm.parameters()).dtype != torch.float32:
             raise InputError(f"the {NAME} method runs the LM in float32 (its prefix is learned by gradient steps,"
                              " as theirs); load it with lm_dtype='float32'")
-        if not e.tokenizer.encode(cfg.end_token, add_special_tokens=False):
-            raise InputError(f"end_token {cfg.end_token!r} has no LM token")
-        longest = max(len(e.tokenizer.encode(e.bos + p)) for p in PROMPTS) + cfg.max_tokens
-        beam = len(e.tokenizer.encode(e.bos + cfg.cond_text)) + cfg.max_tokens
-        room = e.lm.config.n_positions - cfg.dummy_tokens
+        e.vocabulary.end_id(cfg.end_token)  # found, or refused
+        longest = max(len(self.prompt_ids(p)) for p in PROMPTS) + cfg.max_tokens
+        beam = len(self.prompt_ids(cfg.cond_text)) + cfg.max_tokens
+        room = e.facts.positions - cfg.dummy_tokens
         if max(longest, beam) > room:
             raise InputError(f"max_tokens ({cfg.max_tokens}) with dummy_tokens ({cfg.dummy_tokens}) and the prompt"
-                             f" run past the LM's {e.lm.config.n_positions} positions; lower them")
+                             f" run past the LM's {e.facts.positions} positions; lower them")
         return cfg
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Their prompts' ids: the start token (BOS; a family without one, its end-of-text token, as
+        GPT-2's BOS is), then the text's."""
+        return [self.engine.vocabulary.start_id] + self.engine.tokenizer.encode(text, add_special_tokens=False)
 
     def request(self, target, cfg: PseudoTokenConfig, progress=None) -> PseudoTokenRequest:
         """A checked config's caption of `target` (its `frames`, else its vector as one frame)."""
@@ -79,11 +81,12 @@ class PseudoTokens:
         return PseudoTokenRequest(frames.to(self.engine.device, dtype), cfg, target.name, target.details, progress)
 
     def prefix(self, tokens: int) -> torch.Tensor:
-        """The LM's keys/values of `tokens` BOS tokens (L, 2, 1, H, P, hd): where the pseudo-tokens start."""
+        """The LM's keys/values of `tokens` start tokens (L, 2, 1, H, P, hd): where the pseudo-tokens
+        start (theirs: GPT-2's BOS)."""
         if tokens not in self._prefixes:
             e, lm = self.engine, self.engine.lm_adapter
             with torch.no_grad():
-                out = e.lm(torch.full((1, tokens), e.tokenizer.bos_token_id, device=e.device), use_cache=True)
+                out = e.lm(torch.full((1, tokens), e.vocabulary.start_id, device=e.device), use_cache=True)
             self._prefixes[tokens] = lm._stack(lm._cache_out(out).layers)
         return self._prefixes[tokens]
 
@@ -103,8 +106,7 @@ class PseudoTokens:
     def rules(self, end_token: str) -> TokenRules:
         if end_token not in self._rules:
             e = self.engine
-            end_id = e.tokenizer.encode(end_token, add_special_tokens=False)[0]
-            self._rules[end_token] = TokenRules(e.tokenizer, e.vocab_size, end_id, e.device)
+            self._rules[end_token] = TokenRules(e.vocabulary, e.vocabulary.end_id(end_token), e.device)
         return self._rules[end_token]
 
     def logits(self, contexts: list[list[int]], prefixes: list[torch.Tensor] | None = None) -> torch.Tensor:

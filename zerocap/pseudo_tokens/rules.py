@@ -15,15 +15,19 @@ SIMILAR = 8  # similar forms kept per token
 
 
 class TokenRules:
-    """The vocabulary's tables for their token rules, built once per end token."""
+    """The vocabulary's tables for their token rules, built once per end token. Their rules read
+    GPT-2's byte-level pieces, "Ġ" for a space; these read each token's text (vocabulary.py), " "
+    for a space -- the same sets on GPT-2's vocabulary, and the same rules on a SentencePiece one
+    ("▁dog" is " dog")."""
 
-    def __init__(self, tokenizer, vocab: int, end_id: int, device):
-        spacer = "Ġ"
+    def __init__(self, vocabulary, end_id: int, device):
+        spacer = " "
         lower = set("abcdefghijklmnopqrstuvwxyz")
         upper = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
         special = {" ", ",", "'", spacer}
-        n = tokenizer.vocab_size
-        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+        vocab = vocabulary.size
+        n = min(len(vocabulary.tokenizer), vocab)
+        pieces = vocabulary.texts[:n]
         letters = lower | upper
         forbidden = [i for i, p in enumerate(pieces) if not set(p) <= letters | special or i == end_id]
         first = [i for i, p in enumerate(pieces) if not set(p) <= letters]

@@ -1,0 +1,238 @@
+"""Today's open LM families (issue 32): both methods, both forms, on tiny random-weight models
+built from each library's own config classes (tests/tiny_models.py: LM_FAMILIES), against the
+literal references -- generalised only in their tokenizer calls (see their docstrings).
+
+Beams and sentences are compared exactly, scores to tests/numeric.py's SCORE_REL (which says
+why); the exact form runs each family's own Hugging Face forward, the fast form its stacked cache
+(grouped- and multi-query attention: fewer key/value heads than query heads) and one-token steps.
+"""
+import copy
+import random
+
+import pytest
+import torch
+
+from numeric import assert_same_beams
+from reference_decoder import ReferenceDecoder
+from reference_pseudo_tokens import CLIPTextGenerator, reference_args
+from tiny_models import LM_FAMILIES, write_tiny_lm
+from zerocap import InputError, ZeroCap, ZeroCapConfig, families
+from zerocap.modes import Target
+from zerocap.pseudo_tokens import SCHEDULES, PseudoTokenConfig
+
+FAMILY_NAMES = list(LM_FAMILIES)
+SENTENCEPIECE = {name for name, (_, _, kind) in LM_FAMILIES.items() if kind == "sp"}
+FORMS = ["exact", "fast"]
+
+
+@pytest.fixture(scope="module")
+def lm_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {name: write_tiny_lm(str(root / name), name) for name in FAMILY_NAMES}
+
+
+_ENGINES: dict = {}
+
+
+def engine_of(lm_dirs, clip_file, name, form):
+    if (name, form) not in _ENGINES:
+        _ENGINES[(name, form)] = ZeroCap.load(lm_dirs[name], clip_file, device="cpu", form=form)
+    return _ENGINES[(name, form)]
+
+
+def tokenizer_args(engine, name):
+    """The references' tokenizer calls for this family (see their docstrings)."""
+    tok = engine.tokenizer
+    end = tok.convert_tokens_to_ids(".")
+    if name in SENTENCEPIECE:
+        return dict(end_id=end, candidate_text="row"), dict(end_id=end, candidate_text="row", spacer="\u2581")
+    return dict(end_id=end), dict(end_id=end, start_id=tok.bos_token_id if tok.bos_token_id is not None
+                                  else tok.eos_token_id)
+
+
+CASES = {
+    "paper defaults": ZeroCapConfig(top_k=32, beam_size=3, max_tokens=4),
+    "rules and stops": ZeroCapConfig(top_k=24, beam_size=2, max_tokens=4, repetition_penalty=1.5, end_factor=4.0,
+                                     end_factor_from=0, num_iterations=3),
+}
+_REF: dict = {}
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_zerocap_on_every_family_matches_the_reference(lm_dirs, clip_file, images, name, form):
+    engine = engine_of(lm_dirs, clip_file, name, form)
+    for case, cfg in CASES.items():
+        result = engine.caption([images[0]], config=cfg)[0]
+        key = (name, case)
+        if key not in _REF:
+            exact = engine_of(lm_dirs, clip_file, name, "exact")
+            target = exact.targets.image_target(images[0])
+            ref = ReferenceDecoder(exact.lm, exact.tokenizer, exact.scorer.clip,
+                                   exact.forbidden.nonzero()[:, 0].tolist(), cfg, bos_prefix=exact.facts.bos,
+                                   **tokenizer_args(exact, name)[0])
+            _REF[key] = ref.run(target[None], cfg.cond_text)
+        assert_same_beams(result, _REF[key])
+        assert all(beam.caption == cfg.cond_text + beam.text for beam in result.beams)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "opt"])
+def test_texts_keep_their_spaces_on_every_tokenizer(lm_dirs, clip_file, name):
+    """A SentencePiece token's text depends on its row ("▁dog" decodes to "dog" alone, to " dog"
+    after a word): a candidate's text, a caption's first word and the prompt's ids are taken in
+    their rows, so "Image of a" + " dog" never becomes "Image of adog"."""
+    engine = engine_of(lm_dirs, clip_file, name, "fast")
+    vocab, tok = engine.vocabulary, engine.tokenizer
+    prompt = engine.prompt_ids(ZeroCapConfig(cond_text="Image of a"))
+    words = tok.encode(" dog on the grass", add_special_tokens=False)
+    assert vocab.text_after(prompt, words) == " dog on the grass"
+    assert engine.prefix_texts([prompt])[0].strip() == "Image of a"
+    assert engine.prefix_texts([prompt])[0] + "".join(vocab.texts[i] for i in words) \
+        == engine.prefix_texts([prompt + words])[0]
+    assert prompt.count(tok.bos_token_id) <= 1  # never a doubled BOS
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma3"])
+def test_requests_of_other_prompts_share_steps_each_with_its_beams_alone(lm_dirs, clip_file, images, name):
+    """Grouped- and multi-query families in the fast form: requests of other prompt lengths (rows of
+    other lengths in one pass: their own positions, padding masked) and images, decoded together
+    by the scheduler, each give their beams alone."""
+    from zerocap.scheduler import Scheduler
+
+    engine = engine_of(lm_dirs, clip_file, name, "fast")
+    base = CASES["paper defaults"]
+    cfgs = [base, base.replace(cond_text="A picture of one", max_tokens=3), base.replace(cond_text="Image of")]
+    targets = [Target(engine.targets.image_target(images[i]), f"image {i}") for i in range(3)]
+    alone = [engine.decode_targets([t], engine.check(c))[0] for t, c in zip(targets, cfgs)]
+    scheduler = Scheduler(engine, max_batch=8)
+    try:
+        tickets = [scheduler.submit(engine.request(t, engine.check(c))) for t, c in zip(targets, cfgs)]
+        results = [t.result(timeout=120) for t in tickets]
+    finally:
+        scheduler.close()
+    assert max(t.batch_size for t in tickets) > 1  # they shared steps
+    for got, want in zip(results, alone):
+        assert_same_beams(got, want)
+
+
+def pt_case(rng: random.Random) -> PseudoTokenConfig:
+    return PseudoTokenConfig(
+        seed=rng.randrange(1000), sentence_iterations=2, max_tokens=rng.randint(3, 5),
+        sampling_top_k=rng.randint(1, 4), beam_size=rng.randint(1, 3), dummy_tokens=rng.randint(1, 4),
+        learning_rate=rng.choice([0.006, 0.02, 0.1]), lr_schedule=rng.choice(SCHEDULES),
+        token_wise=rng.random() < 0.6, randomized_prompt=rng.random() < 0.6)
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_pseudo_tokens_on_every_family_match_their_code(lm_dirs, clip_file, images, name, form):
+    engine = engine_of(lm_dirs, clip_file, name, form)
+    cfg = pt_case(random.Random(FAMILY_NAMES.index(name)))
+    target = engine.targets.image_target(images[1])
+    r = engine.pseudo_tokens.decode([Target(target, "img")], cfg)[0]
+    got = [s.text for s in r.sentences], r.best_clip, r.best_mixed, [b.text for b in r.beams]
+    gen = CLIPTextGenerator(engine.lm, copy.deepcopy(engine.tokenizer), engine.scorer.clip,
+                            **reference_args(cfg), **tokenizer_args(engine, name)[1])
+    by_clip, by_mixed, sentences, beams = gen.generate(target[None])
+    assert got == (sentences, by_clip[0], by_mixed[0], beams), cfg
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_each_family_is_known_with_its_bos_rule(lm_dirs, clip_file, name):
+    engine = engine_of(lm_dirs, clip_file, name, "fast")
+    assert engine.family is not families.GENERIC, engine.lm.config.model_type
+    tok = engine.tokenizer
+    adds = tok.bos_token_id is not None and tok.encode("a")[0] == tok.bos_token_id
+    assert engine.facts.bos == adds  # the prompt starts with BOS as the family's tokenizer does
+    prompt = engine.prompt_ids(ZeroCapConfig())
+    assert prompt.count(tok.bos_token_id) == (1 if adds else 0) if tok.bos_token_id is not None else True
+    layers, heads, head_dim = engine.lm_adapter.layout()
+    cfg = engine.lm.config
+    assert heads == getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+
+def test_a_vocabulary_without_the_end_token_is_refused_in_words(lm_dirs, clip_file, images):
+    engine = engine_of(lm_dirs, clip_file, "llama", "fast")
+    with pytest.raises(InputError, match="end_token '\\\\x07' gives no token of this LM's vocabulary"):
+        engine.caption([images[0]], config=ZeroCapConfig(end_token="\x07", max_tokens=2))
+    assert engine.vocabulary.end_id(".") == engine.tokenizer.convert_tokens_to_ids(".")  # not "▁"
+
+
+# ---- CLIP families ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def open_clip_dir(tmp_path_factory):
+    from tiny_models import write_tiny_open_clip
+
+    return write_tiny_open_clip(str(tmp_path_factory.mktemp("openclip") / "ViT-B-32-laion"))
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("name", ["llama", "gpt_neox"])
+def test_open_clip_steers_both_methods_as_the_reference(lm_dirs, open_clip_dir, images, name, form):
+    """An OpenCLIP folder (open_clip_config.json + weights, as on the hub; standard GELU and the
+    text projection of open_clip's own CLIP class) as the scorer: ZeroCap's beams equal the
+    reference's (which calls the model's own encode_text), the pseudo-tokens their code's."""
+    engine = ZeroCap.load(lm_dirs[name], open_clip_dir, device="cpu", form=form)
+    assert type(engine.scorer.clip).__module__.startswith("open_clip")
+    cfg = CASES["paper defaults"]
+    target = engine.targets.image_target(images[2])
+    ref = ReferenceDecoder(engine.lm, engine.tokenizer, engine.scorer.clip, engine.forbidden.nonzero()[:, 0].tolist(),
+                           cfg, bos_prefix=engine.facts.bos, **tokenizer_args(engine, name)[0])
+    assert_same_beams(engine.caption([images[2]], config=cfg)[0], ref.run(target[None], cfg.cond_text))
+    pt = pt_case(random.Random(11))
+    r = engine.pseudo_tokens.decode([Target(target, "img")], pt)[0]
+    gen = CLIPTextGenerator(engine.lm, copy.deepcopy(engine.tokenizer), engine.scorer.clip, **reference_args(pt),
+                            **tokenizer_args(engine, name)[1])
+    by_clip, by_mixed, sentences, beams = gen.generate(target[None])
+    assert ([s.text for s in r.sentences], r.best_clip, [b.text for b in r.beams]) == (sentences, by_clip[0], beams)
+
+
+def write_config(folder, **config):
+    import json
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    for name in ("model.safetensors", "tokenizer.json"):
+        open(os.path.join(folder, name), "w").close()
+    return str(folder)
+
+
+@pytest.mark.parametrize("config, said", [
+    (dict(model_type="t5", is_encoder_decoder=True), "a sequence-to-sequence (encoder-decoder) model ('t5')"),
+    (dict(model_type="bert"), "an encoder-only model ('bert'), not a causal LM"),
+    (dict(model_type="llava", vision_config={}, text_config={}), "a vision-language model ('llava')"),
+])
+def test_models_that_are_not_text_causal_lms_are_refused_in_one_line(tmp_path, clip_file, images, config, said,
+                                                                     capsys):
+    from zerocap.cli import main
+
+    folder = write_config(tmp_path / "lm", **config)
+    with pytest.raises(InputError, match=f"holds {said}".replace("(", r"\(").replace(")", r"\)")):
+        ZeroCap.load(folder, clip_file, device="cpu")
+    assert main(["caption", images[0], "--lm", folder, "--clip", clip_file]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_clip_folders_that_are_not_runnable_are_refused_in_words(tmp_path, lm_dirs, clip_file):
+    import json
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="a folder without open_clip_config.json"):
+        ZeroCap.load(lm_dirs["llama"], str(empty), device="cpu")
+    siglip = tmp_path / "siglip"  # SigLIP's text tower: a timm/HF model, not CLIP's causal transformer
+    siglip.mkdir()
+    (siglip / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": 32, "init_logit_bias": -10, "custom_text": True,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 1,
+                     "no_causal_mask": True, "pool_type": "last"}}}))
+    with pytest.raises(InputError, match="siglip: .*not causal|siglip: .*tokenizer|siglip: its text tower"):
+        ZeroCap.load(lm_dirs["llama"], str(siglip), device="cpu")

@@ -1,0 +1,89 @@
+"""An LM's tokenizer as the decoders read it, whatever its kind: byte-level BPE (GPT-2, GPT-NeoX,
+OPT, Llama 3, Qwen) or SentencePiece-style (Llama 2, TinyLlama, Mistral, Gemma).
+
+What differs between them, said once here:
+  token texts   what each token adds to a text. A SentencePiece token's text depends on its
+                row ("▁dog" is " dog" after a word, "dog" at the start of a decoded text), so a
+                token's text is taken after a fixed word (`ANCHOR`): decode([anchor, t]) less
+                decode([anchor]). On a byte-level vocabulary that is decode([t]), the authors'
+                own candidate text; on a SentencePiece one it is what the token adds to its row.
+  prompt ids    BOS (where the family starts prompts with it) as an id, then the text's ids without
+                special tokens -- the same ids as the authors' `encode(bos + text)` on GPT-2, and no
+                doubled BOS where a tokenizer adds its own.
+  text after    the text that generated ids add to a prompt: decode(prompt + ids) less
+                decode(prompt), so a caption keeps the space before its first word on every
+                family (decode(ids) alone is that text on GPT-2).
+  end token     the vocabulary's token whose text is the end token ("."), found in words or refused.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+from .errors import InputError
+
+ANCHOR = "a"  # a word every vocabulary holds as one token
+
+
+def _decode(tokenizer, ids, **kw) -> str:
+    return tokenizer.decode(ids, clean_up_tokenization_spaces=False, **kw)
+
+
+class Vocabulary:
+    """The decoders' view of one tokenizer (`size`: the LM's output rows, padding rows included)."""
+
+    def __init__(self, tokenizer, size: int):
+        self.tokenizer, self.size = tokenizer, size
+        self.bos_id = tokenizer.bos_token_id
+        self.bos = tokenizer.bos_token or ""
+        # where a family has no BOS (Qwen), the pseudo-tokens start from its end-of-text token
+        self.start_id = self.bos_id if self.bos_id is not None else tokenizer.eos_token_id
+        self._ends: dict[str, int] = {}
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """What each token adds to a text (see the module docstring), one per output row."""
+        tok = self.tokenizer
+        n = len(tok)
+        anchor = tok.encode(ANCHOR, add_special_tokens=False)[-1:]
+        alone = tok.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+        if anchor:
+            head = _decode(tok, anchor)
+            after = tok.batch_decode([anchor + [i] for i in range(n)], clean_up_tokenization_spaces=False)
+            alone = [a[len(head):] if a.startswith(head) else s for a, s in zip(after, alone)]
+        alone += [""] * (self.size - len(alone))  # padded embedding rows decode to nothing
+        return alone[:self.size]
+
+    def prompt_ids(self, text: str, bos: bool) -> list[int]:
+        """BOS (when `bos` and the tokenizer has one) and the text's ids."""
+        start = [self.bos_id] if bos and self.bos_id is not None else []
+        return start + self.tokenizer.encode(text, add_special_tokens=False)
+
+    def text_after(self, prompt: list[int], ids: list[int], skip_special: bool = False) -> str:
+        """The text `ids` add after `prompt`."""
+        if not ids:
+            return ""
+        head = _decode(self.tokenizer, prompt, skip_special_tokens=skip_special)
+        whole = _decode(self.tokenizer, list(prompt) + list(ids), skip_special_tokens=skip_special)
+        if whole.startswith(head):
+            return whole[len(head):]
+        return _decode(self.tokenizer, ids, skip_special_tokens=skip_special)
+
+    def row_text(self, ids: list[int]) -> str:
+        """A row's text without BOS: what CLIP reads of it."""
+        text = _decode(self.tokenizer, ids)
+        return text.replace(self.bos, "") if self.bos else text
+
+    def end_id(self, end_token: str) -> int:
+        """The token that ends a beam: the one whose text is `end_token` (on a SentencePiece
+        vocabulary "." alone encodes as "▁", "."), else the first token of its text that is not
+        only spaces nor a special token; InputError where it has none."""
+        if end_token not in self._ends:
+            found = [i for i, t in enumerate(self.texts) if t == end_token]
+            special = set(self.tokenizer.all_special_ids)  # <unk> stands for what the vocabulary lacks
+            ids = [i for i in self.tokenizer.encode(end_token, add_special_tokens=False)
+                   if i < self.size and self.texts[i].strip() and i not in special]
+            if not found and not ids:
+                raise InputError(f"end_token {end_token!r} gives no token of this LM's vocabulary; give a text"
+                                 " that does (e.g. '.')")
+            self._ends[end_token] = found[0] if found else ids[0]
+        return self._ends[end_token]
