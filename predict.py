@@ -251,10 +251,11 @@ def sent_name(path: str, fallback: str | None) -> str | None:
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        """Load GPT-2 medium and CLIP ViT-B/32 from weights/ (fetch them if missing and online), and
-        start the scheduler that decodes concurrent predictions together."""
+        """Load the weights folder's pair (its models.json, else GPT-2 medium and CLIP ViT-B/32,
+        fetched if missing and online), and start the scheduler that decodes concurrent
+        predictions together."""
         quiet_transformers()
-        lm, clip = weights.ensure(weights.root(), log=lambda m: print(m, flush=True))
+        lm, clip = weights.locate(log=lambda m: print(m, flush=True))  # the folder's pair (models.json) or the paper's
         from PIL import Image
 
         from zerocap import ZeroCap

@@ -614,3 +614,58 @@ def test_an_ordinary_x264_clip_is_served_with_the_authors_sampling(server, tmp_p
     assert out["status"] == "succeeded", (out.get("error"), server.log_tail())
     o = out["output"]
     assert o["frames_asked"] == 60 and o["frames_sampling"] == "every 10th frame (30 fps // 3)"
+
+
+# ---- another pair: a Llama-style LM (grouped-query attention, SentencePiece) and an OpenCLIP model ----
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """A weights folder whose models.json names a tiny Llama-style LM and a tiny OpenCLIP folder:
+    the container built with it serves that pair."""
+    from tiny_models import write_tiny_lm, write_tiny_open_clip
+
+    root = tmp_path_factory.mktemp("llama-weights")
+    write_tiny_lm(str(root / "Tiny-Llama"), "llama")
+    write_tiny_open_clip(str(root / "clip" / "Tiny-OpenCLIP"))
+    (root / "models.json").write_text(json.dumps({"lm": "Tiny-Llama", "clip": "clip/Tiny-OpenCLIP"}))
+    s = Server({"ZEROCAP_WEIGHTS": str(root), "ZEROCAP_OFFLINE": "1"})
+    try:
+        assert s.wait()["status"] == "READY", s.log_tail()
+        yield s
+    finally:
+        s.stop()
+
+
+def test_another_pair_batches_cancels_and_isolates_as_gpt2(llama_server, uris):
+    """Served on a tiny Llama + OpenCLIP: a burst of both methods' requests with other prompts
+    shares steps, each with its output alone; one of three in flight is cancelled and the others
+    succeed; a bad input fails alone; the server stays READY."""
+    server = llama_server
+    bodies = [{"input": {"image": uris[i % 4], **BURST, "cond_text": ["Image of a", "A photo of"][i % 2]}}
+              for i in range(4)] + [{"input": {"image": uris[i], "seed": i, **PT}} for i in range(2)]
+    alone = [http("POST", server.url + "/predictions", b, timeout=300) for b in bodies]
+    together = burst(server, bodies)
+    for (_, a), (_, b) in zip(alone, together):
+        assert a["status"] == b["status"] == "succeeded", (a.get("error"), b.get("error"), server.log_tail())
+        for key in ("caption", "beams", "sentences"):
+            assert a["output"][key] == b["output"][key], key
+    assert all(o["output"]["beams"][0].startswith(("Image of a", "A photo of")) for _, o in together[:4])
+    assert max(o["metrics"]["batch_size"] for _, o in together) > 2  # decoded together
+    out = [None] * 3
+
+    def send(i):
+        body = {"input": {"image": uris[i], **BURST, "max_tokens": 40 if i == 1 else 6}}
+        out[i] = http("PUT", f"{server.url}/predictions/q{i}", body, timeout=300)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    assert http("POST", f"{server.url}/predictions/q1/cancel", timeout=10)[0] == 200
+    for t in threads:
+        t.join()
+    assert [o["status"] for _, o in out] == ["succeeded", "canceled", "succeeded"], (out, server.log_tail())
+    bad = burst(server, [{"input": {"image": uris[0], **BURST}}, {"input": {"image": uris[1], **BURST,
+                                                                            "beam_size": 9, "top_k": 4}}])
+    assert [o["status"] for _, o in bad] == ["succeeded", "failed"]
+    assert "beam_size (9) must not exceed top_k (4)" in bad[1][1]["error"]
+    assert server.wait(until=("READY",), timeout=20)["status"] == "READY"

@@ -151,6 +151,7 @@ def test_a_results_file_refuses_other_settings_and_names_them(job, capsys):
     settings = lines(out)[0]["settings"]
     assert settings["mode"] == "caption" and settings["form"] == "fast" and settings["beam_size"] == 2
     assert len(settings["lm"]) == 16 and len(settings["clip"]) == 16  # the models' fingerprints
+    assert settings["lm_model"] == "gpt2 gpt2-medium" and settings["clip_model"] == "ViT-B-32.pt"  # and names
     shutil.copy(job.path / "in" / "a.png", job.path / "new.png")
     for args, named in [(["ocr"], 'mode "caption" (now "ocr"), cond_text "Image of a" (now'),
                         (["caption", "--cond-text", "A photo of"], 'cond_text "Image of a" (now "A photo of")'),
@@ -167,6 +168,24 @@ def test_a_results_file_refuses_other_settings_and_names_them(job, capsys):
     assert [x["settings"]["mode"] for x in got] == ["caption", "caption", "ocr"]
     code, err = job.run("caption", "in", "--out", out, capsys=capsys)  # a mixed file: mixing is asked again
     assert code == 2 and 'mode "ocr" (now "caption")' in err
+
+
+def test_a_file_written_before_the_models_were_named_resumes(job, capsys):
+    """Lines of an earlier zerocap, whose settings lack lm_model and clip_model: the same models by
+    their fingerprints, so the file resumes; another knob is still refused."""
+    import json
+
+    out = job.path / "r.jsonl"
+    assert job.run("caption", "in/a.png", "--out", out, capsys=capsys)[0] == 0
+    records = lines(out)
+    for r in records:
+        del r["settings"]["lm_model"], r["settings"]["clip_model"]
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    shutil.copy(job.path / "in" / "a.png", job.path / "new.png")
+    code, err = job.run("caption", "in/a.png", "new.png", "--out", out, capsys=capsys)
+    assert code == 0 and "captioned 1" in err and "skipped 1" in err, err
+    code, err = job.run("caption", "in/a.png", "--beam-size", "1", "--out", out, capsys=capsys)
+    assert code == 2 and "beam_size 2 (now 1)" in err
 
 
 def test_the_command_that_made_a_file_resumes_it_from_any_folder_without_loading_the_models(job, capsys,

@@ -113,7 +113,8 @@ def test_download_script(hub, tmp_path):
     assert r.returncode == 2 and "HTTP 404" in r.stderr
     r = subprocess.run([sys.executable, os.path.join(ROOT_DIR, "script", "download-weights"), "--lm", "gpt-j"],
                        capture_output=True, text=True, env=dict(os.environ))
-    assert r.returncode == 2 and "invalid choice: 'gpt-j' (choose from 'gpt2-medium', 'gpt-neo-125M')" in r.stderr
+    assert r.returncode == 2 and "--lm 'gpt-j': choose one of gpt2-medium, gpt-neo-125M, or give a Hugging Face" \
+        " repo (OWNER/NAME)" in r.stderr
 
 
 def test_second_lm_downloads_beside_the_first_and_the_manifest_keeps_both(hub, tmp_path):
@@ -156,3 +157,53 @@ def test_no_network_is_one_line_naming_the_host_and_the_hand_copy(tmp_path, monk
     assert said == ("cannot reach huggingface.co to download https://huggingface.co/x/resolve/main/config.json (the"
                     f" name does not resolve: no network or no DNS); without a network, copy the file to"
                     f" {tmp_path / 'lm' / 'config.json'} by hand (README: Weights)")
+
+
+def test_any_pair_from_the_hub_is_fetched_verified_and_served(hub, tmp_path, monkeypatch):
+    """`download-weights --lm OWNER/NAME --clip OWNER/NAME --use`: a sharded Llama-style LM and an
+    OpenCLIP folder from the (loopback) hub, checksums in the manifest, and models.json naming the
+    pair -- which ZeroCap.load, the command line and the container then load."""
+    import json
+
+    from tiny_models import write_tiny_lm, write_tiny_open_clip
+    from zerocap import ZeroCap
+
+    src = tmp_path / "src"
+    lm = write_tiny_lm(str(src / "lm"), "llama")
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(lm).save_pretrained(lm, max_shard_size="1MB")  # shards + index
+    os.remove(os.path.join(lm, "model.safetensors")) if os.path.exists(os.path.join(lm, "model.safetensors")) else None
+    assert os.path.isfile(os.path.join(lm, "model.safetensors.index.json"))
+    hub.serve_lm(lm, "meta-llama/Tiny-Llama")
+    hub.serve_lm(write_tiny_open_clip(str(src / "oc")), "laion/Tiny-CLIP")
+    root = tmp_path / "w"
+    script = os.path.join(ROOT_DIR, "script", "download-weights")
+    r = subprocess.run([sys.executable, script, "--root", str(root), "--lm", "meta-llama/Tiny-Llama", "--clip",
+                        "laion/Tiny-CLIP", "--use"], capture_output=True, text=True, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    shards = [f for f in os.listdir(root / "Tiny-Llama") if f.startswith("model-")]
+    assert len(shards) > 1
+    manifest = {e["file"]: e for e in json.loads((root / "manifest.json").read_text())["files"]}
+    assert all(len(manifest[os.path.join("Tiny-Llama", f)]["sha256"]) == 64 for f in shards)
+    assert "clip/Tiny-CLIP/open_clip_model.safetensors" in manifest
+    assert json.loads((root / "models.json").read_text()) == {"lm": "Tiny-Llama", "clip": "clip/Tiny-CLIP"}
+    n = len(hub.requests)  # again: everything verified, nothing fetched
+    assert subprocess.run([sys.executable, script, "--root", str(root), "--lm", "meta-llama/Tiny-Llama", "--clip",
+                           "laion/Tiny-CLIP"], capture_output=True, text=True, env=dict(os.environ)).returncode == 0
+    assert len(hub.requests) - n <= 12 and not any("model-" in p for p in hub.requests[n:])
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", str(root))
+    monkeypatch.setenv("ZEROCAP_OFFLINE", "1")
+    engine = ZeroCap.load(device="cpu")
+    assert engine.lm.config.model_type == "llama" and type(engine.scorer.clip).__module__.startswith("open_clip")
+    monkeypatch.setenv("ZEROCAP_LM", "/nowhere/lm")
+    with pytest.raises(ValueError, match="/nowhere/lm is not a directory"):
+        ZeroCap.load(device="cpu")  # the environment names the pair before models.json
+    t5 = src / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "is_encoder_decoder": True}))
+    (t5 / "model.safetensors").write_bytes(b"0")
+    hub.serve_lm(str(t5), "google-t5/t5-small")
+    r = subprocess.run([sys.executable, script, "--root", str(root), "--lm", "google-t5/t5-small"],
+                       capture_output=True, text=True, env=dict(os.environ))
+    assert r.returncode == 2 and "google-t5/t5-small holds a sequence-to-sequence (encoder-decoder) model" in r.stderr

@@ -4,6 +4,10 @@
       gpt2-medium/         Hugging Face GPT-2 medium (openai-community/gpt2-medium), the paper's LM
       gpt-neo-125M/        GPT-Neo 125M (EleutherAI/gpt-neo-125m), optional: the authors' --lm_model gpt-neo
       clip/ViT-B-32.pt     OpenAI CLIP ViT-B/32, from the URL that carries its SHA-256
+      <name>/              any other causal LM from the hub (download-weights --lm OWNER/NAME)
+      clip/<name>/         an OpenCLIP model from the hub (download-weights --clip OWNER/NAME)
+      models.json          optional: the pair this folder serves, {"lm": "<name>", "clip": "clip/<name>"}
+                           (download-weights --use; $ZEROCAP_LM / $ZEROCAP_CLIP override it)
       manifest.json        file, size and sha256 of every file, written by the download
 
 Root: $ZEROCAP_WEIGHTS, else ./weights. Offline mode ($ZEROCAP_OFFLINE=1 or $HF_HUB_OFFLINE=1)
@@ -163,6 +167,14 @@ def ensure(weights_root: str | None = None, allow_download: bool | None = None,
     return paths(r, lm or LM_DIR)
 
 
+def model_name(path: str) -> str:
+    """A model's name as results record it: an LM folder's model type and folder name
+    ("qwen2 Qwen2.5-0.5B"), a CLIP checkpoint's or OpenCLIP folder's name ("ViT-B-32.pt")."""
+    name = os.path.basename(os.path.normpath(path))
+    kind = families.model_type(path) if os.path.isdir(path) else None
+    return f"{kind} {name}" if kind else name
+
+
 def fingerprint(path: str) -> str:
     """A short identity of a model's weights that moving or copying them keeps: a sha256 over
     the size and first MiB of each file -- for an LM folder, its config and weights files (with
@@ -180,11 +192,40 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+CHOICE = "models.json"  # the pair a weights folder serves
+
+
+def chosen(weights_root: str | None = None) -> tuple[str | None, str | None]:
+    """(LM, CLIP) paths named by $ZEROCAP_LM / $ZEROCAP_CLIP, else by the weights folder's
+    models.json (paths under the root), None for each not named: the pair a container built with
+    that folder serves, and the command line's default."""
+    r = weights_root or root()
+    named: dict = {}
+    path = os.path.join(r, CHOICE)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                data = json.loads(f.read(1 << 16))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path} cannot be read as JSON ({e}); it names the pair the folder serves:"
+                             ' {"lm": "<folder>", "clip": "<file or folder>"}') from None
+        if not isinstance(data, dict) or not all(isinstance(data.get(k, ""), str) for k in ("lm", "clip")):
+            raise InputError(f'{path} must hold {{"lm": "<folder>", "clip": "<file or folder>"}}, paths under {r}')
+        named = {k: os.path.join(r, data[k]) for k in ("lm", "clip") if data.get(k)}
+    return (os.environ.get("ZEROCAP_LM") or named.get("lm") or None,
+            os.environ.get("ZEROCAP_CLIP") or named.get("clip") or None)
+
+
 def locate(lm: str | None = None, clip: str | None = None, lm_dir: str = LM_DIR,
            log: Callable[[str], None] | None = None) -> tuple[str, str]:
-    """(LM folder, CLIP checkpoint): those given, as they are (never downloaded); the others from
-    the weights folder ($ZEROCAP_WEIGHTS, else ./weights; the LM from its `lm_dir`), missing files
-    fetched unless offline -- only those not given. The command line's rule and Python's."""
+    """(LM folder, CLIP checkpoint): those given, as they are (never downloaded); then those the
+    weights folder chooses (`chosen`: its models.json, or $ZEROCAP_LM / $ZEROCAP_CLIP; the LM only
+    when no other family's folder is asked for); the others from the weights folder
+    ($ZEROCAP_WEIGHTS, else ./weights; the LM from its `lm_dir`), missing files fetched unless
+    offline -- only those not given. The command line's rule, Python's and the container's."""
+    chosen_lm, chosen_clip = chosen()
+    lm = lm or (chosen_lm if lm_dir == LM_DIR else None)
+    clip = clip or chosen_clip
     if lm and clip:
         return lm, clip
     default_lm, default_clip = ensure(root(), log=log, lm=None if lm else lm_dir, clip=not clip)
@@ -298,22 +339,111 @@ def download(weights_root: str | None = None, hf_endpoint: str | None = None,
     if clip:
         clip_url = _clip_url()
         jobs.append((CLIP_FILE, clip_url, _hex64(clip_url.rstrip("/").split("/")[-2]), True))
-    names = {job[0] for job in jobs}
-    entries = {k: v for k, v in old.items() if k not in names and os.path.isfile(os.path.join(r, k))}
+    return _download_jobs(r, old, [jobs], log)
+
+
+def _download_jobs(r: str, old: dict, rounds: list, log) -> dict:
+    """Run rounds of (file, url, sha256, required) jobs -- a round may be a function of the root
+    that returns its jobs once the earlier rounds are on disk (a sharded model's index, then its
+    shards) -- and write the manifest: these files' entries and those of other files still there."""
+    entries = dict(old)
     # folders this download makes: removed again if it fails and leaves them empty (a .part stays, to resume)
-    new = [d for d in (r, *(os.path.join(r, os.path.dirname(job[0])) for job in jobs)) if not os.path.isdir(d)]
+    new: list[str] = [] if os.path.isdir(r) else [r]
     try:
-        _fetch_all(r, jobs, old, entries, log)
+        for jobs in rounds:
+            jobs = jobs(r) if callable(jobs) else jobs
+            for job in jobs:
+                entries.pop(job[0], None)
+            new += [d for d in (os.path.join(r, os.path.dirname(job[0])) for job in jobs) if not os.path.isdir(d)]
+            _fetch_all(r, jobs, old, entries, log)
     except BaseException:
         for folder in sorted(set(new), key=len, reverse=True):
             with contextlib.suppress(OSError):
                 os.rmdir(folder)  # only if empty
         raise
+    entries = {k: v for k, v in entries.items() if os.path.isfile(os.path.join(r, k))}
     manifest = {"files": [{"file": k, **v} for k, v in sorted(entries.items())]}
     with open(os.path.join(r, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
     return manifest
+
+
+# ---- any model from the hub: an LM (a Hugging Face folder) or an OpenCLIP model --------------------
+REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+HUB_LM_FILES = [(f, False) for f in ("generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                     "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
+                                     "model.safetensors", "model.safetensors.index.json")]
+OPEN_CLIP_FILES = [("open_clip_config.json", True), ("open_clip_model.safetensors", False),
+                   ("open_clip_pytorch_model.bin", False)]
+
+
+def repo_folder(repo: str, kind: str) -> str:
+    """Where a hub repo's model goes under the root: <name>/ for an LM, clip/<name>/ for OpenCLIP."""
+    if not REPO.fullmatch(repo):
+        raise InputError(f"{repo!r} is not a Hugging Face repo id (OWNER/NAME, e.g. Qwen/Qwen2.5-0.5B)")
+    name = repo.split("/")[1]
+    return os.path.join("clip", name) if kind == "clip" else name
+
+
+def download_repo(weights_root: str | None, repo: str, kind: str, hf_endpoint: str | None = None,
+                  log: Callable[[str], None] | None = None) -> str:
+    """Fetch a hub repo's causal LM (kind "lm": config, tokenizer files, weights -- one file or the
+    shards its index names) or OpenCLIP model (kind "clip": open_clip_config.json and its weights)
+    into the root; verified, resumable and recorded in the manifest as the default pair's files.
+    Returns its folder under the root."""
+    r = weights_root or root()
+    folder = repo_folder(repo, kind)
+    endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+    def job(name, required):
+        return os.path.join(folder, name), f"{endpoint}/{repo}/resolve/{HF_REVISION}/{name}", None, required
+
+    def weight_files(base):
+        here = os.path.join(base, folder)
+        has = lambda f: os.path.isfile(os.path.join(here, f))  # noqa: E731
+        if kind == "clip":
+            if not (has("open_clip_model.safetensors") or has("open_clip_pytorch_model.bin")):
+                raise InputError(f"{repo} has no OpenCLIP weights (open_clip_model.safetensors or"
+                                 " open_clip_pytorch_model.bin): is it an OpenCLIP repo?")
+            return []
+        if has("model.safetensors"):
+            return []
+        if not has("model.safetensors.index.json"):
+            raise InputError(f"{repo} has no model.safetensors nor model.safetensors.index.json")
+        try:
+            with open(os.path.join(here, "model.safetensors.index.json")) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise InputError(f"{repo}'s model.safetensors.index.json cannot be read ({e})") from None
+        if not all(re.fullmatch(r"[\w.-]+\.safetensors", s) for s in shards):
+            raise InputError(f"{repo}'s index names shards that are not plain file names")
+        return [job(s, True) for s in shards]
+
+    first = [job("open_clip_config.json", True)] + [job(f, req) for f, req in OPEN_CLIP_FILES[1:]] if kind == "clip" \
+        else [job("config.json", True)] + [job(f, req) for f, req in HUB_LM_FILES]
+    _download_jobs(r, read_manifest(r), [first, weight_files], log)
+    if kind == "lm":
+        why = families.not_a_causal_lm(os.path.join(r, folder))
+        if why:
+            raise InputError(f"{repo} holds {why}; its files are in {os.path.join(r, folder)}")
+    return folder
+
+
+def use(weights_root: str | None, lm: str | None = None, clip: str | None = None) -> dict:
+    """Name the pair the folder serves (models.json): `lm`/`clip` paths under the root (None: keep
+    the one named, else the default)."""
+    r = weights_root or root()
+    path = os.path.join(r, CHOICE)
+    current: dict = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            current = json.load(f)
+    pair = {"lm": lm or current.get("lm") or LM_DIR, "clip": clip or current.get("clip") or CLIP_FILE}
+    with open(path, "w") as f:
+        json.dump(pair, f, indent=2)
+        f.write("\n")
+    return pair
 
 
 def _fetch_all(r: str, jobs: list, old: dict, entries: dict, log) -> None:
