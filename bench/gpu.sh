@@ -12,6 +12,8 @@
 # their code (tests/reference_pseudo_tokens.py, on the GPU) against the fast form, one request
 # and 4 together, 5 sentences of 20 tokens, outputs compared (it is not compiled). The exact
 # form is left out (as slow as the reference at real sizes). Partial results stay in the log.
+# `bash bench/gpu.sh families` (a second run): today's LM families at their real sizes (Qwen2.5-0.5B,
+# Llama-3.2-1B, SmolLM2-360M, Gemma-3-1B, Pythia-410M, GPT-2 medium; random weights), a row each.
 set -euo pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -20,5 +22,10 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv || true
 out=${OUT:-/tmp}
+if [ "${1:-}" = "families" ]; then  # bash bench/gpu.sh families: a row per LM family (bench/families.py), ~3 min
+  shift
+  python3 bench/families.py --no-exact --results "$out/RESULTS-families.md" "$@" 2>&1 | tee "$out/families.log"
+  exit 0
+fi
 python3 bench/benchmark.py --results "$out/RESULTS-section.md" --compile default,reduce-overhead --no-exact \
   --repeats 2 --concurrency 1,4,16 "$@" 2>&1 | tee "$out/benchmark.log"

@@ -25,8 +25,8 @@ def _decode(tokenizer, ids):
 
 
 def _lm(lm, ids, cache=None):
-    if cache is None:
-        return lm(ids, use_cache=True)
+    if cache is None:  # every layer's keys and values at every position (a sliding-window layer's too)
+        cache = DynamicCache()
     try:
         return lm(ids, cache=cache, use_cache=True)
     except TypeError:

@@ -8,7 +8,9 @@ Changes from their code, each forced by today's libraries or by passing models i
   - the pseudo-tokens' start is the LM's cache of `num_dummy_tokens` BOS ids: their
     `tokenizer.encode([bos] * n)` gave those ids with the transformers of their day, today it
     gives a list of lists;
-  - the LM's past is passed as a `DynamicCache` (today's transformers take no tuples);
+  - the LM's past is passed as a `DynamicCache` (today's transformers take no tuples), the
+    pseudo-tokens' start taken with one of every position in every layer (a sliding-window
+    layer would keep only its window);
   - the vocabulary's pieces come from `convert_ids_to_tokens` (their `tokenizer.decoder`);
   - `clip.tokenize(..., truncate=True)`: texts past CLIP's 77 tokens are cut (theirs raise);
   - the device is passed in (theirs: CUDA when there is one; `torch.multinomial` draws from that
@@ -100,7 +102,7 @@ class CLIPTextGenerator:
         dummy_tokens = [self.start_id] * num_dummy_tokens
         dummy_tokens = torch.tensor(dummy_tokens, device=self.device, dtype=torch.long).unsqueeze(0)
         with torch.no_grad():
-            cache = self.lm_model(dummy_tokens, use_cache=True)
+            cache = _lm(self.lm_model, dummy_tokens, [])  # every layer's keys and values, each position
             cache = getattr(cache, "cache", None) or cache["past_key_values"]
             self.dummy_context_init = [(layer.keys, layer.values) for layer in cache.layers]
         self.dummy_context_offset = [(torch.nn.Parameter(torch.zeros(k.shape).type_as(k)),

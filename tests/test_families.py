@@ -77,6 +77,25 @@ def test_zerocap_on_every_family_matches_the_reference(lm_dirs, clip_file, image
         assert all(beam.caption == cfg.cond_text + beam.text for beam in result.beams)
 
 
+@pytest.mark.numeric
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_contexts_longer_than_a_sliding_window_match_the_reference(lm_dirs, clip_file, images, name, form):
+    """Gemma's sliding-window layers (a window of 8 in these configs) under a prompt and caption
+    of 13 tokens: every layer's cache holds every position (they stack), the window applies in
+    the attention mask, as in the model's own forward."""
+    engine = engine_of(lm_dirs, clip_file, name, form)
+    cfg = ZeroCapConfig(top_k=16, beam_size=2, max_tokens=8, cond_text="A picture of one", num_iterations=2)
+    assert len(engine.prompt_ids(cfg)) + cfg.max_tokens > engine.lm.config.sliding_window
+    key = (name, "window")
+    if key not in _REF:
+        exact = engine_of(lm_dirs, clip_file, name, "exact")
+        ref = ReferenceDecoder(exact.lm, exact.tokenizer, exact.scorer.clip, exact.forbidden.nonzero()[:, 0].tolist(),
+                               cfg, bos_prefix=exact.facts.bos, **tokenizer_args(exact, name)[0])
+        _REF[key] = ref.run(exact.targets.image_target(images[1])[None], cfg.cond_text)
+    assert_same_beams(engine.caption([images[1]], config=cfg)[0], _REF[key])
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2", "opt"])
 def test_texts_keep_their_spaces_on_every_tokenizer(lm_dirs, clip_file, name):
     """A SentencePiece token's text depends on its row ("▁dog" decodes to "dog" alone, to " dog"

@@ -107,8 +107,7 @@ class GenericLM:
         Mistral, Gemma, Phi-3), a head size of its own where the config sets one (Gemma, Qwen3)."""
         if self._layout is None:
             with torch.no_grad():
-                out = self.lm(torch.zeros(1, 1, dtype=torch.long, device=next(self.lm.parameters()).device),
-                              use_cache=True)
+                out = self.cached(torch.zeros(1, 1, dtype=torch.long, device=next(self.lm.parameters()).device))
             shapes = {(layer.keys.shape[1], layer.keys.shape[-1]) for layer in self._cache_out(out).layers}
             if len(shapes) != 1:
                 raise ValueError(f"the LM's layers hold caches of other shapes ({sorted(shapes)}); ZeroCap stacks"
@@ -116,6 +115,13 @@ class GenericLM:
             (heads, head_dim), = shapes
             self._layout = (len(self._cache_out(out).layers), heads, head_dim)
         return self._layout
+
+    def cached(self, ids: torch.Tensor, cache: DynamicCache | None = None):
+        """The LM's output on ids after `cache` (default: none), with a cache of every layer's keys
+        and values at every position -- a model with sliding-window layers (Gemma, Mistral) would
+        otherwise keep only its window in those, and the layers would not stack; the window still
+        applies, in the attention mask."""
+        return self.lm(ids, use_cache=True, **{self._cache_arg: DynamicCache() if cache is None else cache})
 
     def _cache_out(self, out):
         return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
@@ -129,13 +135,13 @@ class GenericLM:
         """(logits (R, V) fp32, the new token's keys/values (L, 2, R, H, 1, hd)) of `last` (R, 1)."""
         if self.step is not None and past is not None:
             return self.step(self.lm, last, past, positions, mask)
-        kwargs = {}
+        kwargs, cache = {}, None
         if past is not None:
-            kwargs[self._cache_arg] = DynamicCache(ddp_cache_data=[(kv[0], kv[1]) for kv in past])
+            cache = DynamicCache(ddp_cache_data=[(kv[0], kv[1]) for kv in past])
             if mask is not None:  # rows of other lengths: their own positions, padding masked
                 kwargs["attention_mask"] = _attend_mask(mask)[:, 0, 0, :].long()
                 kwargs["position_ids"] = positions[:, None]
-        out = self.lm(last, use_cache=True, **kwargs)
+        out = self.lm(last, use_cache=True, **{self._cache_arg: DynamicCache() if cache is None else cache}, **kwargs)
         return out.logits[:, -1, :].float(), self._stack(self._cache_out(out).layers, slice(-1, None))
 
     def next_logits(self, last, past, positions=None, mask=None) -> torch.Tensor:
@@ -155,7 +161,7 @@ class GenericLM:
     @torch.no_grad()
     def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Context (R, T) -> (plain next-token probs (R, V) fp32, past (L, 2, R, H, T-1, hd) or None)."""
-        out = self.lm(context, use_cache=True)
+        out = self.cached(context)
         p0 = torch.softmax(out.logits[:, -1, :].float(), dim=-1)
         return p0, (self._past(out, context) if context.shape[1] > 1 else None)
 
@@ -244,7 +250,7 @@ class FastState:
         slots = cache.allocate(beams, len(prompt) - 1 + max_tokens)
         if len(prompt) > 1:
             ids = torch.tensor([prompt[:-1]], device=cache.device)
-            cache.write(slots[:1], self.lm._stack(self.lm._cache_out(self.lm.lm(ids, use_cache=True)).layers))
+            cache.write(slots[:1], self.lm._stack(self.lm._cache_out(self.lm.cached(ids)).layers))
         return slots
 
     def end(self, slots: torch.Tensor) -> None:
@@ -330,7 +336,7 @@ class ExactLM(GenericLM):
     matrix shape, other rounding), the generic forward for every step."""
 
     def _past(self, out, context):
-        return self._stack(self._cache_out(self.lm(context[:, :-1], use_cache=True)).layers)
+        return self._stack(self._cache_out(self.cached(context[:, :-1])).layers)
 
     def new_state(self, max_requests: int | None = None) -> "ExactState":
         return ExactState(self)

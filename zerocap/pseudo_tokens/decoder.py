@@ -86,7 +86,7 @@ class PseudoTokens:
         if tokens not in self._prefixes:
             e, lm = self.engine, self.engine.lm_adapter
             with torch.no_grad():
-                out = e.lm(torch.full((1, tokens), e.vocabulary.start_id, device=e.device), use_cache=True)
+                out = lm.cached(torch.full((1, tokens), e.vocabulary.start_id, device=e.device))
             self._prefixes[tokens] = lm._stack(lm._cache_out(out).layers)
         return self._prefixes[tokens]
 
