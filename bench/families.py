@@ -142,7 +142,6 @@ def main() -> int:
             _, row["pt"] = timed(lambda: fast.pseudo_tokens.decode([target], pt_cfg), device)
             print(f"{name}: pseudo-tokens {row['pt']:.2f} s", flush=True)
         rows.append(row)
-        del fast, lm
     size = "tiny test configs" if args.tiny else "real-size configs, random weights"
     lines = [f"\n## {datetime.date.today().isoformat()} — LM families ({size}), {device.type}\n",
              f"Machine: {machine(device)}. Git: {git_rev()}.",

@@ -10,7 +10,6 @@ import copy
 import random
 
 import pytest
-import torch
 
 from numeric import assert_same_beams
 from reference_decoder import ReferenceDecoder

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 
 from .compiled import Compiled
 from .context_shift import shift_context
+from .errors import InputError
 from .kv_cache import KVCache
 
 
@@ -110,18 +111,18 @@ class GenericLM:
                 out = self.cached(torch.zeros(1, 1, dtype=torch.long, device=next(self.lm.parameters()).device))
             shapes = {(layer.keys.shape[1], layer.keys.shape[-1]) for layer in self._cache_out(out).layers}
             if len(shapes) != 1:
-                raise ValueError(f"the LM's layers hold caches of other shapes ({sorted(shapes)}); ZeroCap stacks"
+                raise InputError(f"the LM's layers hold caches of other shapes ({sorted(shapes)}); ZeroCap stacks"
                                  " them as one tensor, so it runs LMs whose layers share one")
             (heads, head_dim), = shapes
             self._layout = (len(self._cache_out(out).layers), heads, head_dim)
         return self._layout
 
-    def cached(self, ids: torch.Tensor, cache: DynamicCache | None = None):
+    def cached(self, ids: torch.Tensor, cache: DynamicCache | None = None, **kwargs):
         """The LM's output on ids after `cache` (default: none), with a cache of every layer's keys
         and values at every position -- a model with sliding-window layers (Gemma, Mistral) would
         otherwise keep only its window in those, and the layers would not stack; the window still
         applies, in the attention mask."""
-        return self.lm(ids, use_cache=True, **{self._cache_arg: DynamicCache() if cache is None else cache})
+        return self.lm(ids, use_cache=True, **{self._cache_arg: DynamicCache() if cache is None else cache}, **kwargs)
 
     def _cache_out(self, out):
         return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
@@ -141,7 +142,7 @@ class GenericLM:
             if mask is not None:  # rows of other lengths: their own positions, padding masked
                 kwargs["attention_mask"] = _attend_mask(mask)[:, 0, 0, :].long()
                 kwargs["position_ids"] = positions[:, None]
-        out = self.lm(last, use_cache=True, **{self._cache_arg: DynamicCache() if cache is None else cache}, **kwargs)
+        out = self.cached(last, cache, **kwargs)
         return out.logits[:, -1, :].float(), self._stack(self._cache_out(out).layers, slice(-1, None))
 
     def next_logits(self, last, past, positions=None, mask=None) -> torch.Tensor:

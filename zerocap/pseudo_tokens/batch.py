@@ -144,7 +144,6 @@ class PseudoTokenBatch:
         return self.method.result(request)
 
     def _begin_sentence(self, r: PseudoTokenRequest) -> None:
-        e = self.engine
         prompt = r.rng.choice(PROMPTS if r.cfg.randomized_prompt else ("",))
         r.tokens = self.method.prompt_ids(prompt)
         r.index, r.log_prob = 0, 0
