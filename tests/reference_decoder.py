@@ -9,6 +9,7 @@ weights, no clean_up_tokenization_spaces) and the current transformers cache API
 Generalised to other LMs in its tokenizer calls only (issue 32), each the authors' own on GPT-2:
 the prompt is BOS's id and the text's ids (theirs: `encode(bos + text)`, the same ids on GPT-2);
 the end token's id may be given (a SentencePiece vocabulary encodes "." alone as "▁", ".");
+another CLIP's text features may be given (`text_features`: a Hugging Face folder's own);
 and `candidate_text="row"` decodes a candidate with its row, and a beam's text as what it adds
 after the prompt -- a SentencePiece token's text depends on its neighbours -- where theirs
 (`"token"`) decodes the token alone.
@@ -43,7 +44,7 @@ def _as_cache(layers):
 
 class ReferenceDecoder:
     def __init__(self, lm, tokenizer, clip_model, forbidden_ids, cfg, device="cpu", bos_prefix=True, end_id=None,
-                 candidate_text="token"):
+                 candidate_text="token", text_features=None):
         import clip
 
         self.clip_tokenize = clip.tokenize
@@ -54,12 +55,15 @@ class ReferenceDecoder:
         self.bos_text = tokenizer.bos_token or ""
         self.end_token = tokenizer.encode(cfg.end_token, add_special_tokens=False)[0] if end_id is None else end_id
         self.by_row = candidate_text == "row"
+        self.text_features = text_features  # another CLIP's own (a Hugging Face folder's): texts -> features
 
     # ---- CLIP --------------------------------------------------------------------------------
     def get_txt_features(self, texts):
-        clip_texts = self.clip_tokenize(texts, truncate=True).to(self.device)
         with torch.no_grad():
-            f = self.clip.encode_text(clip_texts)
+            if self.text_features is not None:
+                f = self.text_features(texts)
+            else:
+                f = self.clip.encode_text(self.clip_tokenize(texts, truncate=True).to(self.device))
             f = f / f.norm(dim=-1, keepdim=True)
         return f.detach()
 

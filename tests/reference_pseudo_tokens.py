@@ -20,6 +20,7 @@ Generalised to other LMs in its tokenizer calls only (issue 32), each the author
     ids on GPT-2); `start_id` (default BOS) also fills the pseudo-tokens, for a family without a
     BOS (Qwen: its end-of-text token, as GPT-2's BOS is);
   - `end_id` may be given (a SentencePiece vocabulary encodes "." alone as "▁", ".");
+  - another CLIP's text features may be given (`text_features`: a Hugging Face folder's own);
   - `spacer` is the vocabulary's word-start mark in its pieces (GPT-2's "Ġ"; SentencePiece's "▁");
   - `candidate_text="row"` decodes a candidate with its row and a beam's text as what it adds
     after the prompt (a SentencePiece token's text depends on its neighbours); theirs, `"token"`,
@@ -82,7 +83,7 @@ class CLIPTextGenerator:
                  sampling_top_k=3, clip_scale=1., ce_scale=0.2, learning_rate=0.01, scheduler_type="nothing",
                  weight_decay_scale=0.3, repetition_penalty=2.0, entity_penalty=2, ending_bonus=1, end_token='.',
                  beam_size=5, device="cpu", start_id=None, end_id=None, spacer='Ġ', candidate_text="token",
-                 **kwargs):
+                 text_features=None, **kwargs):
         import clip
 
         self.clip_tokenize = clip.tokenize
@@ -94,6 +95,7 @@ class CLIPTextGenerator:
         self.lm_model = lm_model
         self.start_id = self.lm_tokenizer.bos_token_id if start_id is None else start_id
         self.by_row = candidate_text == "row"
+        self.text_features = text_features  # another CLIP's own (a Hugging Face folder's): texts -> features
         self.lm_tokenizer.pad_token = self.lm_tokenizer.eos_token
         self.lm_model.eval()
         for param in self.lm_model.parameters():
@@ -191,9 +193,11 @@ class CLIPTextGenerator:
         self.dummy_optimizer.load_state_dict(self.dummy_optimizer_init)
 
     def get_txt_features(self, text):
-        clip_texts = self.clip_tokenize(text, truncate=True).to(self.device)
         with torch.no_grad():
-            text_features = self.clip.encode_text(clip_texts)
+            if self.text_features is not None:
+                text_features = self.text_features(text)
+            else:
+                text_features = self.clip.encode_text(self.clip_tokenize(text, truncate=True).to(self.device))
             text_features = text_features / text_features.norm(dim=-1, keepdim=True)
         return text_features.detach()
 

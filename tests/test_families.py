@@ -254,3 +254,54 @@ def test_clip_folders_that_are_not_runnable_are_refused_in_words(tmp_path, lm_di
                      "no_causal_mask": True, "pool_type": "last"}}}))
     with pytest.raises(InputError, match="siglip: .*not causal|siglip: .*tokenizer|siglip: its text tower"):
         ZeroCap.load(lm_dirs["llama"], str(siglip), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hf_clip_dirs(tmp_path_factory):
+    from tiny_models import write_tiny_hf_clip
+
+    root = tmp_path_factory.mktemp("hfclip")
+    return {kind: write_tiny_hf_clip(str(root / kind), kind) for kind in ("clip", "siglip")}
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_hugging_face_clip_and_siglip_folders_steer_both_methods_as_the_reference(lm_dirs, hf_clip_dirs, images,
+                                                                                 kind, form):
+    """A Hugging Face CLIPModel or SiglipModel folder (SigLIP: a non-causal text tower read at its
+    last position, sigmoid logits) as the scorer: candidates scored whole from their texts, as the
+    authors' code scores them; both methods equal the references calling the model's own text
+    features."""
+    from zerocap.scorer import HFClipScorer
+
+    engine = ZeroCap.load(lm_dirs["qwen2"], hf_clip_dirs[kind], device="cpu", form=form)
+    assert isinstance(engine.scorer, HFClipScorer)
+    cfg = ZeroCapConfig(top_k=16, beam_size=2, max_tokens=3)
+    target = engine.targets.image_target(images[3])
+    ref = ReferenceDecoder(engine.lm, engine.tokenizer, engine.scorer.clip, engine.forbidden.nonzero()[:, 0].tolist(),
+                           cfg, bos_prefix=engine.facts.bos, text_features=engine.scorer.text_features,
+                           **tokenizer_args(engine, "qwen2")[0])
+    assert_same_beams(engine.caption([images[3]], config=cfg)[0], ref.run(target[None], cfg.cond_text))
+    pt = PseudoTokenConfig(seed=3, sentence_iterations=2, max_tokens=3, beam_size=2, randomized_prompt=False)
+    r = engine.pseudo_tokens.decode([Target(target, "img")], pt)[0]
+    gen = CLIPTextGenerator(engine.lm, copy.deepcopy(engine.tokenizer), engine.scorer.clip, **reference_args(pt),
+                            text_features=engine.scorer.text_features, **tokenizer_args(engine, "qwen2")[1])
+    by_clip, by_mixed, sentences, beams = gen.generate(target[None])
+    assert ([s.text for s in r.sentences], r.best_clip, [b.text for b in r.beams]) == (sentences, by_clip[0], beams)
+
+
+def test_a_clip_without_its_text_tower_is_refused_in_one_line(tmp_path, lm_dirs, images, capsys):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from zerocap.cli import main
+
+    folder = str(tmp_path / "vision-only")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=32, patch_size=16)).save_pretrained(folder)
+    with pytest.raises(InputError, match="a CLIP without its text tower"):
+        ZeroCap.load(lm_dirs["llama"], folder, device="cpu")
+    capsys.readouterr()  # (saving the folder's progress bar)
+    assert main(["caption", images[0], "--lm", lm_dirs["llama"], "--clip", folder]) == 2
+    err = capsys.readouterr().err
+    assert "a CLIP without its text tower" in err and len(err.strip().splitlines()) == 1

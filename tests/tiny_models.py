@@ -190,3 +190,39 @@ def write_tiny_open_clip(path: str, seed: int = 1, quick_gelu: bool = False, wid
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               os.path.join(path, "open_clip_model.safetensors"))
     return path
+
+
+def write_tiny_hf_clip(path: str, kind: str = "clip", seed: int = 2) -> str:
+    """A tiny Hugging Face CLIPModel ("clip") or SiglipModel ("siglip") folder: model, tokenizer and
+    image processor. The tokenizers stand in for theirs: GPT-2's byte-level BPE with an end token
+    appended (CLIP's text tower reads the EOT), the small SentencePiece one padded to its 16
+    positions (SigLIP's reads its last position)."""
+    import transformers
+    from tokenizers import processors
+
+    torch.manual_seed(seed)
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=16)
+    if kind == "clip":
+        tok = bpe_tokenizer("bpe")
+        eot = "<|endoftext|>"
+        tok._tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {eot}", special_tokens=[(eot, 50256)])
+        text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=2, max_position_embeddings=77, eos_token_id=50256, bos_token_id=50256,
+                    pad_token_id=50256)
+        model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+        processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    else:
+        tok = sp_tokenizer()
+        tok.pad_token = "</s>"
+        text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=2, max_position_embeddings=16)
+        model = transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision))
+        processor = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+    with torch.no_grad():  # larger token embeddings, so that texts differ clearly (as write_tiny_clip)
+        model.text_model.embeddings.token_embedding.weight.normal_(0, 0.5)
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

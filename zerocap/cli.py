@@ -156,8 +156,9 @@ def _add_models(g) -> None:
     g.add_argument("--lm", help="Hugging Face causal-LM directory: GPT-2, GPT-Neo(X), OPT, Llama, Mistral, Qwen,"
                                 " Gemma, Phi-3 ... (default: the pair $ZEROCAP_WEIGHTS/models.json names, else"
                                 " gpt2-medium; missing weights are downloaded unless offline)")
-    g.add_argument("--clip", help="OpenAI CLIP checkpoint (.pt) or OpenCLIP folder (open_clip_config.json and its"
-                                  " weights) (default: as --lm's, else $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
+    g.add_argument("--clip", help="OpenAI CLIP checkpoint (.pt), OpenCLIP folder (open_clip_config.json and its"
+                                  " weights) or Hugging Face CLIP / SigLIP folder (default: as --lm's, else"
+                                  " $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
 
 
 def _add_dataset(p: argparse.ArgumentParser, what: str) -> None:

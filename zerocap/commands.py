@@ -228,7 +228,8 @@ def _evaluate_into(asked: Eval, scores_file) -> int:
     if "CLIP-S" not in asked.skip:
         device = resolve_device(asked.device)
         path = asked.clip or weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr), lm=None)[1]
-        scorer = ClipScorer(*load_clip(path, device), device)
+        model, preprocess = load_clip(path, device)
+        scorer = model if preprocess is None else ClipScorer(model, preprocess, device)  # (a Hugging Face folder's)
     report = evaluate_files(asked.captions, asked.refs, asked.field, asked.strip_prompt, asked.tokenizer, scorer,
                             asked.image_root, asked.skip, asked.match)
     print(dumps(report.to_dict()) if asked.json else report.table())

@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from .errors import InputError
+from .scorer import HFClipScorer
 from .weights import GET_WEIGHTS, check_clip_file, check_lm_dir
 
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,12 +89,15 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"  # an OpenCLIP folder as its Hugging 
 
 def load_clip(clip_path: str, device=None):
     """(clip_model, preprocess) from an OpenAI CLIP checkpoint (fp16 on a GPU, as clip.load gives
-    it) or an OpenCLIP folder (open_clip_config.json and its weights, as on the hub)."""
+    it) or an OpenCLIP folder (open_clip_config.json and its weights, as on the hub); a Hugging
+    Face CLIPModel / SiglipModel folder gives (its scorer, None)."""
     import os
 
     dev = resolve_device(device)
     check_clip_file(clip_path)
     if os.path.isdir(clip_path):
+        if os.path.isfile(os.path.join(clip_path, "config.json")):
+            return load_hf_clip(clip_path, dev), None
         return load_open_clip(clip_path, dev)
     import clip
 
@@ -108,6 +112,41 @@ def load_clip(clip_path: str, device=None):
             raise InputError(f"cannot load CLIP from {clip_path}: {why}; {GET_WEIGHTS}") from None
 
 
+HF_CLIP_TYPES = ("clip", "siglip", "siglip2")  # Hugging Face model types with both towers
+
+
+def load_hf_clip(folder: str, device):
+    """A Hugging Face CLIPModel / SiglipModel folder as a scorer (scorer.HFClipScorer); refused in
+    words where it is another model or has no text tower."""
+    import json
+    import os
+
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    try:
+        with open(os.path.join(folder, "config.json"), "rb") as f:
+            kind = json.loads(f.read(1 << 20)).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind in ("clip_vision_model", "siglip_vision_model", "siglip2_vision_model"):
+        raise InputError(f"--clip {folder} holds {kind!r}, a CLIP without its text tower: ZeroCap scores texts, so it"
+                         " needs both towers (a 'clip' or 'siglip' model)")
+    if kind not in HF_CLIP_TYPES:
+        raise InputError(f"--clip {folder} holds a {kind!r} model; a Hugging Face folder must hold one of"
+                         f" {', '.join(HF_CLIP_TYPES)} (or give an OpenAI .pt or an OpenCLIP folder)")
+    try:
+        with transformers_quiet():
+            model = AutoModel.from_pretrained(folder, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"cannot load CLIP from {folder}: {why}") from None
+    if device.type == "cuda":
+        model = model.half()
+    return HFClipScorer(model.to(device), tokenizer, processor, device)
+
+
 def load_open_clip(folder: str, device):
     """An OpenCLIP model (open_clip_torch) from its folder, offline; refused in words where its text
     tower is not CLIP's causal one with CLIP's tokenizer (what the scorer runs: scorer.py)."""
@@ -115,8 +154,9 @@ def load_open_clip(folder: str, device):
     import os
 
     if not os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)):
-        raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG}: give an OpenAI CLIP checkpoint"
-                         f" (.pt) or an OpenCLIP folder ({OPEN_CLIP_CONFIG} and its weights)")
+        raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG} nor config.json: give an OpenAI"
+                         f" CLIP checkpoint (.pt), an OpenCLIP folder ({OPEN_CLIP_CONFIG} and its weights) or a"
+                         " Hugging Face CLIPModel / SiglipModel folder")
     try:
         import open_clip
     except ImportError:

@@ -7,8 +7,9 @@ texts `prefix + token` for each beam's top-k candidate tokens (`fast_candidates`
 CLIP-S (evaluate.py) and the guide (guide.py) all go through it.
 
 `TextScorer` is the plain contract: give image and text features and the candidates come from
-decoding each candidate's text (what the authors' code does). `ClipScorer` is OpenAI CLIP with
-two faster candidate paths that skip the text processing:
+decoding each candidate's text (what the authors' code does); `HFClipScorer` is that for a
+Hugging Face CLIPModel / SiglipModel folder. `ClipScorer` is OpenAI CLIP (or an OpenCLIP model
+with CLIP's text tower) with two faster candidate paths that skip the text processing:
   exact   CLIP's own `encode_text` on full 77-token rows built from precomputed pieces
           (candidates.py): bit-for-bit what clip.tokenize + encode_text give;
   fast    CLIP's text transformer is causal and reads its features at the EOT position, so a
@@ -89,6 +90,49 @@ class StringCandidates:
         rows = [[p + strings[t] for t in ids] for p, ids in zip(self.prefixes, top.tolist())]
         feats = [self.scorer.normalised(self.scorer.text_features(texts)) for texts in rows]
         return torch.stack(feats)
+
+
+class HFClipScorer(TextScorer):
+    """A Hugging Face `CLIPModel` or `SiglipModel` folder (model, tokenizer, image processor):
+    candidates are scored from their decoded texts, whole -- the authors' way, and the only one a
+    non-causal text tower (SigLIP's, read at its last token) allows: no prefix of a row can be
+    reused. `logit_scale` as the model's (SigLIP's bias shifts every candidate alike)."""
+
+    def __init__(self, model, tokenizer, image_processor, device=None):
+        self.clip = self.model = model.eval().requires_grad_(False)
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.context = model.config.text_config.max_position_embeddings
+        self.max_text_tokens = self.context - 3  # its special tokens, and room for a generated word
+        # SigLIP was trained on texts padded to its full context; CLIP reads its EOT, wherever it is
+        self.padding = "max_length" if model.config.model_type.startswith("siglip") else True
+        if tokenizer.pad_token is None:  # batches of texts are padded (with EOT: CLIP reads the first)
+            tokenizer.pad_token = tokenizer.eos_token
+
+    def preprocess(self, image) -> torch.Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def prepare_image(self, image) -> torch.Tensor:
+        return clip_pixels(image, self.preprocess)
+
+    @staticmethod
+    def _pooled(out) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    @torch.no_grad()
+    def prepared_features(self, prepared: list) -> torch.Tensor:
+        pixels = torch.stack(prepared).to(self.device, self.dtype)
+        return self._pooled(self.model.get_image_features(pixel_values=pixels))
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.context,
+                             return_tensors="pt").to(self.device)
+        return self._pooled(self.model.get_text_features(**enc))
+
+    def text_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 class PrefixCache(NamedTuple):
