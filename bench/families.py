@@ -6,7 +6,7 @@ Random weights (timing does not depend on weight values), no downloads:
   default  real-size configs on the GPU (Qwen2.5-0.5B, Llama-3.2-1B, SmolLM2-360M, Gemma-3-1B,
            Pythia-410M and GPT-2 medium's shapes), with CLIP ViT-B/32; the tokenizer is GPT-2's
            byte-level one, the vocabulary padded to the model's size (padding rows decode to
-           nothing: the step's cost is the model's)
+           nothing: the step's cost is the model's; SmolLM2's smaller one grown to GPT-2's)
 
 For each family: s/caption of the fast form and the exact form (beam 5, 5 iterations, top 512,
 --tokens tokens, one image), their ratio, whether their beams agree, and the pseudo-token
@@ -78,6 +78,8 @@ def real_lm(name: str, device):
     fixtures = os.path.join(ROOT, "tests", "fixtures")
     tok = GPT2TokenizerFast(os.path.join(fixtures, "vocab.json"), os.path.join(fixtures, "merges.txt"))
     torch.manual_seed(0)
+    # (SmolLM2's 49,152 rows are fewer than GPT-2's tokenizer has: the GPT-2 vocabulary's size then)
+    kwargs = {**kwargs, "vocab_size": max(kwargs["vocab_size"], len(tok))}
     cfg = getattr(transformers, cls)(**kwargs, bos_token_id=50256, eos_token_id=50256)
     return transformers.AutoModelForCausalLM.from_config(cfg).to(device).eval(), tok
 

@@ -9,7 +9,7 @@ import torch
 
 from .errors import InputError
 from .scorer import HFClipScorer
-from .weights import GET_WEIGHTS, check_clip_file, check_lm_dir
+from .weights import GET_WEIGHTS, check_clip_file, check_lm_dir, open_clip_checkpoint
 
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -95,6 +95,9 @@ def load_clip(clip_path: str, device=None):
 
     dev = resolve_device(device)
     check_clip_file(clip_path)
+    named = open_clip_checkpoint(clip_path)
+    if named is not None:  # NAME@FILE: an OpenCLIP checkpoint with its model's name
+        return _open_clip(named[0], named[1], clip_path, dev)
     if os.path.isdir(clip_path):
         if os.path.isfile(os.path.join(clip_path, "config.json")):
             return load_hf_clip(clip_path, dev), None
@@ -150,30 +153,40 @@ def load_hf_clip(folder: str, device):
 def load_open_clip(folder: str, device):
     """An OpenCLIP model (open_clip_torch) from its folder, offline; refused in words where its text
     tower is not CLIP's causal one with CLIP's tokenizer (what the scorer runs: scorer.py)."""
-    import logging
     import os
 
     if not os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)):
         raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG} nor config.json: give an OpenAI"
                          f" CLIP checkpoint (.pt), an OpenCLIP folder ({OPEN_CLIP_CONFIG} and its weights) or a"
                          " Hugging Face CLIPModel / SiglipModel folder")
+    return _open_clip(f"local-dir:{folder}", None, folder, device)
+
+
+def _open_clip(name: str, checkpoint: str | None, said: str, device):
+    """An OpenCLIP model by its name (or local-dir:FOLDER) and checkpoint file, checked (see
+    open_clip_unsupported)."""
+    import logging
+
     try:
         import open_clip
     except ImportError:
-        raise InputError(f"--clip {folder} is an OpenCLIP folder: install open_clip_torch"
+        raise InputError(f"--clip {said} is an OpenCLIP model: install open_clip_torch"
                          " (pip install open_clip_torch)") from None
+    if checkpoint is not None and name not in open_clip.list_models():
+        raise InputError(f"--clip {said}: {name!r} is no OpenCLIP model name (open_clip.list_models(): ViT-B-32,"
+                         " ViT-L-14, ViT-H-14, ViT-bigG-14, ...)")
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # open_clip logs each step at INFO/WARNING
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
-    except Exception as e:  # noqa: BLE001 -- a bad folder or config: said in one line
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=checkpoint, device=device)
+    except Exception as e:  # noqa: BLE001 -- a bad folder, config or checkpoint: said in one line
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot load OpenCLIP from {folder}: {why}") from None
+        raise InputError(f"cannot load OpenCLIP from {said}: {why}") from None
     finally:
         logging.getLogger().setLevel(quiet)
-    why = open_clip_unsupported(model, open_clip.get_tokenizer(f"local-dir:{folder}"))
+    why = open_clip_unsupported(model, open_clip.get_tokenizer(name))
     if why:
-        raise InputError(f"--clip {folder}: {why}")
+        raise InputError(f"--clip {said}: {why}")
     if device.type == "cuda":
         model = model.half()  # as clip.load gives OpenAI CLIP on a GPU
     return model.eval(), preprocess

@@ -107,7 +107,21 @@ def check_lm_dir(path: str) -> None:
         raise InputError(f"--lm {path} holds {why}")
 
 
+def open_clip_checkpoint(path: str) -> tuple[str, str] | None:
+    """(OpenCLIP model name, checkpoint file) of a --clip given as NAME@FILE (e.g.
+    ViT-B-32@laion2b.safetensors), or None."""
+    name, at, file = path.partition("@")
+    if not at or os.path.exists(path) or not name or "/" in name:
+        return None
+    return name, file
+
+
 def check_clip_file(path: str) -> None:
+    named = open_clip_checkpoint(path)
+    if named is not None:
+        if not os.path.isfile(named[1]):
+            raise InputError(f"CLIP weights not found: {named[1]} (the checkpoint of OpenCLIP's {named[0]}); {GET_WEIGHTS}")
+        return
     if not os.path.isfile(path) and not os.path.isdir(path):
         raise InputError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
 
