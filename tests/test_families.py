@@ -375,3 +375,33 @@ def test_an_open_clip_checkpoint_with_its_model_name(tmp_path, lm_dirs, open_cli
     with pytest.raises(InputError, match="'ViT-Q-99' is no OpenCLIP model name"):
         ZeroCap.load(lm_dirs["llama"], f"ViT-Q-99@{checkpoint}", device="cpu")
     assert main(["caption", images[0], "--lm", lm_dirs["llama"], "--clip", "ViT-B-32@/nowhere.bin"]) == 2
+
+
+def test_output_rows_past_the_tokenizer_are_never_sampled(tmp_path, clip_file, images):
+    """An LM whose output has more rows than its tokenizer has tokens (Qwen pads 151,643 tokens to
+    151,936 rows; here 3,000 to 4,096, the extra rows made likelier): their rules forbid the padding
+    rows (no words), so the pseudo-token method never samples one, and ZeroCap's captions decode."""
+    import torch
+    import transformers
+
+    from tiny_models import sp_tokenizer
+
+    tok = sp_tokenizer()
+    _, kwargs, _ = LM_FAMILIES["llama"]
+    torch.manual_seed(9)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs, vocab_size=4096, bos_token_id=1,
+                                                                   eos_token_id=2))
+    with torch.no_grad():
+        model.lm_head.weight[len(tok):] *= 3
+    folder = str(tmp_path / "padded")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    engine = ZeroCap.load(folder, clip_file, device="cpu")
+    assert engine.vocab_size == 4096 > len(tok)
+    rules = engine.pseudo_tokens.rules(".")
+    assert bool(rules.forbidden[len(tok):].all()) and rules.similar.shape[0] == 4096
+    cfg = PseudoTokenConfig(sentence_iterations=3, max_tokens=5, beam_size=2)
+    target = engine.targets.image_target(images[0])
+    r = engine.pseudo_tokens.decode([Target(target, "img")], cfg)[0]
+    assert all(s.text for s in r.sentences)
+    engine.caption([images[0]], config=ZeroCapConfig(top_k=16, beam_size=2, max_tokens=3))

@@ -30,6 +30,7 @@ class TokenRules:
         pieces = vocabulary.texts[:n]
         letters = lower | upper
         forbidden = [i for i, p in enumerate(pieces) if not set(p) <= letters | special or i == end_id]
+        forbidden += range(n, vocab)  # output rows past the tokenizer's (Qwen pads its 151,643 to 151,936): no words
         first = [i for i, p in enumerate(pieces) if not set(p) <= letters]
         later = [i for i, p in enumerate(pieces) if not set(p) <= lower | special]
         self.end_id = end_id
@@ -39,7 +40,7 @@ class TokenRules:
         self.first[first] = True
         self.later = torch.zeros(vocab, dtype=torch.bool, device=device)
         self.later[later] = True
-        similar = torch.zeros(n, SIMILAR, dtype=torch.long)
+        similar = torch.zeros(vocab, SIMILAR, dtype=torch.long)
         banned = set(forbidden)
         reduced = {i: p.replace(spacer, "").upper() for i, p in enumerate(pieces) if i not in banned}
         for _, group in groupby(sorted(reduced, key=reduced.get), key=reduced.get):
