@@ -405,3 +405,46 @@ def test_output_rows_past_the_tokenizer_are_never_sampled(tmp_path, clip_file, i
     r = engine.pseudo_tokens.decode([Target(target, "img")], cfg)[0]
     assert all(s.text for s in r.sentences)
     engine.caption([images[0]], config=ZeroCapConfig(top_k=16, beam_size=2, max_tokens=3))
+
+
+# families with no entry of their own: the generic path (cache layout and tokenizer read off them)
+_R = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+          max_position_embeddings=128, initializer_range=0.2)
+UNLISTED = {
+    "olmo2": ("Olmo2Config", dict(_R, num_key_value_heads=2)),
+    "cohere2": ("Cohere2Config", dict(_R, num_key_value_heads=2, sliding_window=8,
+                                      layer_types=["sliding_attention", "full_attention"])),
+    "falcon": ("FalconConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
+                                    new_decoder_architecture=True, initializer_range=0.2)),
+    "bloom": ("BloomConfig", dict(hidden_size=64, n_layer=2, n_head=4, initializer_range=0.2)),  # ALiBi
+    "gpt_bigcode": ("GPTBigCodeConfig", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, multi_query=True,
+                                             initializer_range=0.2)),
+}
+
+
+@pytest.mark.parametrize("name", list(UNLISTED))
+def test_families_without_an_entry_run_both_methods_as_the_reference(tmp_path, clip_file, images, name):
+    import torch
+    import transformers
+
+    from tiny_models import bpe_tokenizer
+
+    cls, kwargs = UNLISTED[name]
+    tok = bpe_tokenizer("bpe-bos")
+    torch.manual_seed(3)
+    cfg = getattr(transformers, cls)(**kwargs, vocab_size=len(tok), bos_token_id=50256, eos_token_id=50256)
+    folder = str(tmp_path / name)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    exact, fast = (ZeroCap.load(folder, clip_file, device="cpu", form=f) for f in FORMS)
+    assert fast.family is families.GENERIC
+    zc = ZeroCapConfig(top_k=16, beam_size=2, max_tokens=5, cond_text="A picture of the")  # past cohere2's window
+    target = exact.targets.image_target(images[0])
+    ref = ReferenceDecoder(exact.lm, exact.tokenizer, exact.scorer.clip, exact.forbidden.nonzero()[:, 0].tolist(), zc,
+                           bos_prefix=exact.facts.bos, end_id=tok.convert_tokens_to_ids(".")).run(target[None],
+                                                                                                 zc.cond_text)
+    for engine in (exact, fast):
+        assert_same_beams(engine.caption([images[0]], config=zc)[0], ref)
+    pt = PseudoTokenConfig(seed=2, sentence_iterations=2, max_tokens=4, beam_size=2)
+    a, b = (e.pseudo_tokens.decode([Target(target, "img")], pt)[0] for e in (exact, fast))
+    assert [s.text for s in a.sentences] == [s.text for s in b.sentences] and a.best_clip == b.best_clip
