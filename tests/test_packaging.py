@@ -66,7 +66,9 @@ def test_the_build_context_has_what_the_image_needs_and_nothing_half_done():
     for needed in ("cog.yaml", "requirements.txt", "predict.py", "zerocap/engine.py",
                    "zerocap/data/forbidden_tokens.json",
                    "weights/gpt2-medium/model.safetensors", "weights/clip/ViT-B-32.pt", "weights/manifest.json",
-                   ".cog/openapi_schema.json"):
+                   ".cog/openapi_schema.json", "weights/models.json",  # another pair (download-weights --use)
+                   "weights/Qwen2.5-0.5B/model-00001-of-00002.safetensors",
+                   "weights/clip/CLIP-ViT-B-32-laion2B-s34B-b79K/open_clip_model.safetensors"):
         assert not dockerignored(needed), needed
     for left_out in ("weights/gpt2-medium/model.safetensors.part", "weights/clip/ViT-B-32.pt.part", "x.part",
                      "zerocap/__pycache__/engine.cpython-312.pyc", ".venv/lib/python3.11/site-packages/torch/lib/x.so",
