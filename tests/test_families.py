@@ -448,3 +448,53 @@ def test_families_without_an_entry_run_both_methods_as_the_reference(tmp_path, c
     pt = PseudoTokenConfig(seed=2, sentence_iterations=2, max_tokens=4, beam_size=2)
     a, b = (e.pseudo_tokens.decode([Target(target, "img")], pt)[0] for e in (exact, fast))
     assert [s.text for s in a.sentences] == [s.text for s in b.sentences] and a.best_clip == b.best_clip
+
+
+@pytest.mark.parametrize("name, written", [("llama", True), ("llama3", True), ("qwen2", True), ("qwen3", True),
+                                           ("mistral", False), ("gemma2", False), ("gpt_neox", False)])
+def test_llama_style_families_step_written_out_others_through_their_own_forward(lm_dirs, clip_file, images, name,
+                                                                               written):
+    """Llama, Qwen2 and Qwen3 (and Mistral without a sliding window) run lm.llama_step -- the model's
+    own norms, projections, rotary table and MLPs without its cache machinery; a masked step of rows
+    of other lengths gives the generic forward's logits and keys/values (to fp32 rounding: 1e-4,
+    where the two sum in other orders; measured 5e-6)."""
+    import torch
+
+    from zerocap.lm import llama_step
+
+    engine = engine_of(lm_dirs, clip_file, name, "fast")
+    adapter = engine.lm_adapter
+    assert (adapter.step is llama_step) == written
+    if not written:
+        return
+    layers, heads, head_dim = adapter.layout()
+    torch.manual_seed(0)
+    R, T = 4, 9
+    past, last = torch.randn(layers, 2, R, heads, T, head_dim), torch.randint(0, 500, (R, 1))
+    lengths = torch.tensor([9, 6, 9, 3])
+    mask = torch.arange(T) < lengths[:, None]
+    with torch.no_grad():
+        ours = adapter.forward_step(last, past, lengths, mask)
+        adapter.step = None
+        try:
+            theirs = adapter.forward_step(last, past, lengths, mask)
+        finally:
+            adapter.step = llama_step
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_compiled_llama_style_step_gives_the_reference_beams(lm_dirs, clip_file, images, name):
+    engine = ZeroCap.load(lm_dirs[name], clip_file, device="cpu", compile=True)
+    cfg = CASES["paper defaults"]
+    result = engine.caption([images[0]], config=cfg)[0]
+    assert engine.compiled is not None and not engine.compiled.failed
+    if (name, "paper defaults") not in _REF:
+        exact = engine_of(lm_dirs, clip_file, name, "exact")
+        _REF[(name, "paper defaults")] = ReferenceDecoder(
+            exact.lm, exact.tokenizer, exact.scorer.clip, exact.forbidden.nonzero()[:, 0].tolist(), cfg,
+            bos_prefix=exact.facts.bos, **tokenizer_args(exact, name)[0]).run(
+                exact.targets.image_target(images[0])[None], cfg.cond_text)
+    assert_same_beams(result, _REF[(name, "paper defaults")])

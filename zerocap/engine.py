@@ -125,7 +125,7 @@ class ZeroCap:
 
     def compile(self, mode: str = "default") -> None:
         """Decode in the static layout with the step and the context-shift iteration compiled
-        (compiled.py): the fast form, for an LM with a written-out step (GPT-2); otherwise, or if
+        (compiled.py): the fast form, for an LM with a written-out step (GPT-2, Llama-style); otherwise, or if
         torch.compile fails, decoding stays eager, with one warning."""
         if mode not in COMPILE_MODES:
             raise InputError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")

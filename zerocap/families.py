@@ -8,6 +8,7 @@ An entry (`Family`) says:
   forbidden    the token ids the decoder pushes down (see `forbidden_ids`)
   step         "module:function" of a written-out one-token step on the stacked cache, or None for
                the generic Hugging Face forward; `step_applies` says which configs it computes
+  rows         the same for whole rows after a prefix (the pseudo-token method's passes)
   folder/repo  where its weights live under weights/ and the Hugging Face repo they come from
   flag         the authors' --lm_model spelling
   examples     models of the family (README's table)
@@ -77,6 +78,17 @@ def _plain_gpt2(config) -> bool:
             and not getattr(config, "add_cross_attention", False))
 
 
+def _plain_llama(config) -> bool:
+    """A Llama-style decoder that `llama_step` computes: no sliding window, no mixture of experts,
+    no logit soft-capping (Gemma's run the generic forward)."""
+    window = getattr(config, "sliding_window", None)
+    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+        window = None
+    return (config.model_type in ("llama", "mistral", "qwen2", "qwen3") and window is None
+            and getattr(config, "hidden_act", "silu") == "silu" and not getattr(config, "mlp_bias", False)
+            and getattr(config, "pretraining_tp", 1) == 1)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -86,28 +98,39 @@ class Family:
     folder: str | None = None  # weights/<folder>
     repo: str | None = None  # Hugging Face repo of that folder
     step: str | None = None  # "module:function" (lm, last, past, positions, mask) -> logits
-    step_applies: Callable = lambda config: True  # the step computes this config's model
+    step_applies: Callable = lambda config: True  # the step (and rows) computes this config's model
+    rows: str | None = None  # "module:function" (lm, ids, last, prefix, bare) -> logits: whole rows after a prefix
     forbidden: Callable[[Sequence[str]], list[int]] = forbidden_ids
     examples: tuple[str, ...] = ()
 
     def fast_step(self, lm) -> Callable | None:
         """The written-out one-token step for this model, or None (then the generic forward)."""
-        if self.step is None or not hasattr(lm, "config") or not self.step_applies(lm.config):
+        return self._written(self.step, lm)
+
+    def rows_forward(self, lm) -> Callable | None:
+        """The written-out pass over whole rows after a prefix (the pseudo-token method's), or None."""
+        return self._written(self.rows, lm)
+
+    def _written(self, name: str | None, lm) -> Callable | None:
+        if name is None or not hasattr(lm, "config") or not self.step_applies(lm.config):
             return None
-        return resolve(self.step)
+        return resolve(name)
 
 
 GPT2 = Family("gpt2", ("gpt2",), bos_prefix=True, flag="gpt-2", folder="gpt2-medium",
-              repo="openai-community/gpt2-medium", step="zerocap.lm:gpt2_step", step_applies=_plain_gpt2)
+              repo="openai-community/gpt2-medium", step="zerocap.lm:gpt2_step", step_applies=_plain_gpt2,
+              rows="zerocap.lm:gpt2_forward")
 GPT_NEO = Family("gpt-neo", ("gpt_neo",), bos_prefix=False, flag="gpt-neo", folder="gpt-neo-125M",
                  repo="EleutherAI/gpt-neo-125m")
 GPT_NEOX = Family("gpt-neox", ("gpt_neox",), bos_prefix=None,
                   examples=("EleutherAI/pythia-160m", "EleutherAI/pythia-1.4b"))
 OPT = Family("opt", ("opt",), bos_prefix=None, examples=("facebook/opt-125m", "facebook/opt-1.3b"))
-LLAMA = Family("llama", ("llama", "mistral", "mixtral"), bos_prefix=None,
+LLAMA = Family("llama", ("llama", "mistral", "mixtral"), bos_prefix=None, step="zerocap.lm:llama_step",
+               step_applies=_plain_llama,
                examples=("meta-llama/Llama-3.2-1B", "HuggingFaceTB/SmolLM2-360M", "TinyLlama/TinyLlama_v1.1",
                          "mistralai/Mistral-7B-v0.3"))
-QWEN = Family("qwen", ("qwen2", "qwen3"), bos_prefix=None, examples=("Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B-Base"))
+QWEN = Family("qwen", ("qwen2", "qwen3"), bos_prefix=None, step="zerocap.lm:llama_step", step_applies=_plain_llama,
+              examples=("Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B-Base"))
 GEMMA = Family("gemma", ("gemma", "gemma2", "gemma3_text"), bos_prefix=None,
                examples=("google/gemma-2-2b", "google/gemma-3-270m", "google/gemma-3-1b-pt"))
 PHI = Family("phi", ("phi3", "phi"), bos_prefix=None, examples=("microsoft/Phi-3-mini-4k-instruct",))

@@ -2,7 +2,7 @@
 images decode together. Everything else receives the `Form`; nothing else asks which it is.
 
   fast   (the default, on every device) each row's LM past kept in a KV cache from step to step,
-         one-token passes only (GPT-2's written-out step); each beam's CLIP prefix encoded once
+         one-token passes only (GPT-2's and Llama's written-out steps); each beam's CLIP prefix encoded once
          per step and only the candidates' suffix tokens run, a candidate's features kept for
          the step; every request of a batch in one pass.
   exact  the authors' operation order: the LM cache from its own pass, the generic forward,

@@ -59,6 +59,43 @@ def gpt2_step(lm, last: torch.Tensor, past: torch.Tensor, positions: torch.Tenso
     return lm.lm_head(tr.ln_f(x))[:, -1, :].float(), torch.stack(kv)
 
 
+def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary positions on x (R, H, 1, hd): cos, sin (R, 1, 1, hd), halves rotated (Llama's layout)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def llama_step(lm, last: torch.Tensor, past: torch.Tensor, positions: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Llama-style decoder (Llama, Mistral without a window, Qwen2, Qwen3) on one new token per
+    row over `past` (L, 2, R, KV, T, hd) -> (logits (R, V) fp32, the new token's keys/values
+    (L, 2, R, KV, 1, hd)): the model's own norms, projections, rotary table and MLPs, without its
+    cache and mask machinery; grouped-query heads share their key/value head."""
+    body = lm.model
+    R, (KV, T, hd) = last.shape[0], past.shape[-3:]
+    x = body.embed_tokens(last)  # (R, 1, d)
+    where = torch.full((R, 1), T, device=last.device, dtype=torch.long) if positions is None else positions[:, None]
+    cos, sin = (t[:, None] for t in body.rotary_emb(x, where))  # (R, 1, 1, hd)
+    attend = _attend_mask(mask)
+    kv = []
+    for i, layer in enumerate(body.layers):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q, k, v = (proj(h).view(R, 1, -1, hd) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        if hasattr(attn, "q_norm"):  # Qwen3: per-head norms before the rotation
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (R, heads, 1, hd)
+        q, k = _rotated(q, cos, sin), _rotated(k, cos, sin)
+        kv.append(torch.stack([k, v]))
+        keys = torch.cat([past[i, 0], k], dim=2)  # (R, KV, T + 1, hd)
+        values = torch.cat([past[i, 1], v], dim=2)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=attn.scaling,
+                                           enable_gqa=q.shape[1] != KV)  # query heads share a key/value head
+        x = x + attn.o_proj(a.transpose(1, 2).reshape(R, 1, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return lm.lm_head(body.norm(x))[:, -1, :].float(), torch.stack(kv)
+
+
 def gpt2_forward(lm, ids: torch.Tensor, last: torch.Tensor, prefix: torch.Tensor | None = None,
                  bare: torch.Tensor | None = None) -> torch.Tensor:
     """GPT-2 on whole rows `ids` (R, T) after an optional prefix of keys/values (L, 2, R, H, P, hd)
@@ -204,7 +241,7 @@ class FastLM(GenericLM):
     def compile(self, mode: str = "default") -> None:
         """Decode in the static layout, its step and shift iteration compiled (compiled.py)."""
         if self.step is None:
-            raise ValueError("only an LM with a written-out step (GPT-2) can be compiled")
+            raise ValueError("only an LM with a written-out step (GPT-2, Llama-style) can be compiled")
         self.compiled = Compiled(self, mode)
 
     def new_state(self, max_requests: int | None = None) -> "FastState":

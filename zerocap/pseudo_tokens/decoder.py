@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..errors import InputError
-from ..lm import gpt2_forward
 from .batch import PROMPTS, PseudoTokenBatch, PseudoTokenRequest, PseudoTokenResult
 from .beam_search import BeamSearch, starts
 from .knobs import NAME, PseudoTokenConfig
@@ -46,7 +45,8 @@ class PseudoTokens:
 
     def __init__(self, engine):
         self.engine = engine
-        self.written_out = not engine.form.exact_lm and engine.family.fast_step(engine.lm) is not None
+        self.rows_forward = None if engine.form.exact_lm else engine.family.rows_forward(engine.lm)
+        self.written_out = self.rows_forward is not None
         self._prefixes: dict[int, torch.Tensor] = {}
         self._rules: dict[str, TokenRules] = {}
         clip = getattr(engine.scorer, "clip", None)
@@ -94,11 +94,12 @@ class PseudoTokens:
                 bare: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (R, V) fp32 at positions `last` (R,) of ids (R, T) (padded on the right) after the
         prefix (L, 2, R, H, P, hd) if any, differentiable in it; rows marked `bare` (R,) ignore it
-        (fast form only). The exact form runs the LM's own forward, as theirs; the fast form GPT-2
-        written out (lm.gpt2_forward: fewer kernels, the LM head only where read)."""
+        (fast form only). The exact form runs the LM's own forward, as theirs; the fast form its
+        family's written-out pass where it has one (GPT-2's lm.gpt2_forward: fewer kernels, the LM
+        head only where read), else the LM's own."""
         e = self.engine
         if self.written_out:
-            return gpt2_forward(e.lm, ids, last, prefix, bare)
+            return self.rows_forward(e.lm, ids, last, prefix, bare)
         kwargs = {} if prefix is None else {e.lm_adapter._cache_arg: prefix_cache(prefix)}
         logits = e.lm(ids, **kwargs).logits
         return logits[torch.arange(ids.shape[0], device=ids.device), last].float()
