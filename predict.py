@@ -46,12 +46,12 @@ FILE_RULE = ("send the file as a URL (https://...) or a data URL (data:{mime};ba
 class Output(BaseModel):
     caption: str  # the method's answer: zerocap's best by beam score ("best mixed"); pseudo-tokens' best by CLIP
     best_clip: str  # zerocap: the beam closest to the target in CLIP space; pseudo-tokens: the sentence closest
-    best_fluency: str  # zerocap: the beam with the lowest GPT-2 perplexity; pseudo-tokens: empty
+    best_fluency: str  # zerocap: the beam with the lowest LM perplexity; pseudo-tokens: empty
     best_mixed: str  # zerocap: the caption; pseudo-tokens: the sentence best by their mixed score
     beams: list[str]  # every beam's caption, best first (pseudo-tokens: their final beam search)
     beam_scores: list[float]  # mean log-probability per token (beam-search score / length)
     clip_scores: list[float]  # zerocap: cosine similarity of each beam's text with the target; else empty
-    perplexities: list[float]  # zerocap: GPT-2 perplexity of each beam's text, -1 when undefined; else empty
+    perplexities: list[float]  # zerocap: LM perplexity of each beam's text, -1 when undefined; else empty
     method: str
     seed: int  # pseudo-tokens: the seed; zerocap: -1 (deterministic)
     sentences: list[str]  # pseudo-tokens: every sampled sentence, in the order sampled; zerocap: empty
