@@ -145,13 +145,19 @@ def family_of(lm_config) -> Family:
     return next((f for f in FAMILIES if model_type in f.model_types), GENERIC)
 
 
-def model_type(folder: str) -> str | None:
-    """config.json's model_type of an LM folder, or None where it cannot be read (loading says why)."""
+def _config(folder: str) -> dict | None:
+    """An LM folder's config.json as a dict, or None where it cannot be read (loading says why)."""
     try:
         with open(os.path.join(folder, "config.json"), "rb") as f:
-            value = json.loads(f.read(1 << 20)).get("model_type")
-    except (OSError, ValueError, AttributeError):
+            config = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
         return None
+    return config if isinstance(config, dict) else None
+
+
+def model_type(folder: str) -> str | None:
+    """config.json's model_type of an LM folder, or None where it cannot be read (loading says why)."""
+    value = (_config(folder) or {}).get("model_type")
     return value if isinstance(value, str) else None
 
 
@@ -162,12 +168,8 @@ ENCODER_ONLY = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "debe
 def not_a_causal_lm(folder: str) -> str | None:
     """Why the LM folder's config.json is no text-only causal LM (seq2seq, encoder-only, a
     vision-language model), in words; None where it may be one (loading says the rest)."""
-    try:
-        with open(os.path.join(folder, "config.json"), "rb") as f:
-            config = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
+    config = _config(folder)
+    if config is None:
         return None
     kind = config.get("model_type")
     if config.get("is_encoder_decoder"):

@@ -388,8 +388,7 @@ REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 HUB_LM_FILES = [(f, False) for f in ("generation_config.json", "tokenizer.json", "tokenizer_config.json",
                                      "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
                                      "model.safetensors", "model.safetensors.index.json")]
-OPEN_CLIP_FILES = [("open_clip_config.json", True), ("open_clip_model.safetensors", False),
-                   ("open_clip_pytorch_model.bin", False)]
+OPEN_CLIP_FILES = [("open_clip_config.json", True), ("open_clip_model.safetensors", False)]  # else the .bin
 
 
 def repo_folder(repo: str, kind: str) -> str:
@@ -404,8 +403,8 @@ def download_repo(weights_root: str | None, repo: str, kind: str, hf_endpoint: s
                   log: Callable[[str], None] | None = None) -> str:
     """Fetch a hub repo's causal LM (kind "lm": config, tokenizer files, weights -- one file or the
     shards its index names) or OpenCLIP model (kind "clip": open_clip_config.json and its weights)
-    into the root; verified, resumable and recorded in the manifest as the default pair's files.
-    Returns its folder under the root."""
+    into the root; verified, resumable and recorded in the manifest as the default pair's files
+    are. Returns its folder under the root."""
     r = weights_root or root()
     folder = repo_folder(repo, kind)
     endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
@@ -414,17 +413,16 @@ def download_repo(weights_root: str | None, repo: str, kind: str, hf_endpoint: s
         return os.path.join(folder, name), f"{endpoint}/{repo}/resolve/{HF_REVISION}/{name}", None, required
 
     def weight_files(base):
+        """The weights, once the first round is on disk: safetensors when the repo has them, else
+        the shards its index names, else the PyTorch file."""
         here = os.path.join(base, folder)
         has = lambda f: os.path.isfile(os.path.join(here, f))  # noqa: E731
         if kind == "clip":
-            if not (has("open_clip_model.safetensors") or has("open_clip_pytorch_model.bin")):
-                raise InputError(f"{repo} has no OpenCLIP weights (open_clip_model.safetensors or"
-                                 " open_clip_pytorch_model.bin): is it an OpenCLIP repo?")
-            return []
+            return [] if has("open_clip_model.safetensors") else [job("open_clip_pytorch_model.bin", True)]
         if has("model.safetensors"):
             return []
         if not has("model.safetensors.index.json"):
-            raise InputError(f"{repo} has no model.safetensors nor model.safetensors.index.json")
+            return [job("pytorch_model.bin", True)]
         try:
             with open(os.path.join(here, "model.safetensors.index.json")) as f:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
@@ -434,8 +432,8 @@ def download_repo(weights_root: str | None, repo: str, kind: str, hf_endpoint: s
             raise InputError(f"{repo}'s index names shards that are not plain file names")
         return [job(s, True) for s in shards]
 
-    first = [job("open_clip_config.json", True)] + [job(f, req) for f, req in OPEN_CLIP_FILES[1:]] if kind == "clip" \
-        else [job("config.json", True)] + [job(f, req) for f, req in HUB_LM_FILES]
+    files = OPEN_CLIP_FILES if kind == "clip" else [("config.json", True)] + HUB_LM_FILES
+    first = [job(f, required) for f, required in files]
     _download_jobs(r, read_manifest(r), [first, weight_files], log)
     if kind == "lm":
         why = families.not_a_causal_lm(os.path.join(r, folder))
