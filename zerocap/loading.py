@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging as stdlib_logging
+import os
 import pickle
 import warnings
 
 import torch
 
 from .errors import InputError
+from .families import model_type
 from .scorer import HFClipScorer
 from .weights import GET_WEIGHTS, check_clip_file, check_lm_dir, open_clip_checkpoint
 
@@ -91,8 +94,6 @@ def load_clip(clip_path: str, device=None):
     """(clip_model, preprocess) from an OpenAI CLIP checkpoint (fp16 on a GPU, as clip.load gives
     it) or an OpenCLIP folder (open_clip_config.json and its weights, as on the hub); a Hugging
     Face CLIPModel / SiglipModel folder gives (its scorer, None)."""
-    import os
-
     dev = resolve_device(device)
     check_clip_file(clip_path)
     named = open_clip_checkpoint(clip_path)
@@ -121,16 +122,9 @@ HF_CLIP_TYPES = ("clip", "siglip", "siglip2")  # Hugging Face model types with b
 def load_hf_clip(folder: str, device):
     """A Hugging Face CLIPModel / SiglipModel folder as a scorer (scorer.HFClipScorer); refused in
     words where it is another model or has no text tower."""
-    import json
-    import os
-
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    try:
-        with open(os.path.join(folder, "config.json"), "rb") as f:
-            kind = json.loads(f.read(1 << 20)).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        kind = None
+    kind = model_type(folder)
     if kind in ("clip_vision_model", "siglip_vision_model", "siglip2_vision_model"):
         raise InputError(f"--clip {folder} holds {kind!r}, a CLIP without its text tower: ZeroCap scores texts, so it"
                          " needs both towers (a 'clip' or 'siglip' model)")
@@ -153,8 +147,6 @@ def load_hf_clip(folder: str, device):
 def load_open_clip(folder: str, device):
     """An OpenCLIP model (open_clip_torch) from its folder, offline; refused in words where its text
     tower is not CLIP's causal one with CLIP's tokenizer (what the scorer runs: scorer.py)."""
-    import os
-
     if not os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)):
         raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG} nor config.json: give an OpenAI"
                          f" CLIP checkpoint (.pt), an OpenCLIP folder ({OPEN_CLIP_CONFIG} and its weights) or a"
@@ -165,8 +157,6 @@ def load_open_clip(folder: str, device):
 def _open_clip(name: str, checkpoint: str | None, said: str, device):
     """An OpenCLIP model by its name (or local-dir:FOLDER) and checkpoint file, checked (see
     open_clip_unsupported)."""
-    import logging
-
     try:
         import open_clip
     except ImportError:
@@ -175,15 +165,15 @@ def _open_clip(name: str, checkpoint: str | None, said: str, device):
     if checkpoint is not None and name not in open_clip.list_models():
         raise InputError(f"--clip {said}: {name!r} is no OpenCLIP model name (open_clip.list_models(): ViT-B-32,"
                          " ViT-L-14, ViT-H-14, ViT-bigG-14, ...)")
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs each step at INFO/WARNING
+    quiet = stdlib_logging.getLogger().level
+    stdlib_logging.getLogger().setLevel(stdlib_logging.ERROR)  # open_clip logs each step at INFO/WARNING
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=checkpoint, device=device)
     except Exception as e:  # noqa: BLE001 -- a bad folder, config or checkpoint: said in one line
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load OpenCLIP from {said}: {why}") from None
     finally:
-        logging.getLogger().setLevel(quiet)
+        stdlib_logging.getLogger().setLevel(quiet)
     why = open_clip_unsupported(model, open_clip.get_tokenizer(name))
     if why:
         raise InputError(f"--clip {said}: {why}")
