@@ -58,20 +58,13 @@ class Vocabulary:
         start = [self.bos_id] if bos and self.bos_id is not None else []
         return start + self.tokenizer.encode(text, add_special_tokens=False)
 
-    def text_after(self, prompt: list[int], ids: list[int], skip_special: bool = False) -> str:
+    def text_after(self, prompt: list[int], ids: list[int]) -> str:
         """The text `ids` add after `prompt`."""
         if not ids:
             return ""
-        head = _decode(self.tokenizer, prompt, skip_special_tokens=skip_special)
-        whole = _decode(self.tokenizer, list(prompt) + list(ids), skip_special_tokens=skip_special)
-        if whole.startswith(head):
-            return whole[len(head):]
-        return _decode(self.tokenizer, ids, skip_special_tokens=skip_special)
-
-    def row_text(self, ids: list[int]) -> str:
-        """A row's text without BOS: what CLIP reads of it."""
-        text = _decode(self.tokenizer, ids)
-        return text.replace(self.bos, "") if self.bos else text
+        head = _decode(self.tokenizer, prompt)
+        whole = _decode(self.tokenizer, list(prompt) + list(ids))
+        return whole[len(head):] if whole.startswith(head) else _decode(self.tokenizer, ids)
 
     def end_id(self, end_token: str) -> int:
         """The token that ends a beam: the one whose text is `end_token` (on a SentencePiece
