@@ -136,9 +136,13 @@ def test_requests_of_other_prompts_share_steps_each_with_its_beams_alone(lm_dirs
 
 
 def pt_case(rng: random.Random) -> PseudoTokenConfig:
+    """A random case of the method whose draws are from the top token (sampling_top_k 1): a draw from
+    a top-3 shaped by AdamW steps can flip on fp32 rounding where CLIP's candidate features are
+    computed in another order (seen once: GPT-NeoX under ATEN_CPU_CAPABILITY=avx2); the slow sweep
+    below draws from larger top-ks (at least 3 of 4 equal)."""
     return PseudoTokenConfig(
         seed=rng.randrange(1000), sentence_iterations=2, max_tokens=rng.randint(3, 5),
-        sampling_top_k=rng.randint(1, 4), beam_size=rng.randint(1, 3), dummy_tokens=rng.randint(1, 4),
+        sampling_top_k=1, beam_size=rng.randint(1, 3), dummy_tokens=rng.randint(1, 4),
         learning_rate=rng.choice([0.006, 0.02, 0.1]), lr_schedule=rng.choice(SCHEDULES),
         token_wise=rng.random() < 0.6, randomized_prompt=rng.random() < 0.6)
 
