@@ -45,13 +45,14 @@ class Vocabulary:
         tok = self.tokenizer
         n = len(tok)
         anchor = tok.encode(ANCHOR, add_special_tokens=False)[-1:]
-        alone = tok.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
-        if anchor:
+        if not anchor:
+            texts = tok.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+        else:  # a token whose text does not follow the anchor's (none seen) is decoded alone
             head = _decode(tok, anchor)
             after = tok.batch_decode([anchor + [i] for i in range(n)], clean_up_tokenization_spaces=False)
-            alone = [a[len(head):] if a.startswith(head) else s for a, s in zip(after, alone)]
-        alone += [""] * (self.size - len(alone))  # padded embedding rows decode to nothing
-        return alone[:self.size]
+            texts = [a[len(head):] if a.startswith(head) else _decode(tok, [i]) for i, a in enumerate(after)]
+        texts += [""] * (self.size - len(texts))  # padded embedding rows decode to nothing
+        return texts[:self.size]
 
     def prompt_ids(self, text: str, bos: bool) -> list[int]:
         """BOS (when `bos` and the tokenizer has one) and the text's ids."""

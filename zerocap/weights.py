@@ -340,13 +340,18 @@ def fetch(url: str, dest: str, sha256: str | None = None, required: bool = True,
     return {"size": got_size, "sha256": digest}
 
 
+def _endpoint(hf_endpoint: str | None) -> str:
+    """The hub's address: the one given, else $HF_ENDPOINT, else huggingface.co."""
+    return (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
 def download(weights_root: str | None = None, hf_endpoint: str | None = None,
              log: Callable[[str], None] | None = None, lm: str | None = LM_DIR, clip: bool = True) -> dict:
     """Fetch an LM (default GPT-2 medium) and CLIP ViT-B/32 into the root; skip files already
     verified. The manifest keeps the entries of other files still on disk (another LM)."""
     _check_lm(lm)
     r = weights_root or root()
-    endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    endpoint = _endpoint(hf_endpoint)
     old = read_manifest(r)
     jobs = [(os.path.join(lm, f), f"{endpoint}/{lms()[lm]}/resolve/{HF_REVISION}/{f}", None, req)
             for f, req in (LM_FILES if lm else [])]
@@ -407,7 +412,7 @@ def download_repo(weights_root: str | None, repo: str, kind: str, hf_endpoint: s
     are. Returns its folder under the root."""
     r = weights_root or root()
     folder = repo_folder(repo, kind)
-    endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    endpoint = _endpoint(hf_endpoint)
 
     def job(name, required):
         return os.path.join(folder, name), f"{endpoint}/{repo}/resolve/{HF_REVISION}/{name}", None, required
