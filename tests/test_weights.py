@@ -207,3 +207,17 @@ def test_any_pair_from_the_hub_is_fetched_verified_and_served(hub, tmp_path, mon
     r = subprocess.run([sys.executable, script, "--root", str(root), "--lm", "google-t5/t5-small"],
                        capture_output=True, text=True, env=dict(os.environ))
     assert r.returncode == 2 and "google-t5/t5-small holds a sequence-to-sequence (encoder-decoder) model" in r.stderr
+
+
+def test_a_malformed_models_json_is_said_in_words(tmp_path, monkeypatch):
+    root = tmp_path / "w"
+    root.mkdir()
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", str(root))
+    (root / "models.json").write_text("{not json")
+    with pytest.raises(ValueError, match="models.json cannot be read as JSON"):
+        weights.chosen()
+    (root / "models.json").write_text('{"lm": 3}')
+    with pytest.raises(ValueError, match='must hold {"lm": "<folder>", "clip": "<file or folder>"}'):
+        weights.chosen()
+    (root / "models.json").write_text('{"lm": "Tiny", "clip": "clip/Tiny"}')
+    assert weights.chosen() == (str(root / "Tiny"), str(root / "clip" / "Tiny"))
