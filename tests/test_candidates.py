@@ -68,7 +68,10 @@ def test_prefix_cached_features_match_encode_text(engine):
     prefixes = [ct.prefix(t) for t in texts]
     top = torch.randint(0, len(ct.strings), (4, 40), generator=torch.Generator().manual_seed(1))
     top[:, 0] = 82  # "s": continues the last word
+    top[:, 1] = ct.strings.index("#" * 32)  # 31 CLIP pieces of its own
     shared, suffix, eot = ct.rows(prefixes, top)
+    # "qzxv" * 12 + "s" keeps the word's leading pieces: they come from the prefix's keys and values
+    assert int(shared[3, 0]) > 1 + prefixes[3].head_len
     prefix_rows = ct.pad([p.row for p in prefixes])
     cache = scorer.encode_prefix(prefix_rows)
     saved = scorer.chunk_tokens
