@@ -419,24 +419,45 @@ class StepFeatures:
     Within a step the prefixes are fixed, so a candidate's text, hence its features, depends
     only on (row, token). The top-k of successive context-shift iterations overlap heavily
     (3.5x repeats on the tests' random models), so each iteration encodes only the candidates
-    no earlier iteration ranked.
+    no earlier iteration ranked. The (R, V) table of where each candidate's features sit is made
+    when a second iteration asks (a step of one iteration -- the pseudo-token method's -- never
+    needs it).
     """
 
     def __init__(self, rows: int, vocab: int, device):
-        self.slot = torch.full((rows, vocab), -1, dtype=torch.int32, device=device)  # (R, V) into table
+        self.shape, self.device = (rows, vocab), device
+        self.slot: torch.Tensor | None = None  # (R, V) into table, once a second iteration asks
         self.table: torch.Tensor | None = None  # (n, D)
+        self._first: tuple | None = None  # the first iteration's (top, new, feats), until then
 
     def missing(self, top: torch.Tensor) -> torch.Tensor:
         """(R, K) bool: candidates `top` (R, K) not seen yet."""
-        return self.slot.gather(1, top) < 0
+        if self._first is None and self.slot is None:  # the step's first iteration: every one
+            return torch.ones(top.shape, dtype=torch.bool, device=top.device)
+        return self._slots().gather(1, top) < 0
 
-    def update(self, top: torch.Tensor, new: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """Store the rows `new` (R, K) of feats (R, K, D); return the features of all of `top`."""
+    def _slots(self) -> torch.Tensor:
+        if self.slot is None:
+            self.slot = torch.full(self.shape, -1, dtype=torch.int32, device=self.device)
+            top, new, feats = self._first
+            self._first = None
+            self._store(top, new, feats)
+        return self.slot
+
+    def _store(self, top: torch.Tensor, new: torch.Tensor, feats: torch.Tensor) -> None:
         r, k = new.nonzero(as_tuple=True)
         start = 0 if self.table is None else self.table.shape[0]
         self.slot[r, top[r, k]] = torch.arange(start, start + r.numel(), dtype=torch.int32, device=r.device)
         fresh = feats[r, k]  # (m, D)
         self.table = fresh if self.table is None else torch.cat([self.table, fresh])
+
+    def update(self, top: torch.Tensor, new: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Store the rows `new` (R, K) of feats (R, K, D); return the features of all of `top`."""
+        if self._first is None and self.slot is None:  # the first iteration: its own features
+            self._first = (top, new, feats)
+            return feats  # (the rows not `new` are zeros: any finite features)
+        self._slots()
+        self._store(top, new, feats)
         if self.table.shape[0] == 0:  # nothing needed yet (every row frozen): any finite features
             return feats
         return self.table[self.slot.gather(1, top).long()]  # (R, K, D); an unseen candidate: some row
