@@ -176,6 +176,34 @@ def test_the_lm_must_be_float32(lm_dir, clip_file, images):
         zc.caption([images[0]], method="pseudo-tokens", sentence_iterations=1)
 
 
+def test_token_rules_are_theirs_on_rows_of_any_settings(engine, ref_tokenizer):
+    """The vectorised rules (penalties as one table add, one step's rows of other settings
+    together) against their update_special_tokens_logits, row by row: bit for bit -- the same
+    elementwise IEEE operations on the same operands (each correctly rounded, whatever the CPU's
+    vector kernels), and -inf where theirs puts it."""
+    from zerocap.pseudo_tokens.rules import apply_rules
+
+    g = torch.Generator().manual_seed(0)
+    cfgs = [PseudoTokenConfig(max_tokens=8, entity_penalty=2.0), PseudoTokenConfig(max_tokens=8, entity_penalty=0.5,
+            repetition_penalty=1.5, ending_bonus=3.0, sampling_top_k=5), PseudoTokenConfig(max_tokens=4)]
+    prompt = engine.pseudo_tokens.prompt_ids("Image of")
+    words = ref_tokenizer.encode(" a dog on a dog on a")  # a repeated 3-gram: "on a" then " dog" is barred
+    contexts = [prompt + words[:n] for n in (0, 3, len(words))]
+    steps = [0, 3, 3]  # the first token (its own unwanted set), a later one, the last row's ending forced
+    rules = engine.pseudo_tokens.rules(".")
+    V = rules.forbidden.shape[0]
+    theirs = [CLIPTextGenerator(engine.lm, copy.deepcopy(ref_tokenizer), engine.scorer.clip, **reference_args(cfg))
+              for cfg in cfgs]
+    for trial in range(3):
+        logits = torch.randn(3, V, generator=g) * 4
+        logits[:, rules.end_id] += trial  # the end token above or below the top-k threshold
+        ours = apply_rules([rules] * 3, cfgs, contexts, steps, logits.clone())
+        for r, (ctx, step) in enumerate(zip(contexts, steps)):
+            want = theirs[r].update_special_tokens_logits(torch.tensor([ctx]), step, logits[r:r + 1].clone())
+            assert torch.equal(ours[r:r + 1], want), (trial, r)
+            assert (want == -float("inf")).any()
+
+
 @pytest.mark.numeric
 def test_requests_of_other_end_tokens_share_a_step_each_with_its_output_alone(engine, images):
     """Each row's token rules use its own end token's tables (a letter end token changes which tokens

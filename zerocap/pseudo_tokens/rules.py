@@ -40,6 +40,7 @@ class TokenRules:
         self.first[first] = True
         self.later = torch.zeros(vocab, dtype=torch.bool, device=device)
         self.later[later] = True
+        self._penalties: dict[float, torch.Tensor] = {}
         similar = torch.zeros(vocab, SIMILAR, dtype=torch.long)
         banned = set(forbidden)
         reduced = {i: p.replace(spacer, "").upper() for i, p in enumerate(pieces) if i not in banned}
@@ -48,6 +49,21 @@ class TokenRules:
             for t in tokens:
                 similar[t, :len(tokens)] = torch.tensor(tokens)
         self.similar = similar.to(device)
+
+    def penalties(self, entity_penalty: float) -> torch.Tensor:
+        """(2, V): what their bad-words and entity rules add to a row's logits at its first token
+        (row 0) and at later ones (row 1): -inf on a forbidden token, -entity_penalty on a token
+        the step does not want, 0 elsewhere -- one add for the three vocabulary-wide rules (the
+        same values: x - inf is their -inf, and -inf - p stays -inf)."""
+        if entity_penalty not in self._penalties:
+            if len(self._penalties) >= 64:  # a server's requests bring their own penalties: a bound
+                self._penalties.clear()
+            rows = []
+            for unwanted in (self.first, self.later):
+                row = torch.where(unwanted, -torch.tensor(entity_penalty, dtype=torch.float32), 0.0)
+                rows.append(row.masked_fill(self.forbidden, -math.inf))
+            self._penalties[entity_penalty] = torch.stack(rows)
+        return self._penalties[entity_penalty]
 
     def apply(self, contexts: list[list[int]], steps: list[int], logits: torch.Tensor,
               cfgs: list[PseudoTokenConfig]) -> torch.Tensor:
@@ -79,10 +95,9 @@ class TokenRules:
                 cols.append(knobs.end_ids[r])
         if rows:
             logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = -math.inf
-        logits = logits.masked_fill(knobs.forbidden, -math.inf)
-        first = torch.tensor([s == 0 for s in steps], device=dev)[:, None]
-        unwanted = torch.where(first, knobs.first, knobs.later)
-        logits = logits + torch.where(unwanted, -knobs.entity_penalty[:, None], logits.new_zeros(()))
+        # their bad words (-inf) and the entity penalty, one table row each (penalties())
+        added = [self.penalties(c.entity_penalty)[min(s, 1)] for c, s in zip(cfgs, steps)]
+        logits = logits + (added[0][None] if R == 1 else torch.stack(added))
         end = knobs.end_index
         logits[end] = logits[end] + knobs.ending_bonus
         forcing = [r for r, s in enumerate(steps) if s >= knobs.max_tokens[r] - knobs.min_length[r]]
@@ -91,11 +106,11 @@ class TokenRules:
             e = knobs.end_ids[r]
             threshold = row[:, e].clone()
             top_values, top_indices = row.topk(knobs.top_k[r], 1)
-            row[row < top_values[:, -1:]] = -math.inf
+            row.masked_fill_(row < top_values[:, -1:], -math.inf)
             row[:, e] = threshold
             bump = top_values[:, -1] > threshold
             row[bump, top_indices[bump, -1]] = -math.inf
-        return logits.masked_fill(logits != logits, -math.inf)
+        return logits.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
 
 
 @dataclass
@@ -103,11 +118,7 @@ class RowKnobs:
     """Per-row knobs of a step's rows, as tensors where the rules read them together."""
 
     repetition_penalty: torch.Tensor
-    entity_penalty: torch.Tensor
     ending_bonus: torch.Tensor
-    forbidden: torch.Tensor  # (R, V)
-    first: torch.Tensor  # (R, V)
-    later: torch.Tensor  # (R, V)
     end_index: tuple  # (rows, end ids) for advanced indexing
     end_ids: list
     min_length: list  # max_tokens // 2: the context length below which the end token is barred (their
@@ -119,9 +130,7 @@ class RowKnobs:
     def of(cls, rules: TokenRules, cfgs: list[PseudoTokenConfig], device) -> "RowKnobs":
         t = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
         n, end = len(cfgs), rules.end_id
-        masks = [getattr(rules, name).expand(n, -1) for name in ("forbidden", "first", "later")]  # views
-        return cls(t([c.repetition_penalty for c in cfgs]), t([c.entity_penalty for c in cfgs]),
-                   t([c.ending_bonus for c in cfgs]), *masks,
+        return cls(t([c.repetition_penalty for c in cfgs]), t([c.ending_bonus for c in cfgs]),
                    (torch.arange(n, device=device), torch.full((n,), end, device=device)), [end] * n,
                    [c.max_tokens // 2 for c in cfgs], [c.max_tokens for c in cfgs],
                    [c.sampling_top_k for c in cfgs])
