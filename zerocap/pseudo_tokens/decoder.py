@@ -121,10 +121,10 @@ class PseudoTokens:
     def step_logits(self, contexts: list[list[int]], prefixes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """A sampling step's (plain, shifted) logits (R, V) fp32: the LM without a prefix (no
         gradient) and after each row's prefix (differentiable in it). The fast form runs both in
-        one pass per prefix length when the step has several rows (each row twice, once `bare`:
-        half the kernels; 4 requests' steps ~13% faster on a 2-core CPU); a lone row, and the
-        exact form, take two passes (a lone row's plain pass costs less than its backward)."""
-        if not self.written_out or len(contexts) == 1:
+        one pass per prefix length (each row twice, once `bare`: half the kernels, one read of the
+        LM head for both; 4 requests' steps ~13% faster on a 2-core CPU, a lone request's ~3%);
+        the exact form takes two passes, as theirs."""
+        if not self.written_out:
             with torch.no_grad():
                 plain = self.logits(contexts)
             return plain, self.logits(contexts, prefixes)
