@@ -78,10 +78,15 @@ def test_prefix_cached_features_match_encode_text(engine):
     try:
         scorer.chunk_tokens = 7  # many packed passes, each of whole rows, some across two prefixes
         fast = scorer.encode_candidates(cache, shared, suffix, eot)
+        # the prefixes' keys and values computed in the first of those passes
+        fused_cache, fused = scorer.encode_with_prefix(prefix_rows, shared, suffix, eot)
         scorer.chunk_tokens = 1 << 20  # one pass (a GPU's choice at this size)
         one_pass = scorer.encode_candidates(cache, shared, suffix, eot)
+        _, fused_one_pass = scorer.encode_with_prefix(prefix_rows, shared, suffix, eot)
     finally:
         scorer.chunk_tokens = saved
+    for mine, theirs in zip(fused_cache.keys + fused_cache.values, cache.keys + cache.values):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
     assert len(set(eot.flatten().tolist())) > 2  # rows of several lengths
     assert int(eot.max()) >= scorer.WINDOW  # and a row past the window: a pass of its own
     full = scorer.encode_full(prefix_rows, shared, suffix, eot)
@@ -92,6 +97,8 @@ def test_prefix_cached_features_match_encode_text(engine):
         assert torch.equal(full[r], ref)  # bit for bit
         torch.testing.assert_close(fast[r], ref, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(one_pass[r], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fused[r], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fused_one_pass[r], ref, rtol=1e-4, atol=1e-5)
 
 
 def test_features_are_reused_within_a_step(engine):

@@ -10,6 +10,7 @@ import copy
 import random
 
 import pytest
+import torch
 
 from numeric import assert_same_beams
 from reference_decoder import ReferenceDecoder
@@ -211,6 +212,33 @@ def test_open_clip_steers_both_methods_as_the_reference(lm_dirs, open_clip_dir, 
                             **tokenizer_args(engine, name)[1])
     by_clip, by_mixed, sentences, beams = gen.generate(target[None])
     assert ([s.text for s in r.sentences], r.best_clip, [b.text for b in r.beams]) == (sentences, by_clip[0], beams)
+
+
+@pytest.mark.numeric
+def test_open_clip_text_layer_scales_hold_on_the_fast_path(tmp_path, lm_dir):
+    """An OpenCLIP text tower whose residual branches are scaled (open_clip's ls_init_value): the
+    fast path's candidate features -- the prefix in the candidates' pass, or from its cache -- equal
+    the model's own encode_text up to fp32 rounding (the tolerance of tests/test_candidates.py)."""
+    import clip
+
+    from tiny_models import write_tiny_open_clip
+
+    engine = ZeroCap.load(lm_dir, write_tiny_open_clip(str(tmp_path / "ls"), text_layer_scale=0.5),
+                          device="cpu")
+    scorer, ct = engine.scorer, engine.scorer.candidates
+    assert not isinstance(scorer.blocks[0].ls_1, torch.nn.Identity)
+    prefixes = [ct.prefix(t) for t in ("Image of a dog", "A qzxv")]
+    top = torch.randint(0, len(ct.strings), (2, 30), generator=torch.Generator().manual_seed(3))
+    top[:, 0] = ct.strings.index("s")  # continues the last word
+    shared, suffix, eot = ct.rows(prefixes, top)
+    rows = ct.pad([p.row for p in prefixes])
+    _, fused = scorer.encode_with_prefix(rows, shared, suffix, eot)
+    cached = scorer.encode_candidates(scorer.encode_prefix(rows), shared, suffix, eot)
+    for r, p in enumerate(prefixes):
+        ref = scorer.normalised(scorer.clip.encode_text(
+            clip.tokenize([p.text + ct.strings[t] for t in top[r].tolist()], truncate=True)))
+        torch.testing.assert_close(fused[r], ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cached[r], ref, rtol=1e-4, atol=1e-5)
 
 
 def write_config(folder, **config):

@@ -166,9 +166,11 @@ def write_tiny_lm(path: str, family: str, seed: int = 5) -> str:
     return path
 
 
-def write_tiny_open_clip(path: str, seed: int = 1, quick_gelu: bool = False, width: int = 64) -> str:
+def write_tiny_open_clip(path: str, seed: int = 1, quick_gelu: bool = False, width: int = 64,
+                         text_layer_scale: float | None = None) -> str:
     """A tiny OpenCLIP folder as its hub repos hold one: open_clip_config.json (model_cfg,
-    preprocess_cfg) and open_clip_model.safetensors. Standard GELU unless `quick_gelu` (OpenAI's)."""
+    preprocess_cfg) and open_clip_model.safetensors. Standard GELU unless `quick_gelu` (OpenAI's);
+    the text tower's residual branches scaled (open_clip's ls_init_value) by `text_layer_scale`."""
     import json
 
     import open_clip
@@ -177,7 +179,7 @@ def write_tiny_open_clip(path: str, seed: int = 1, quick_gelu: bool = False, wid
     model_cfg = {"embed_dim": 32, "quick_gelu": quick_gelu,
                  "vision_cfg": {"image_size": 32, "layers": 2, "width": width, "patch_size": 16},
                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": max(1, width // 32),
-                              "layers": 2}}
+                              "layers": 2, **({} if text_layer_scale is None else {"ls_init_value": text_layer_scale})}}
     torch.manual_seed(seed)
     model = open_clip.model.CLIP(embed_dim=32, vision_cfg=model_cfg["vision_cfg"], text_cfg=model_cfg["text_cfg"],
                                  quick_gelu=quick_gelu)

@@ -295,7 +295,6 @@ class ClipScorer(TextScorer):
         feats = feats / feats.norm(dim=-1, keepdim=True)
         return feats.view(R, K, -1)
 
-    @torch.no_grad()
     def encode_candidates(
         self, cache: PrefixCache, shared: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor,
         needed: torch.Tensor | None = None,
@@ -309,6 +308,19 @@ class ClipScorer(TextScorer):
         WINDOW tokens (rare: a long word continued) run in passes of their own, so that one long
         row does not widen every row's attention window.
         """
+        return self._candidates(cache, None, shared, suffix, eot_index, needed)[1]
+
+    def encode_with_prefix(
+        self, prefix_rows: torch.Tensor, shared: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor,
+        needed: torch.Tensor | None = None,
+    ) -> tuple[PrefixCache, torch.Tensor]:
+        """encode_prefix(prefix_rows) and encode_candidates with it, the prefix rows' tokens run in
+        the first packed pass beside the candidates' (each layer's linear layers once for both):
+        -> (the prefix cache, for the step's later iterations; features (R, K, D))."""
+        return self._candidates(None, prefix_rows, shared, suffix, eot_index, needed)
+
+    @torch.no_grad()
+    def _candidates(self, cache, prefix_rows, shared, suffix, eot_index, needed) -> tuple[PrefixCache, torch.Tensor]:
         R, K, S = suffix.shape
         dev = suffix.device
         beam = torch.arange(R, device=dev).repeat_interleave(K)  # (M,)
@@ -316,7 +328,7 @@ class ClipScorer(TextScorer):
         out = torch.zeros(R * K, self.embed_dim, dtype=self.dtype, device=dev)
         rows = torch.arange(R * K, device=dev) if needed is None else needed.reshape(-1).nonzero()[:, 0]
         if rows.numel() == 0:
-            return out.view(R, K, -1)
+            return (cache if cache is not None else self.encode_prefix(prefix_rows)), out.view(R, K, -1)
         long = eot_index[rows] >= self.WINDOW
         for group in (rows[~long], rows[long]):
             if group.numel() == 0:
@@ -326,12 +338,24 @@ class ClipScorer(TextScorer):
             sizes = torch.unique_consecutive(first // self.chunk_tokens, return_counts=True)[1].tolist()
             for idx in group.split(sizes):
                 lo, hi = int(beam[idx[0]]), int(beam[idx[-1]]) + 1  # rows are in beam order
-                part = PrefixCache([k[lo:hi] for k in cache.keys], [v[lo:hi] for v in cache.values])
-                f = self._encode_packed(part, beam[idx] - lo, shared[idx], suffix[idx], eot_index[idx])
+                args = beam[idx] - lo, shared[idx], suffix[idx], eot_index[idx]
+                if cache is None:  # the first pass: the prefix rows' tokens too
+                    cache, f = self._encode_packed_with_prefix(prefix_rows, lo, hi, *args)
+                else:
+                    part = PrefixCache([k[lo:hi] for k in cache.keys], [v[lo:hi] for v in cache.values])
+                    f = self._encode_packed(part, *args)
                 out[idx] = f / f.norm(dim=-1, keepdim=True)
-        return out.view(R, K, -1)
+        return cache, out.view(R, K, -1)
 
-    def _encode_packed(self, cache: PrefixCache, beam, shared, suffix, eot_index) -> torch.Tensor:
+    def _encode_packed_with_prefix(self, prefix_rows, lo, hi, beam, shared, suffix, eot_index):
+        """(the prefix cache of prefix_rows (B, P), features (M, D)): `_encode_packed` of rows whose
+        prefixes are prefix_rows[lo:hi], with those prefixes' keys and values computed in the same
+        pass -- their tokens ride in each layer's linear layers (as encode_prefix computes them: causal
+        attention among a prefix's positions; in the last layer only keys and values)."""
+        return self._encode_packed(None, beam, shared, suffix, eot_index, prefix_rows, (lo, hi))
+
+    def _encode_packed(self, cache: PrefixCache | None, beam, shared, suffix, eot_index, prefix_rows=None,
+                       span=None):
         """Features (M, D) of M rows in beam order, their N real tokens packed (no padding): beam (M,)
         picks each row's prefix (cache.keys[l]: (B, h, P, hd)), suffix (M, S), EOT at eot_index (M,).
 
@@ -339,9 +363,15 @@ class ClipScorer(TextScorer):
         the rows of that prefix: no copy per row) and to the tokens of its own row up to itself
         (a window of the W packed tokens before it, as a view). The last block runs every token's
         keys and values but only the EOT tokens' queries, attention output and MLP: nothing else
-        of it is read."""
+        of it is read. Without a cache, the prefixes are prefix_rows[span[0]:span[1]] and their
+        keys and values are computed here (-> (the PrefixCache of every prefix row, features))."""
         M = suffix.shape[0]
-        B, h, P, _ = cache.keys[0].shape
+        fused = cache is None
+        if fused:
+            Bp, P = prefix_rows.shape
+            B, h = span[1] - span[0], self.heads
+        else:
+            B, h, P, _ = cache.keys[0].shape
         dev = suffix.device
         length = eot_index + 1
         W = int(length.max())
@@ -351,7 +381,14 @@ class ClipScorer(TextScorer):
         pos = j.expand(M, W)[real]  # (N,) its index in the row
         N = row.numel()
         ends = torch.cumsum(length, 0) - 1  # (M,) each row's EOT among the packed tokens
-        x = self._embed(suffix[:, :W][real], shared[row] + pos)  # (N, d); rows end by position 76 (rows())
+        ids, positions = suffix[:, :W][real], shared[row] + pos  # rows end by position 76 (rows())
+        if fused:  # the prefix rows' tokens first, then the candidates': x (Bp * P + N, d)
+            ids = torch.cat([prefix_rows.reshape(-1), ids])
+            positions = torch.cat([torch.arange(P, device=dev).repeat(Bp), positions])
+            causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
+            keys, values = [], []
+        first = Bp * P if fused else 0  # where the candidates' tokens start
+        xa = self._embed(ids, positions)
         see = torch.cat([torch.arange(P, device=dev) < shared[row][:, None],  # its prefix's positions
                          j >= (W - 1 - pos)[:, None]], dim=1)  # window slot t is the token W - 1 - t back
         bias = torch.zeros(N, 1, P + W, dtype=torch.float32, device=dev).masked_fill_(~see[:, None], -math.inf)
@@ -373,20 +410,33 @@ class ClipScorer(TextScorer):
 
         every, eots = groups(beam[row]), groups(beam)
         scale = (self.clip.transformer.width // h) ** -0.5
-        for i, (block, pk, pv) in enumerate(zip(self.blocks, cache.keys, cache.values)):
-            qkv = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
-            q, k, v = (t.view(N, h, -1) for t in qkv.chunk(3, dim=-1))
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            qkv = F.linear(block.ln_1(xa), block.attn.in_proj_weight, block.attn.in_proj_bias)
+            if fused:  # the prefixes' queries, keys and values (Bp, h, P, hd); theirs for the rows here
+                qp, kp, vp = (t.reshape(Bp, P, h, -1).transpose(1, 2) for t in qkv[:first].chunk(3, dim=-1))
+                keys.append(kp)
+                values.append(vp)
+                pk, pv = kp[span[0]:span[1]], vp[span[0]:span[1]]
+            else:
+                pk, pv = cache.keys[i], cache.values[i]
+            q, k, v = (t.view(N, h, -1) for t in qkv[first:].chunk(3, dim=-1))
             window_k = F.pad(k, (0, 0, 0, 0, W - 1, 0)).unfold(0, W, 1)  # (N, h, hd, W)
             window_v = F.pad(v, (0, 0, 0, 0, W - 1, 0)).unfold(0, W, 1)
-            mask, grid = bias, every
-            if i == len(self.blocks) - 1:  # only the EOT tokens are read from here on
+            mask, grid, x = bias, every, xa[first:]
+            if i == last:  # only the EOT tokens are read from here on
                 q, window_k, window_v, mask, x, grid = q[ends], window_k[ends], window_v[ends], bias[ends], x[ends], eots
             scores = torch.cat([by_prefix(q, pk.transpose(-1, -2), grid), torch.einsum("nhd,nhdw->nhw", q, window_k)], -1)
             attn = torch.softmax(scores.float() * scale + mask, dim=-1).to(x.dtype)  # (n, h, P + W)
-            o = by_prefix(attn[..., :P], pv, grid) + torch.einsum("nhw,nhdw->nhd", attn[..., P:], window_v)
-            x = x + F.linear(o.flatten(1), block.attn.out_proj.weight, block.attn.out_proj.bias)
-            x = x + self._mlp(block, block.ln_2(x))
-        return self._project(x)  # (M, D)
+            o = (by_prefix(attn[..., :P], pv, grid) + torch.einsum("nhw,nhdw->nhd", attn[..., P:], window_v)).flatten(1)
+            if fused and i < last:  # the prefixes' own causal attention, then both through the block's rest
+                own = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=causal).transpose(1, 2)
+                o, x = torch.cat([own.reshape(first, -1), o]), xa
+            ls_1, ls_2 = getattr(block, "ls_1", None), getattr(block, "ls_2", None)  # OpenCLIP's layer scales
+            x = x + _scaled(ls_1, F.linear(o, block.attn.out_proj.weight, block.attn.out_proj.bias))
+            xa = x + _scaled(ls_2, self._mlp(block, block.ln_2(x)))
+        features = self._project(xa)  # (M, D)
+        return (PrefixCache(keys, values), features) if fused else features
 
     def _encode_rows(self, cache: PrefixCache, beam, shared, suffix, eot_index) -> torch.Tensor:
         """Features (M, D) of M rows; beam (M,) picks each row's prefix, suffix (M, S)."""
@@ -517,12 +567,12 @@ class FixedCandidates(_ClipCandidates):
 
 
 class FastCandidates(_ClipCandidates):
-    """Prefix keys/values once per step, only the suffixes per iteration, features kept for the step."""
+    """Prefix keys/values once per step (in the first iteration's pass), only the suffixes per
+    iteration, features kept for the step."""
 
     def __init__(self, scorer: ClipScorer, prefix_texts: list[str]):
         super().__init__(scorer, prefix_texts)
-        with record_function("zerocap.clip_prefix"):
-            self.cache = scorer.encode_prefix(self.prefix_rows)
+        self.cache: PrefixCache | None = None  # the first features() computes it, in its own pass
         self.seen = StepFeatures(len(self.prefixes), len(self.candidates.strings), self.prefix_rows.device)
 
     def features(self, top: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -534,5 +584,8 @@ class FastCandidates(_ClipCandidates):
         with record_function("zerocap.candidate_rows"):
             shared, suffix, eot = self.candidates.rows(self.prefixes, top, needed=new)
         with record_function("zerocap.clip_candidates"):
-            feats = self.scorer.encode_candidates(self.cache, shared, suffix, eot, needed=new)
+            if self.cache is None:
+                self.cache, feats = self.scorer.encode_with_prefix(self.prefix_rows, shared, suffix, eot, needed=new)
+            else:
+                feats = self.scorer.encode_candidates(self.cache, shared, suffix, eot, needed=new)
         return self.seen.update(top, new, feats)
