@@ -79,7 +79,9 @@ def test_the_users_count_wins_and_the_choice_is_said():
 
 def test_idle_workers_sleep_soon_unless_the_user_set_the_wait_policy():
     code = "import os, zerocap, torch; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
-    assert _run(code) == f"{threads.SPINCOUNT} None"
+    assert _run(code) == "100000 None"  # a pool sized to the free CPUs: ~1 ms
+    assert _run(code, ZEROCAP_THREADS="2") == "10000 None"  # a count the user fixed: ~0.1 ms
+    assert _run(code, OMP_NUM_THREADS="2") == "10000 None"
     assert _run(code, OMP_WAIT_POLICY="ACTIVE") == "None ACTIVE"
     assert _run(code, GOMP_SPINCOUNT="5") == "5 None"
 

@@ -15,11 +15,19 @@ quiet; with one CPU hog pinned to core 0, 3.5 s on two threads and 0.70 s on one
 59.7 s on two threads and 3.9 s on one (bench/RESULTS.md).
 
 **How idle threads wait.** libgomp spins a worker that has no work for ~300,000 iterations
-before it sleeps: on a shared core that spinning takes the time the other process (or our own
-other thread) needed. `GOMP_SPINCOUNT` is set lower by default (prepare(), before torch loads
-libgomp), so an idle worker sleeps after a few microseconds; the user's `OMP_WAIT_POLICY` or
-`GOMP_SPINCOUNT` wins. (A fully passive wait cost 75% on a quiet machine: every kernel then
-wakes its workers through the kernel's futex.)
+(3 ms on the Intel Xeon of bench/RESULTS.md, 11 ns an iteration; up to ~15 ms where a pause
+instruction is slower) before it sleeps: on a core another process needs, that spinning takes
+its time. `GOMP_SPINCOUNT` is set lower by default (prepare(), before torch loads libgomp):
+  - 100,000 (~1 ms there) when the pool is ours to size: it has only CPUs other processes left
+    free (measured again every 2 s), so a worker spins where nobody else wanted to run, and
+    spinning through the gaps between a decoding step's kernels (Python's work between them, up
+    to about a millisecond) saves waking it through the kernel's futex for the next: a
+    pseudo-token request 7-15% faster than at 10,000 on a quiet 2-core machine;
+  - 10,000 (~0.1 ms) when the user fixed the count (ZEROCAP_THREADS / OMP_NUM_THREADS): it is
+    never made smaller, so its workers may share a core with another process; beside a CPU hog,
+    two fixed threads took 1.9 s a caption at 10,000 and 6.4 s at 100,000.
+The user's `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` wins. (A fully passive wait cost 75% on a
+quiet machine: every kernel then wakes its workers through the futex.)
 
 **Pools handed back.** libgomp gives every thread that runs a parallel kernel a pool of worker
 threads of its own, kept after the kernel ends. Served, decoding runs on the scheduler's thread
@@ -39,7 +47,9 @@ import time
 from dataclasses import dataclass
 
 OMP_PAUSE_HARD = 2  # omp_pause_resource_t: free the pool's threads
-SPINCOUNT = "10000"  # iterations an idle libgomp worker spins before it sleeps (libgomp's own: 300,000)
+# iterations an idle libgomp worker spins before it sleeps (libgomp's own: 300,000): a pool we size, one
+# whose count the user fixed (the module's docstring)
+SPINCOUNT, FIXED_SPINCOUNT = "100000", "10000"
 USER_VARS = ("ZEROCAP_THREADS", "OMP_NUM_THREADS")  # the user's count, in this order
 RESIZE_SECONDS = 2.0  # how often a decoding loop measures the other processes' load again
 BUSY_SLACK = 0.3  # a CPU counts as taken when others keep it busy more than 1 - this (noise aside)
@@ -47,10 +57,11 @@ BUSY_SLACK = 0.3  # a CPU counts as taken when others keep it busy more than 1 -
 
 def prepare() -> None:
     """Before torch is imported (it loads libgomp, which reads these once): idle workers sleep
-    soon. A no-op once torch is loaded or when the user set the wait policy."""
+    after a spin (shorter where the user fixed the count). A no-op once torch is loaded or when
+    the user set the wait policy."""
     if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
-    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
+    os.environ["GOMP_SPINCOUNT"] = FIXED_SPINCOUNT if _user_count() is not None else SPINCOUNT
 
 
 # ---- what this process may use ------------------------------------------------------------------
