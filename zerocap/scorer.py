@@ -340,19 +340,12 @@ class ClipScorer(TextScorer):
                 lo, hi = int(beam[idx[0]]), int(beam[idx[-1]]) + 1  # rows are in beam order
                 args = beam[idx] - lo, shared[idx], suffix[idx], eot_index[idx]
                 if cache is None:  # the first pass: the prefix rows' tokens too
-                    cache, f = self._encode_packed_with_prefix(prefix_rows, lo, hi, *args)
+                    cache, f = self._encode_packed(None, *args, prefix_rows=prefix_rows, span=(lo, hi))
                 else:
                     part = PrefixCache([k[lo:hi] for k in cache.keys], [v[lo:hi] for v in cache.values])
                     f = self._encode_packed(part, *args)
                 out[idx] = f / f.norm(dim=-1, keepdim=True)
         return cache, out.view(R, K, -1)
-
-    def _encode_packed_with_prefix(self, prefix_rows, lo, hi, beam, shared, suffix, eot_index):
-        """(the prefix cache of prefix_rows (B, P), features (M, D)): `_encode_packed` of rows whose
-        prefixes are prefix_rows[lo:hi], with those prefixes' keys and values computed in the same
-        pass -- their tokens ride in each layer's linear layers (as encode_prefix computes them: causal
-        attention among a prefix's positions; in the last layer only keys and values)."""
-        return self._encode_packed(None, beam, shared, suffix, eot_index, prefix_rows, (lo, hi))
 
     def _encode_packed(self, cache: PrefixCache | None, beam, shared, suffix, eot_index, prefix_rows=None,
                        span=None):
@@ -363,8 +356,11 @@ class ClipScorer(TextScorer):
         the rows of that prefix: no copy per row) and to the tokens of its own row up to itself
         (a window of the W packed tokens before it, as a view). The last block runs every token's
         keys and values but only the EOT tokens' queries, attention output and MLP: nothing else
-        of it is read. Without a cache, the prefixes are prefix_rows[span[0]:span[1]] and their
-        keys and values are computed here (-> (the PrefixCache of every prefix row, features))."""
+        of it is read. Without a cache, the rows' prefixes are prefix_rows[span[0]:span[1]] (B, P),
+        and every prefix row's keys and values are computed in this pass, as encode_prefix computes
+        them (causal attention among a prefix's positions; the last block's keys and values only):
+        their tokens ride in each block's linear layers beside the candidates' -> (the PrefixCache,
+        features)."""
         M = suffix.shape[0]
         fused = cache is None
         if fused:
