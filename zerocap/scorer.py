@@ -237,8 +237,12 @@ class ClipScorer(TextScorer):
 
     def _finish(self, block, x, attn):
         """Residual adds of one block; attn (..., h, L, hd)."""
-        attn = attn.transpose(-2, -3).flatten(-2)  # (..., L, d)
-        ls_1, ls_2 = getattr(block, "ls_1", None), getattr(block, "ls_2", None)  # OpenCLIP's layer scales
+        return self._residuals(block, x, attn.transpose(-2, -3).flatten(-2))
+
+    def _residuals(self, block, x, attn):
+        """The rest of one block after attention, attn (..., d) its heads side by side: the output
+        projection and the MLP, each added to the residual (scaled by OpenCLIP's layer scales)."""
+        ls_1, ls_2 = getattr(block, "ls_1", None), getattr(block, "ls_2", None)
         x = x + _scaled(ls_1, F.linear(attn, block.attn.out_proj.weight, block.attn.out_proj.bias))
         return x + _scaled(ls_2, self._mlp(block, block.ln_2(x)))
 
@@ -428,9 +432,7 @@ class ClipScorer(TextScorer):
             if fused and i < last:  # the prefixes' own causal attention, then both through the block's rest
                 own = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=causal).transpose(1, 2)
                 o, x = torch.cat([own.reshape(first, -1), o]), xa
-            ls_1, ls_2 = getattr(block, "ls_1", None), getattr(block, "ls_2", None)  # OpenCLIP's layer scales
-            x = x + _scaled(ls_1, F.linear(o, block.attn.out_proj.weight, block.attn.out_proj.bias))
-            xa = x + _scaled(ls_2, self._mlp(block, block.ln_2(x)))
+            xa = self._residuals(block, x, o)
         features = self._project(xa)  # (M, D)
         return (PrefixCache(keys, values), features) if fused else features
 
@@ -476,9 +478,13 @@ class StepFeatures:
         self.table: torch.Tensor | None = None  # (n, D)
         self._first: tuple | None = None  # the first iteration's (top, new, feats), until then
 
+    def _untouched(self) -> bool:
+        """No iteration of the step has come yet."""
+        return self._first is None and self.slot is None
+
     def missing(self, top: torch.Tensor) -> torch.Tensor:
         """(R, K) bool: candidates `top` (R, K) not seen yet."""
-        if self._first is None and self.slot is None:  # the step's first iteration: every one
+        if self._untouched():  # the step's first iteration: every one
             return torch.ones(top.shape, dtype=torch.bool, device=top.device)
         return self._slots().gather(1, top) < 0
 
@@ -499,7 +505,7 @@ class StepFeatures:
 
     def update(self, top: torch.Tensor, new: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """Store the rows `new` (R, K) of feats (R, K, D); return the features of all of `top`."""
-        if self._first is None and self.slot is None:  # the first iteration: its own features
+        if self._untouched():  # the first iteration: its own features
             self._first = (top, new, feats)
             return feats  # (the rows not `new` are zeros: any finite features)
         self._slots()
