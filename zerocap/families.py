@@ -169,8 +169,11 @@ def not_a_causal_lm(folder: str) -> str | None:
     """Why the LM folder's config.json is no text-only causal LM (seq2seq, encoder-only, a
     vision-language model), in words; None where it may be one (loading says the rest)."""
     config = _config(folder)
-    if config is None:
-        return None
+    return None if config is None else config_not_a_causal_lm(config)
+
+
+def config_not_a_causal_lm(config: dict) -> str | None:
+    """not_a_causal_lm of a config.json's contents (a download checks it before the weights)."""
     kind = config.get("model_type")
     if config.get("is_encoder_decoder"):
         return f"a sequence-to-sequence (encoder-decoder) model ({kind!r}), not a causal LM"

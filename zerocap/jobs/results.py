@@ -36,7 +36,7 @@ from .inputs import Input, content_id, identify
 MARK = "zerocap"
 KINDS = {"image": "captions/1", "video": "videos/1"}  # a results file's kind, by its key field
 SCORES = "scores/1"
-NAMES_ONLY = ("lm_model", "clip_model")  # settings that name what the fingerprints identify (absent in older lines)
+NAMES_ONLY = ("lm_model", "clip_model")  # settings that name what the fingerprints identify: not compared
 
 
 def finite(value):
@@ -343,9 +343,9 @@ class ResultsFile:
         if self.settings is None or self.mix_settings:
             return
         theirs = record.get("settings")
-        if theirs == self.settings or (isinstance(theirs, dict) and theirs == {
-                k: v for k, v in self.settings.items() if k in theirs or k not in NAMES_ONLY}):
-            return  # (a line written before the models' names were recorded: the same models by fingerprint)
+        if isinstance(theirs, dict) and {k: v for k, v in theirs.items() if k not in NAMES_ONLY} == {
+                k: v for k, v in self.settings.items() if k not in NAMES_ONLY}:
+            return  # the models are their fingerprints; their names (folders) may differ, or be absent in older lines
         if not isinstance(theirs, dict):
             why = f"line {n} ({record[self.key]}) has no recorded settings: an earlier zerocap wrote it"
         else:
