@@ -126,6 +126,31 @@ def sp_tokenizer(vocab_size: int = 3000):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
+@functools.lru_cache(maxsize=None)
+def sp_bytes_tokenizer():
+    """sp_tokenizer() laid out as Llama 2's, Mistral's, Gemma's and Phi-3's SentencePiece vocabularies
+    are: <unk> <s> </s>, then the 256 byte pieces <0x00> ... <0xFF> (ids 3-258; "<0x2E>" decodes
+    to "." and comes long before the "." piece), then the pieces; byte fallback on, and Llama's
+    decoder (▁ -> space, bytes fused, the first space dropped)."""
+    import json
+
+    from tokenizers import Tokenizer, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    state = json.loads(sp_tokenizer()._tokenizer.to_str())
+    old = sorted(state["model"]["vocab"].items(), key=lambda kv: kv[1])
+    vocab = {t: i for i, (t, _) in enumerate(old[:3])}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    vocab.update({t: len(vocab) + i for i, (t, _) in enumerate(old[3:])})
+    state["model"].update(vocab=vocab, byte_fallback=True)
+    for added in state["added_tokens"]:
+        added["id"] = vocab[added["content"]]
+    tok = Tokenizer.from_str(json.dumps(state))
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
 def bpe_tokenizer(kind: str):
     """The GPT-2 byte-level vocabulary with a family's conventions: "bpe" (GPT-NeoX: no BOS added),
     "bpe-opt" (OPT: "</s>" as BOS, added), "bpe-bos" (Llama 3: BOS added), "bpe-nobos" (Qwen: no BOS)."""
@@ -143,12 +168,16 @@ def bpe_tokenizer(kind: str):
     return tok
 
 
-def write_tiny_lm(path: str, family: str, seed: int = 5) -> str:
-    """A tiny random-weight LM of `family` (a key of LM_FAMILIES) as a Hugging Face folder."""
+def write_tiny_lm(path: str, family: str, seed: int = 5, byte_fallback: bool = False) -> str:
+    """A tiny random-weight LM of `family` (a key of LM_FAMILIES) as a Hugging Face folder; a
+    SentencePiece family's vocabulary with its byte pieces where `byte_fallback`."""
     import transformers
 
     cls_name, kwargs, tok_kind = LM_FAMILIES[family]
-    tok = sp_tokenizer() if tok_kind == "sp" else bpe_tokenizer(tok_kind)
+    if tok_kind == "sp":
+        tok = sp_bytes_tokenizer() if byte_fallback else sp_tokenizer()
+    else:
+        tok = bpe_tokenizer(tok_kind)
     special = {}
     for name in ("bos", "eos", "pad"):
         value = getattr(tok, f"{name}_token_id", None)

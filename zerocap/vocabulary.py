@@ -13,7 +13,8 @@ What differs between them, said once here:
   text after    the text that generated ids add to a prompt: decode(prompt + ids) less
                 decode(prompt), so a caption keeps the space before its first word on every
                 family (decode(ids) alone is that text on GPT-2).
-  end token     the vocabulary's token whose text is the end token ("."), found in words or refused.
+  end token     the id the tokenizer gives the end token (".") after a word -- never a byte piece
+                ("<0x2E>" decodes to "." too) --, found in words or refused.
 """
 from __future__ import annotations
 
@@ -68,16 +69,37 @@ class Vocabulary:
         return whole[len(head):] if whole.startswith(head) else _decode(self.tokenizer, ids)
 
     def end_id(self, end_token: str) -> int:
-        """The token that ends a beam: the one whose text is `end_token` (on a SentencePiece
-        vocabulary "." alone encodes as "▁", "."), else the first token of its text that is not
-        only spaces nor a special token; InputError where it has none."""
+        """The token that ends a beam: the id the tokenizer itself gives `end_token` after a word
+        ("a." -> "a", "."), else alone (on a SentencePiece vocabulary "." alone encodes as "▁",
+        "."), else the first token whose text it is, else the first token of its text -- never a
+        byte piece ("<0x2E>" also decodes to ".", and comes first in Llama 2's vocabulary), a
+        special token or one that is only spaces; InputError where there is none."""
         if end_token not in self._ends:
-            found = [i for i, t in enumerate(self.texts) if t == end_token]
-            special = set(self.tokenizer.all_special_ids)  # <unk> stands for what the vocabulary lacks
-            ids = [i for i in self.tokenizer.encode(end_token, add_special_tokens=False)
-                   if i < self.size and self.texts[i].strip() and i not in special]
-            if not found and not ids:
-                raise InputError(f"end_token {end_token!r} gives no token of this LM's vocabulary; give a text"
-                                 " that does (e.g. '.')")
-            self._ends[end_token] = found[0] if found else ids[0]
+            self._ends[end_token] = self._end_id(end_token)
         return self._ends[end_token]
+
+    def _end_id(self, end_token: str) -> int:
+        tok = self.tokenizer
+        special = set(tok.all_special_ids)  # <unk> stands for what the vocabulary lacks
+
+        def usable(i: int) -> bool:
+            return 0 <= i < self.size and i not in special and bool(self.texts[i].strip()) and not self.is_byte(i)
+
+        anchor = tok.encode(ANCHOR, add_special_tokens=False)
+        after = tok.encode(ANCHOR + end_token, add_special_tokens=False)
+        if after[:len(anchor)] == anchor and len(after) == len(anchor) + 1 and usable(after[-1]) \
+                and self.texts[after[-1]] == end_token:
+            return after[-1]
+        alone = [i for i in tok.encode(end_token, add_special_tokens=False) if usable(i)]
+        if len(alone) == 1 and self.texts[alone[0]] == end_token:
+            return alone[0]
+        found = [i for i, t in enumerate(self.texts) if t == end_token and usable(i)]
+        if found or alone:
+            return (found or alone)[0]
+        raise InputError(f"end_token {end_token!r} gives no token of this LM's vocabulary; give a text that does"
+                         " (e.g. '.')")
+
+    def is_byte(self, i: int) -> bool:
+        """Whether token i is a byte piece of a byte-fallback SentencePiece vocabulary ("<0x2E>")."""
+        piece = self.tokenizer.convert_ids_to_tokens(i) if i < len(self.tokenizer) else None
+        return isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
