@@ -7,7 +7,9 @@ why); the exact form runs each family's own Hugging Face forward, the fast form 
 (grouped- and multi-query attention: fewer key/value heads than query heads) and one-token steps.
 """
 import copy
+import os
 import random
+import re
 
 import pytest
 import torch
@@ -284,8 +286,9 @@ def test_clip_folders_that_are_not_runnable_are_refused_in_words(tmp_path, lm_di
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
         "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 1,
                      "no_causal_mask": True, "pool_type": "last"}}}))
-    with pytest.raises(InputError, match="siglip: .*not causal|siglip: .*tokenizer|siglip: its text tower"):
+    with pytest.raises(InputError, match="siglip: .*not causal|siglip: .*tokenizer|siglip: its text tower") as e:
         ZeroCap.load(lm_dirs["llama"], str(siglip), device="cpu")
+    assert "a SigLIP runs from its Hugging Face folder instead" in str(e.value)  # as the README promises
 
 
 @pytest.fixture(scope="module")
@@ -530,3 +533,74 @@ def test_compiled_llama_style_step_gives_the_reference_beams(lm_dirs, clip_file,
             bos_prefix=exact.facts.bos, **tokenizer_args(exact, name)[0]).run(
                 exact.targets.image_target(images[0])[None], cfg.cond_text)
     assert_same_beams(result, _REF[(name, "paper defaults")])
+
+
+@pytest.mark.parametrize("kind, said", [
+    ("deepseek_v3", "keeps keys and values of other sizes (multi-head latent attention"),
+    ("mamba", "does not keep a key/value cache on every layer (state-space or hybrid layers"),
+])
+def test_lms_whose_cache_cannot_be_stacked_are_refused_in_one_line(tmp_path, clip_file, kind, said):
+    """Multi-head latent attention (keys and values of other head sizes) and state-space layers (no
+    key/value cache): refused in words at load, in both forms (issue 39, items 14 and 15)."""
+    import transformers
+
+    from tiny_models import bpe_tokenizer
+
+    tok = bpe_tokenizer("bpe-nobos")
+    if kind == "deepseek_v3":
+        cfg = transformers.DeepseekV3Config(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+            topk_group=1, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
+            first_k_dense_replace=1, max_position_embeddings=128, eos_token_id=50256)
+    else:
+        cfg = transformers.MambaConfig(vocab_size=len(tok), hidden_size=64, state_size=8, num_hidden_layers=2,
+                                       eos_token_id=50256)
+    folder = str(tmp_path / kind)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for form in FORMS:
+        with pytest.raises(InputError, match=f"the LM \\('{kind}'\\) {re.escape(said)}"):
+            ZeroCap.load(folder, clip_file, device="cpu", form=form)
+
+
+def test_a_longrope_lm_stays_within_its_original_context(tmp_path, clip_file, images):
+    """Longrope (Phi-3 128k, Phi-3.5) rotates positions with its long factors once a context passes
+    original_max_position_embeddings: the fast form's cached keys would keep the short ones while the
+    exact form recomputes them. A request that would pass it is refused in words (issue 39, item 16)."""
+    import json
+    import os
+
+    folder = write_tiny_lm(str(tmp_path / "phi3"), "phi3")
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    half = config["hidden_size"] // config["num_attention_heads"] // 2
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * half,
+            "long_factor": [4.0] * half, "original_max_position_embeddings": 16}
+    config.update(rope_parameters=rope, rope_scaling=rope, original_max_position_embeddings=16)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    engine = ZeroCap.load(folder, clip_file, device="cpu")
+    assert engine.facts.positions == 16
+    assert engine.caption([images[0]], config=ZeroCapConfig(top_k=8, beam_size=1, max_tokens=2))[0].beams
+    with pytest.raises(InputError, match="exceed its 16 positions \\(a longrope LM's original context"):
+        engine.caption([images[0]], config=ZeroCapConfig(top_k=8, beam_size=1, max_tokens=14))
+
+
+def test_a_clip_folder_is_loaded_by_the_files_it_holds(tmp_path, lm_dirs, open_clip_dir, hf_clip_dirs):
+    """An OpenCLIP folder that also holds a Hugging Face config.json without its weights loads as
+    OpenCLIP; one holding both models whole loads OpenCLIP's and says so (issue 39, item 17)."""
+    import json
+    import shutil
+
+    both = shutil.copytree(open_clip_dir, tmp_path / "oc-and-config")
+    (both / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    engine = ZeroCap.load(lm_dirs["llama"], str(both), device="cpu")
+    assert type(engine.scorer.clip).__module__.startswith("open_clip")
+    whole = shutil.copytree(hf_clip_dirs["clip"], tmp_path / "both-whole")
+    for name in ("open_clip_config.json", "open_clip_model.safetensors"):
+        shutil.copy(os.path.join(open_clip_dir, name), whole / name)
+    with pytest.warns(UserWarning, match="holds both an OpenCLIP model and a Hugging Face one; loading the OpenCLIP"):
+        engine = ZeroCap.load(lm_dirs["llama"], str(whole), device="cpu")
+    assert type(engine.scorer.clip).__module__.startswith("open_clip")
+    assert type(ZeroCap.load(lm_dirs["llama"], hf_clip_dirs["clip"], device="cpu").scorer).__name__ == "HFClipScorer"

@@ -120,9 +120,10 @@ def test_the_readmes_tiny_weights_try_runs(tmp_path, images):
     made = subprocess.run([sys.executable, os.path.join(root, "script", "tiny-weights"), str(folder)],
                           capture_output=True, text=True)
     assert made.returncode == 0 and "gibberish by design" in made.stdout, made.stderr
+    assert made.stderr == ""  # no progress bar of transformers' own
     env = {**os.environ, "ZEROCAP_WEIGHTS": str(folder), "ZEROCAP_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "zerocap", "caption", images[0], "--max-tokens", "2", "--json"],
-                         env=env, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "zerocap", "caption", "examples/cat.jpg", "--max-tokens", "2",
+                          "--json"], env=env, capture_output=True, text=True, cwd=root)  # the README's image
     assert run.returncode == 0 and json.loads(run.stdout)["best_mixed"].startswith("Image of a"), run.stderr
     again = subprocess.run([sys.executable, os.path.join(root, "script", "tiny-weights"), str(folder)],
                            capture_output=True, text=True)
@@ -147,3 +148,47 @@ def test_the_readme_states_the_real_load_signature_and_result_fields(images, eng
         assert hasattr(frames, name) and f"`{name}`" in readme
     for name in frames.to_dict():
         assert f"`{name}`" in readme
+
+
+def test_advice_fits_where_the_model_is(tmp_path, monkeypatch, lm_dir, clip_file, images, capsys):
+    """A path the user gave is theirs to mend (no download advice); a Python caller is told what to
+    pass, not a command-line flag."""
+    monkeypatch.setenv("ZEROCAP_WEIGHTS", str(tmp_path / "w"))
+    assert main(["caption", images[0], "--lm", str(tmp_path / "nonexistent"), "--clip", clip_file, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "nonexistent is not a directory; check the path" in err and "download-weights" not in err
+    assert main(["caption", images[0], "--lm", lm_dir, "--clip", str(tmp_path / "no.pt"), *FAST]) == 2
+    assert "CLIP weights not found" in (err := capsys.readouterr().err) and "download-weights" not in err
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(InputError, match=r"no CUDA GPU is available; use the CPU \(device 'cpu'"):
+            ZeroCap.load(lm_dir, clip_file, device="cuda")
+
+
+def test_a_truncated_safetensors_file_is_one_line(tmp_path, lm_dir, clip_file):
+    """The LM's and a Hugging Face CLIP folder's weights, cut short: said in words, as OpenCLIP and
+    OpenAI checkpoints are."""
+    import shutil
+
+    from tiny_models import write_tiny_hf_clip
+
+    lm = shutil.copytree(lm_dir, tmp_path / "lm")
+    data = (lm / "model.safetensors").read_bytes()
+    (lm / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cannot load the language model from .*lm: "):
+        ZeroCap.load(str(lm), clip_file, device="cpu")
+    hf = write_tiny_hf_clip(str(tmp_path / "hf"))
+    weights = os.path.join(hf, "model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[:100])
+    with pytest.raises(InputError, match="cannot load CLIP from .*hf: "):
+        ZeroCap.load(lm_dir, hf, device="cpu")
+
+
+def test_python_loads_and_captions_quietly(lm_dir, clip_file, images):
+    """The README's "loads quietly": nothing on stderr from load to the first caption (transformers
+    warned of an unset loss_type at the first perplexity; issue 39, item 9)."""
+    code = ("import sys; from zerocap import ZeroCap; zc = ZeroCap.load(sys.argv[1], sys.argv[2], device='cpu');"
+            " zc.caption([sys.argv[3]], max_tokens=1, beam_size=2, top_k=8)")
+    r = subprocess.run([sys.executable, "-c", code, lm_dir, clip_file, images[0]], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

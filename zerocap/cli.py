@@ -154,11 +154,12 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
 def _add_models(g) -> None:
     """--lm and --clip: the models, as commands.model_paths finds them."""
     g.add_argument("--lm", help="Hugging Face causal-LM directory: GPT-2, GPT-Neo(X), OPT, Llama, Mistral, Qwen,"
-                                " Gemma, Phi-3 ... (default: the pair $ZEROCAP_WEIGHTS/models.json names, else"
-                                " gpt2-medium; missing weights are downloaded unless offline)")
+                                " Gemma, Phi-3 ... (default: $ZEROCAP_LM, else the pair $ZEROCAP_WEIGHTS/models.json"
+                                " names, else gpt2-medium; missing weights are downloaded unless offline)")
     g.add_argument("--clip", help="OpenAI CLIP checkpoint (.pt), OpenCLIP folder (open_clip_config.json and its"
-                                  " weights) or Hugging Face CLIP / SigLIP folder (default: as --lm's, else"
-                                  " $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
+                                  " weights), OpenCLIP checkpoint with its model's name (NAME@FILE, e.g."
+                                  " ViT-B-32@laion2b_s34b_b79k.bin) or Hugging Face CLIP / SigLIP folder (default:"
+                                  " $ZEROCAP_CLIP, else as --lm's, else $ZEROCAP_WEIGHTS/clip/ViT-B-32.pt)")
 
 
 def _add_dataset(p: argparse.ArgumentParser, what: str) -> None:

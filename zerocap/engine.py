@@ -103,6 +103,8 @@ class ZeroCap:
     ):
         self.form = forms.get(form)
         self.lm = lm.eval().requires_grad_(False)
+        if getattr(lm, "loss_type", "") is None:  # the perplexities' loss: transformers' default, chosen without its warning
+            lm.loss_type = "ForCausalLM"
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else next(lm.parameters()).device
         vocab = lm.get_output_embeddings().weight.shape[0]
@@ -119,6 +121,7 @@ class ZeroCap:
         self.scorer = scorer if isinstance(scorer, TextScorer) else ClipScorer(scorer, preprocess, self.device)
         self.scorer.use_vocabulary(self.token_strings)
         self.lm_adapter = self.form.lm(self.lm, self.family)
+        self.lm_adapter.layout()  # one token's pass: an LM whose cache the decoders cannot stack is refused here
         self.targets = TargetEncoder(self.scorer)
         if compile:
             self.compile("default" if compile is True else compile)

@@ -210,6 +210,7 @@ class LMFacts:
     positions: int  # the LM's context length
     vocab_size: int
     vocabulary: Vocabulary
+    longrope: bool = False  # positions is a longrope LM's original context (longrope_limit)
 
     @property
     def prompt_prefix(self) -> str:
@@ -233,6 +234,8 @@ class LMFacts:
             raise InputError(
                 f"cond_text is too long for the LM: {n_prompt} prompt tokens + max_tokens {cfg.max_tokens}"
                 f" exceed its {self.positions} positions"
+                + (" (a longrope LM's original context: past it, positions rotate with other factors)"
+                   if self.longrope else "")
             )
         n_clip = scorer_tokens(cfg.cond_text)
         if scorer_max is not None and n_clip > scorer_max:
@@ -260,6 +263,20 @@ def lm_facts(lm_config, tokenizer, vocab_size: int | None = None, bos_prefix: bo
     if bos_prefix is None:
         bos_prefix = adds_bos(tokenizer)
     positions = getattr(lm_config, "n_positions", None) or getattr(lm_config, "max_position_embeddings", 1024)
+    limit = longrope_limit(lm_config)
+    positions = min(positions, limit or positions)
     size = vocab_size or lm_config.vocab_size
     return LMFacts(family, bool(bos_prefix) and tokenizer.bos_token_id is not None, positions, size,
-                   vocabulary or Vocabulary(tokenizer, size))
+                   vocabulary or Vocabulary(tokenizer, size), longrope=positions == limit)
+
+
+def longrope_limit(lm_config) -> int | None:
+    """Longrope (Phi-3 128k, Phi-3.5) rotates positions with other factors once a context passes
+    original_max_position_embeddings, so keys cached before would be rotated with the short ones
+    (the fast form) while a whole pass recomputes them (the exact form): a context stays within
+    it (4,096 tokens on the real models). None for other rotary scalings."""
+    rope = getattr(lm_config, "rope_parameters", None) or getattr(lm_config, "rope_scaling", None) or {}
+    if not isinstance(rope, dict) or (rope.get("rope_type") or rope.get("type")) != "longrope":
+        return None
+    limit = rope.get("original_max_position_embeddings") or getattr(lm_config, "original_max_position_embeddings", None)
+    return int(limit) if limit else None

@@ -144,14 +144,30 @@ class GenericLM:
         key/value heads than query heads under grouped- or multi-query attention (Llama, Qwen,
         Mistral, Gemma, Phi-3), a head size of its own where the config sets one (Gemma, Qwen3)."""
         if self._layout is None:
-            with torch.no_grad():
-                out = self.cached(torch.zeros(1, 1, dtype=torch.long, device=next(self.lm.parameters()).device))
-            shapes = {(layer.keys.shape[1], layer.keys.shape[-1]) for layer in self._cache_out(out).layers}
+            kind = getattr(self.lm.config, "model_type", "?")
+            no_cache = (f"the LM ({kind!r}) does not keep a key/value cache on every layer (state-space or hybrid"
+                        " layers -- Mamba, Jamba, LFM2 -- keep other state); ZeroCap steers every layer's keys and"
+                        " values, so it runs LMs whose every layer is attention")
+            try:
+                with torch.no_grad():
+                    out = self.cached(torch.zeros(1, 1, dtype=torch.long, device=next(self.lm.parameters()).device))
+                layers = list(self._cache_out(out).layers)
+            except (IndexError, AttributeError, KeyError) as e:  # the model's own forward, given a DynamicCache
+                raise InputError(f"{no_cache} ({type(e).__name__} in its forward)") from None
+            expected = getattr(self.lm.config, "num_hidden_layers", None)
+            if any(getattr(layer, "keys", None) is None or getattr(layer, "values", None) is None
+                   for layer in layers) or (isinstance(expected, int) and len(layers) != expected):
+                raise InputError(no_cache)
+            if any(layer.keys.shape[-1] != layer.values.shape[-1] for layer in layers):
+                raise InputError(f"the LM ({kind!r}) keeps keys and values of other sizes (multi-head latent"
+                                 " attention: DeepSeek-V2/V3); ZeroCap stacks each layer's keys with its values,"
+                                 " so it runs LMs whose keys and values share one head size")
+            shapes = {(layer.keys.shape[1], layer.keys.shape[-1]) for layer in layers}
             if len(shapes) != 1:
                 raise InputError(f"the LM's layers hold caches of other shapes ({sorted(shapes)}); ZeroCap stacks"
                                  " them as one tensor, so it runs LMs whose layers share one")
             (heads, head_dim), = shapes
-            self._layout = (len(self._cache_out(out).layers), heads, head_dim)
+            self._layout = (len(layers), heads, head_dim)
         return self._layout
 
     def cached(self, ids: torch.Tensor, cache: DynamicCache | None = None, **kwargs):

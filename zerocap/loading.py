@@ -8,11 +8,12 @@ import pickle
 import warnings
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import InputError
 from .families import model_type
 from .scorer import HFClipScorer
-from .weights import GET_WEIGHTS, check_clip_file, check_lm_dir, open_clip_checkpoint
+from .weights import advice, check_clip_file, check_lm_dir, open_clip_checkpoint
 
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,7 +27,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+        raise InputError(f"device {device!r} asked for, but no CUDA GPU is available; use the CPU (device 'cpu';"
+                         " on the command line --device cpu)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise InputError(f"device {device!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
     if dev.type not in ("cpu", "cuda"):
@@ -80,8 +82,8 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
         with transformers_quiet(quiet):
             tokenizer = AutoTokenizer.from_pretrained(lm_path, local_files_only=True)
             lm = AutoModelForCausalLM.from_pretrained(lm_path, local_files_only=True, dtype=LM_DTYPES[lm_dtype])
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot load the language model from {lm_path}: {e}; {GET_WEIGHTS}") from None
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or damaged weights file
+        raise InputError(f"cannot load the language model from {lm_path}: {e}; {advice(lm_path)}") from None
     lm.to(dev).eval()
     clip_model, preprocess = load_clip(clip_path, dev)
     return lm, tokenizer, clip_model, preprocess, dev
@@ -100,7 +102,7 @@ def load_clip(clip_path: str, device=None):
     if named is not None:  # NAME@FILE: an OpenCLIP checkpoint with its model's name
         return _open_clip(named[0], named[1], clip_path, dev)
     if os.path.isdir(clip_path):
-        if os.path.isfile(os.path.join(clip_path, "config.json")):
+        if _hf_clip_folder(clip_path):
             return load_hf_clip(clip_path, dev), None
         return load_open_clip(clip_path, dev)
     import clip
@@ -113,10 +115,28 @@ def load_clip(clip_path: str, device=None):
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if isinstance(e, pickle.UnpicklingError):
                 why = "not a CLIP checkpoint (its data cannot be read as one)"
-            raise InputError(f"cannot load CLIP from {clip_path}: {why}; {GET_WEIGHTS}") from None
+            raise InputError(f"cannot load CLIP from {clip_path}: {why}; {advice(clip_path)}") from None
 
 
 HF_CLIP_TYPES = ("clip", "siglip", "siglip2")  # Hugging Face model types with both towers
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _hf_clip_folder(folder: str) -> bool:
+    """Whether a CLIP folder is loaded as a Hugging Face model (config.json) rather than as an
+    OpenCLIP one (open_clip_config.json): by the files that are there -- a config whose weights
+    are missing does not count; with both complete, OpenCLIP (its causal text tower shares each
+    beam's prefix: faster), said once."""
+    has = lambda f: os.path.isfile(os.path.join(folder, f))  # noqa: E731
+    hf = has("config.json")
+    open_clip = has(OPEN_CLIP_CONFIG) and any(has(f) for f in OPEN_CLIP_WEIGHTS)
+    if hf and open_clip:
+        if any(has(f) for f in HF_WEIGHTS):
+            warnings.warn(f"{folder} holds both an OpenCLIP model and a Hugging Face one; loading the OpenCLIP files"
+                          f" ({OPEN_CLIP_CONFIG})", stacklevel=3)
+        return False
+    return hf
 
 
 def load_hf_clip(folder: str, device):
@@ -136,7 +156,7 @@ def load_hf_clip(folder: str, device):
             model = AutoModel.from_pretrained(folder, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load CLIP from {folder}: {why}") from None
     if device.type == "cuda":
@@ -176,7 +196,9 @@ def _open_clip(name: str, checkpoint: str | None, said: str, device):
         stdlib_logging.getLogger().setLevel(quiet)
     why = open_clip_unsupported(model, open_clip.get_tokenizer(name))
     if why:
-        raise InputError(f"--clip {said}: {why}")
+        raise InputError(f"--clip {said}: {why}; a SigLIP runs from its Hugging Face folder instead (give that"
+                         " folder: `python script/download-weights --clip google/siglip-base-patch16-224` fetches"
+                         " one)")
     if device.type == "cuda":
         model = model.half()  # as clip.load gives OpenAI CLIP on a GPU
     return model.eval(), preprocess

@@ -69,6 +69,16 @@ def _check_lm(lm: str | None) -> None:
 GET_WEIGHTS = "run `python script/download-weights` (or set ZEROCAP_WEIGHTS to a folder that has them)"
 
 
+def advice(path: str) -> str:
+    """What to do about a model path that is missing or incomplete: fetch it where it lies in the
+    weights folder; a path the user gave elsewhere is theirs to mend."""
+    top = os.path.realpath(root())
+    real = os.path.realpath(path)
+    if real == top or real.startswith(top + os.sep):
+        return GET_WEIGHTS
+    return "check the path (a model of your own is loaded as it is, never downloaded)"
+
+
 def missing_lm_files(path: str) -> list[str]:
     """What a causal-LM directory lacks: config, weights, tokenizer (as names to show)."""
     has = lambda f: os.path.isfile(os.path.join(path, f))  # noqa: E731
@@ -83,10 +93,11 @@ def missing_lm_files(path: str) -> list[str]:
 
 def check_lm_dir(path: str) -> None:
     if not os.path.isdir(path):
-        raise InputError(f"language-model weights not found: {path} is not a directory; {GET_WEIGHTS}")
+        raise InputError(f"language-model weights not found: {path} is not a directory; {advice(path)}")
     missing = missing_lm_files(path)
     if missing:
-        raise InputError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)}); {GET_WEIGHTS}")
+        raise InputError(f"language-model weights in {path} are incomplete (missing {', '.join(missing)});"
+                         f" {advice(path)}")
     why = families.not_a_causal_lm(path)
     if why:
         raise InputError(f"--lm {path} holds {why}")
@@ -105,10 +116,11 @@ def check_clip_file(path: str) -> None:
     named = open_clip_checkpoint(path)
     if named is not None:
         if not os.path.isfile(named[1]):
-            raise InputError(f"CLIP weights not found: {named[1]} (the checkpoint of OpenCLIP's {named[0]}); {GET_WEIGHTS}")
+            raise InputError(f"CLIP weights not found: {named[1]} (the checkpoint of OpenCLIP's {named[0]});"
+                             f" {advice(named[1])}")
         return
     if not os.path.isfile(path) and not os.path.isdir(path):
-        raise InputError(f"CLIP weights not found: {path}; {GET_WEIGHTS}")
+        raise InputError(f"CLIP weights not found: {path}; {advice(path)}")
 
 
 def missing(weights_root: str | None = None, lm: str | None = LM_DIR, clip: bool = True) -> list[str]:

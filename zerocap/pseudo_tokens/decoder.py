@@ -59,6 +59,10 @@ class PseudoTokens:
             raise InputError(f"the {NAME} method runs the LM in float32 (its prefix is learned by gradient steps,"
                              " as theirs); load it with lm_dtype='float32'")
         e.vocabulary.end_id(cfg.end_token)  # found, or refused
+        if e.vocabulary.start_id is None:
+            raise InputError(f"the {NAME} method starts its sentences from the LM's BOS token (or, where a family has"
+                             " none, its end-of-text token), and this tokenizer has neither; use method 'zerocap',"
+                             " or give the tokenizer a bos_token or eos_token (tokenizer_config.json)")
         longest = max(len(self.prompt_ids(p)) for p in PROMPTS) + cfg.max_tokens
         beam = len(self.prompt_ids(cfg.cond_text)) + cfg.max_tokens
         room = e.facts.positions - cfg.dummy_tokens

@@ -1,4 +1,6 @@
-"""Byte-fallback SentencePiece vocabularies -- Llama 2, TinyLlama, Mistral, Gemma, Phi-3 -- hold the
+"""Tokenizers of every kind, as the decoders read them (zerocap/vocabulary.py).
+
+Byte-fallback SentencePiece vocabularies -- Llama 2, TinyLlama, Mistral, Gemma, Phi-3 -- hold the
 256 byte pieces <0x00> ... <0xFF> before their pieces, and "<0x2E>" decodes to "." too. The end
 token is the tokenizer's own "." (what it gives for "a."), never that byte piece: a beam ends where
 the LM writes ".", and ZeroCap's end_factor boosts the token an LM writes (issue 39, item 11)."""
@@ -85,3 +87,21 @@ def test_pseudo_token_sentences_end_at_the_lms_dot(dot_llama, clip_file, images)
     assert ([s.text for s in r.sentences], r.best_clip, r.best_mixed, [b.text for b in r.beams]) == \
         (sentences, by_clip[0], by_mixed[0], beams)
     assert all(s.endswith(".") for s in sentences)
+
+
+def test_pseudo_tokens_without_bos_or_eos_are_refused_in_one_line(tmp_path, clip_file, images):
+    """A tokenizer with neither BOS nor EOS: ZeroCap runs (its prompt needs neither); the pseudo-token
+    method, whose sentences start from one of them, is refused in words (issue 39, item 12)."""
+    from transformers import AutoTokenizer
+
+    from zerocap import InputError
+
+    lm = write_tiny_lm(str(tmp_path / "qwen2"), "qwen2")
+    tok = AutoTokenizer.from_pretrained(lm)
+    tok.eos_token = None
+    tok.save_pretrained(lm)
+    engine = ZeroCap.load(lm, clip_file, device="cpu")
+    assert engine.tokenizer.bos_token_id is None and engine.tokenizer.eos_token_id is None
+    assert engine.caption([images[0]], max_tokens=1, beam_size=1, top_k=8)[0].beams
+    with pytest.raises(InputError, match="starts its sentences from the LM's BOS token .* this tokenizer has neither"):
+        engine.caption([images[0]], method="pseudo-tokens", max_tokens=2)
