@@ -404,6 +404,7 @@ def test_names_too_long_or_not_folders_are_one_line(hub, tmp_path, tiny_llama):
 def test_two_runs_of_one_repo_the_second_refused_in_one_line(hub, tmp_path, tiny_llama):
     hub.serve_lm(tiny_llama, "good/Tiny-Llama")
     root = tmp_path / "w"
+    (root / "Tiny-Llama").mkdir(parents=True)
     with hub_client.lock(str(root), "Tiny-Llama", wait=False, busy="held"):  # as a first run holds it
         line = one_line_error(*run(root, "--lm", "good/Tiny-Llama")[::2])
     assert "another download-weights is fetching into" in line and "Tiny-Llama now" in line

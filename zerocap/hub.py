@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from .errors import InputError
+from .families import config_not_a_causal_lm
 
 CHUNK = 1 << 20
 READ = 1 << 16  # bytes read from the network at a time: a cut connection loses at most these
 PROGRESS_EVERY = 5.0  # seconds between progress lines of a download
 UNDECLARED_LIMIT = 64 << 20  # a body whose size nobody declared: at most this many bytes
 TIMEOUT = 60  # seconds without an answer or data
-LOCKS = ".locks"  # under the root: one lock file per folder being fetched, and one for the manifest
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 Log = Callable[[str], None]
@@ -106,13 +106,15 @@ def write_atomic(root: str, rel: str, text: str | bytes) -> None:
 
 
 @contextlib.contextmanager
-def lock(root: str, name: str, wait: bool, busy: str = "") -> Iterator[None]:
-    """An advisory lock (flock) on root/.locks/<name>.lock: wait for it, or refuse with `busy`."""
+def lock(root: str, rel_dir: str, wait: bool, busy: str = "") -> Iterator[None]:
+    """An advisory lock (flock) on the folder root/rel_dir itself (no lock file is left behind):
+    wait for it, or refuse with `busy`."""
     import fcntl
 
-    makedirs(root, LOCKS)
-    path = inside(root, f"{LOCKS}/{name.replace('/', '--')}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    if rel_dir:
+        inside(root, rel_dir + "/x")  # no link on the way
+    fd = os.open(os.path.join(root, rel_dir) if rel_dir else root,
+                 os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -121,6 +123,27 @@ def lock(root: str, name: str, wait: bool, busy: str = "") -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def new_folders(root: str, rel_dir: str) -> Iterator[None]:
+    """root/rel_dir made where it is not there; those made are removed again, if still empty,
+    should what runs inside fail (a .part stays, to resume)."""
+    made, path = [], root
+    for part in [""] + [p for p in rel_dir.split("/") if p]:
+        path = os.path.join(path, part) if part else path
+        if not os.path.isdir(path):
+            made.append(path)
+    if rel_dir:
+        inside(root, rel_dir + "/x")
+    os.makedirs(os.path.join(root, rel_dir) if rel_dir else root, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
+        raise
 
 
 # ---- digests ---------------------------------------------------------------------------------
@@ -487,7 +510,7 @@ def record(root: str, files: dict, repos: dict | None = None, drop=()) -> Manife
     """Add these entries to the manifest, under its lock, re-read first (a download of another
     repo beside this one keeps its entries) and written whole (a fresh file renamed over it).
     Entries of files no longer on disk, and those in `drop`, are left out."""
-    with lock(root, MANIFEST, wait=True):
+    with lock(root, "", wait=True):
         m = read(root)
         m.files.update(files)
         m.repos.update(repos or {})
@@ -546,9 +569,8 @@ def fetch_repo(root: str, repo: str, kind: str, revision: str = "main", folder: 
     folder = folder or (f"clip/{repo.split('/')[1]}" if kind == "clip" else repo.split("/")[1])
     where = os.path.join(root, folder)
     inside(root, folder + "/x")
-    busy = (f"another download-weights is fetching into {where} now; wait for it to finish (or remove"
-            f" {os.path.join(root, LOCKS)} if no download runs)")
-    with lock(root, folder, wait=False, busy=busy):
+    busy = f"another download-weights is fetching into {where} now; wait for it to finish, then run this again"
+    with new_folders(root, folder), lock(root, folder, wait=False, busy=busy):
         m = read(root)
         rec = m.repos.get(folder)
         if rec is not None and rec["repo"] != repo:
@@ -618,8 +640,6 @@ def _fetch_repo(root, repo, kind, revision, folder, m: Manifest, log, endpoint) 
 
 def _refusal(kind: str, first: str, config: dict) -> str | None:
     """Why a config's model is not one this kind takes (read before any weight is fetched)."""
-    from .families import config_not_a_causal_lm
-
     if kind == "lm":
         return config_not_a_causal_lm(config)
     if first == OPEN_CLIP_CONFIG:

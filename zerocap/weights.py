@@ -319,10 +319,10 @@ def fetch_clip(weights_root: str, log: Callable[[str], None] | None = None) -> d
     if offline():
         raise InputError(f"offline ($ZEROCAP_OFFLINE or $HF_HUB_OFFLINE is set): {os.path.join(weights_root, CLIP_FILE)}"
                          " is not there; nothing was fetched")
-    hub.makedirs(weights_root, "clip")
-    got = hub.Fetcher(weights_root, log).get(url, CLIP_FILE, expect=hub.Digest("sha256", sha),
-                                             ours=CLIP_FILE in m.files)
-    hub.record(weights_root, {CLIP_FILE: got.entry})
+    with hub.new_folders(weights_root, "clip"):
+        got = hub.Fetcher(weights_root, log).get(url, CLIP_FILE, expect=hub.Digest("sha256", sha),
+                                                 ours=CLIP_FILE in m.files)
+        hub.record(weights_root, {CLIP_FILE: got.entry})
     return got.entry
 
 
