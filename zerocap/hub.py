@@ -134,9 +134,7 @@ def new_folders(root: str, rel_dir: str) -> Iterator[None]:
         path = os.path.join(path, part) if part else path
         if not os.path.isdir(path):
             made.append(path)
-    if rel_dir:
-        inside(root, rel_dir + "/x")
-    os.makedirs(os.path.join(root, rel_dir) if rel_dir else root, exist_ok=True)
+    makedirs(root, rel_dir)
     try:
         yield
     except BaseException:
@@ -528,9 +526,10 @@ LM_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "vocab.json", "merges.txt", "tokenizer.model", "model.safetensors", "model.safetensors.index.json")
 HF_CLIP_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "vocab.json", "merges.txt", "spiece.model", "model.safetensors", "model.safetensors.index.json")
-OPEN_CLIP_FILES = ("open_clip_model.safetensors",)  # else open_clip_pytorch_model.bin
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # an OpenCLIP folder as its Hugging Face repos hold it
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # the first, else the second
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 HF_CLIP_TYPES = ("clip", "siglip", "siglip2")  # Hugging Face model types with both towers
-OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 
 def check_repo(repo: str) -> None:
@@ -568,7 +567,6 @@ def fetch_repo(root: str, repo: str, kind: str, revision: str = "main", folder: 
     log = log or default_log
     folder = folder or (f"clip/{repo.split('/')[1]}" if kind == "clip" else repo.split("/")[1])
     where = os.path.join(root, folder)
-    inside(root, folder + "/x")
     busy = f"another download-weights is fetching into {where} now; wait for it to finish, then run this again"
     with new_folders(root, folder), lock(root, folder, wait=False, busy=busy):
         m = read(root)
@@ -619,7 +617,7 @@ def _fetch_repo(root, repo, kind, revision, folder, m: Manifest, log, endpoint) 
     fetcher.install(f"{folder}/{first}", got.data)
     record(root, {f"{folder}/{first}": got.entry})
     entries[first] = got.entry
-    optional = (OPEN_CLIP_FILES if first == OPEN_CLIP_CONFIG else HF_CLIP_FILES if kind == "clip" else LM_FILES)
+    optional = (OPEN_CLIP_WEIGHTS[:1] if first == OPEN_CLIP_CONFIG else HF_CLIP_FILES if kind == "clip" else LM_FILES)
     for name in optional:
         got = get(name, required=False)
         if got.entry is not None:
@@ -655,7 +653,7 @@ def _weights(repo: str, where: str, first: str, entries: dict) -> list[str]:
     """The weight files still to fetch, once the others are here: safetensors when the repo has
     them, else the shards its index names, else the PyTorch file."""
     if first == OPEN_CLIP_CONFIG:
-        return [] if "open_clip_model.safetensors" in entries else ["open_clip_pytorch_model.bin"]
+        return [] if OPEN_CLIP_WEIGHTS[0] in entries else [OPEN_CLIP_WEIGHTS[1]]
     if "model.safetensors" in entries:
         return []
     if "model.safetensors.index.json" not in entries:

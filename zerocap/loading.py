@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 
 from .errors import InputError
 from .families import model_type
+from .hub import HF_CLIP_TYPES, HF_WEIGHTS, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS
 from .scorer import HFClipScorer
 from .weights import advice, check_clip_file, check_lm_dir, open_clip_checkpoint
 
@@ -89,9 +90,6 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
     return lm, tokenizer, clip_model, preprocess, dev
 
 
-OPEN_CLIP_CONFIG = "open_clip_config.json"  # an OpenCLIP folder as its Hugging Face repos hold it
-
-
 def load_clip(clip_path: str, device=None):
     """(clip_model, preprocess) from an OpenAI CLIP checkpoint (fp16 on a GPU, as clip.load gives
     it) or an OpenCLIP folder (open_clip_config.json and its weights, as on the hub); a Hugging
@@ -116,11 +114,6 @@ def load_clip(clip_path: str, device=None):
             if isinstance(e, pickle.UnpicklingError):
                 why = "not a CLIP checkpoint (its data cannot be read as one)"
             raise InputError(f"cannot load CLIP from {clip_path}: {why}; {advice(clip_path)}") from None
-
-
-HF_CLIP_TYPES = ("clip", "siglip", "siglip2")  # Hugging Face model types with both towers
-OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _hf_clip_folder(folder: str) -> bool:

@@ -83,8 +83,7 @@ def missing_lm_files(path: str) -> list[str]:
     """What a causal-LM directory lacks: config, weights, tokenizer (as names to show)."""
     has = lambda f: os.path.isfile(os.path.join(path, f))  # noqa: E731
     gone = [] if has("config.json") else ["config.json"]
-    if not any(has(f) for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                                "pytorch_model.bin.index.json")):
+    if not any(has(f) for f in hub.HF_WEIGHTS):
         gone.append("model.safetensors")
     if not (has("tokenizer.json") or has("tokenizer.model") or (has("vocab.json") and has("merges.txt"))):
         gone.append("tokenizer.json (or vocab.json + merges.txt)")
@@ -193,7 +192,7 @@ def model_name(path: str) -> str:
     return f"{kind} {name}" if kind else name
 
 
-CONFIGS = ("config.json", "open_clip_config.json")  # a folder's files that say what its weights are
+CONFIGS = ("config.json", hub.OPEN_CLIP_CONFIG)  # a folder's files that say what its weights are
 
 
 def fingerprint(path: str) -> str:
@@ -252,12 +251,17 @@ def _under_root(r: str, key: str, rel: str) -> str:
     return path
 
 
+def chosen_by_file(r: str) -> dict:
+    """{"lm": path, "clip": path} as the weights folder's models.json names them (paths under the
+    root), each only where named."""
+    return {k: _under_root(r, k, v) for k, v in read_choice(r).items()}
+
+
 def chosen(weights_root: str | None = None) -> tuple[str | None, str | None]:
     """(LM, CLIP) paths named by $ZEROCAP_LM / $ZEROCAP_CLIP, else by the weights folder's
     models.json (paths under the root), None for each not named: the pair a container built with
     that folder serves, and the command line's default."""
-    r = weights_root or root()
-    named = {k: _under_root(r, k, v) for k, v in read_choice(r).items()}
+    named = chosen_by_file(weights_root or root())
     return (os.environ.get("ZEROCAP_LM") or named.get("lm") or None,
             os.environ.get("ZEROCAP_CLIP") or named.get("clip") or None)
 
@@ -265,12 +269,11 @@ def chosen(weights_root: str | None = None) -> tuple[str | None, str | None]:
 def check_chosen(r: str, lm: str | None, clip: str | None) -> None:
     """The models.json pair at start-up: there (else the command that fetches it), and each file
     the manifest lists under it of the size recorded."""
-    repos = hub.read(r).repos
     for key, path in (("lm", lm), ("clip", clip)):
         if not path or os.path.exists(path):
             continue
         rel = os.path.relpath(path, r)
-        repo = (repos.get(rel) or {}).get("repo")
+        repo = (hub.read(r).repos.get(rel) or {}).get("repo")
         flag = f"--{key} {repo}" if repo else f"--{key} OWNER/{os.path.basename(rel)}"
         raise InputError(f"{os.path.join(r, CHOICE)} names {rel!r} as the {key.upper()}, which is not in {r}: fetch it"
                          f" with `{DOWNLOAD_COMMAND} {flag}`, or name another pair there")
@@ -286,13 +289,13 @@ def locate(lm: str | None = None, clip: str | None = None, lm_dir: str = LM_DIR,
     missing files fetched unless offline -- only those not given. The command line's rule,
     Python's and the container's."""
     r = root()
-    chosen_lm, chosen_clip = chosen(r)
-    from_file = {k: v for k, v in (("lm", chosen_lm), ("clip", chosen_clip))
-                 if v and not os.environ.get(f"ZEROCAP_{k.upper()}")}
-    lm = lm or (chosen_lm if lm_dir == LM_DIR else None)
-    clip = clip or chosen_clip
-    check_chosen(r, from_file.get("lm") if lm == from_file.get("lm") else None,
-                 from_file.get("clip") if clip == from_file.get("clip") else None)
+    named = chosen_by_file(r)
+    env_lm, env_clip = os.environ.get("ZEROCAP_LM"), os.environ.get("ZEROCAP_CLIP")
+    file_lm = None if lm or env_lm or lm_dir != LM_DIR else named.get("lm")  # models.json's, where they load
+    file_clip = None if clip or env_clip else named.get("clip")
+    check_chosen(r, file_lm, file_clip)
+    lm = lm or (env_lm or file_lm if lm_dir == LM_DIR else None)
+    clip = clip or env_clip or file_clip
     if lm and clip:
         return lm, clip
     default_lm, default_clip = ensure(r, log=log, lm=None if lm else lm_dir, clip=not clip)
