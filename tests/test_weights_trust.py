@@ -262,23 +262,20 @@ def test_a_revision_is_resolved_once_and_every_file_fetched_at_its_commit(hub, t
 
 
 def test_a_repo_that_moves_mid_download_is_refused(hub, tmp_path, tiny_llama):
-    hub.serve_lm(tiny_llama, "good/Tiny-Llama")
+    commit = hub.serve_lm(tiny_llama, "good/Tiny-Llama")
+    moved = "f" * 40
+    commits = hub.repos["good/Tiny-Llama"]["commits"]
+    commits[moved] = commits[commit]  # the same files, at another commit
     real_answer = hub.answer
 
-    def moving(h):  # after the config, every answer names another commit
+    def moving(h):  # after the config, every answer is the other commit's
         if "config.json" not in h.path:
-            hub.repos["good/Tiny-Llama"]["refs"]["x"] = "f" * 40
-            h.path = h.path  # (the same file, but answered as at another commit)
-            old = hub.repos["good/Tiny-Llama"]["commits"]
-            commit = h.path.split("/")[4]
-            if commit in old:
-                old["f" * 40] = old[commit]
-                h.path = h.path.replace(commit, "f" * 40)
+            h.path = h.path.replace(f"/resolve/{commit}/", f"/resolve/{moved}/")
         return real_answer(h)
 
     hub.answer = moving
     line = one_line_error(*run(tmp_path / "w", "--lm", "good/Tiny-Llama")[::2])
-    assert "would not be of one commit" in line
+    assert f"at commit {moved}, not {commit}: the files would not be of one commit" in line
 
 
 # ---- 4. the models.json pair is checked at start-up ---------------------------------------------
