@@ -381,6 +381,8 @@ def test_names_too_long_or_not_folders_are_one_line(hub, tmp_path, tiny_llama):
     root = tmp_path / "w"
     line = one_line_error(*run(root, "--lm", "owner/" + "x" * 300)[::2])
     assert "is not a Hugging Face repo id" in line
+    line = one_line_error(*run(root, "--lm", "good/Tiny-Llama", "--revision", "../../main")[::2])
+    assert "--revision '../../main': give a branch, tag or commit of the repo" in line
     root.mkdir()
     (root / "Tiny-Llama").write_text("a file")
     hub.serve_lm(tiny_llama, "good/Tiny-Llama")
