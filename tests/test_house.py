@@ -3,6 +3,7 @@ own modules at the top of each file, no module imports another's `_private` name
 become typed values in cli.py alone, and a mistake on the command line is answered before torch
 loads (README: Extending, the way through the house)."""
 import ast
+import functools
 import os
 import subprocess
 import sys
@@ -14,12 +15,21 @@ EDGE = {"cli.py", "commands.py", "__init__.py"}  # may defer heavy imports (cli:
 RAY_WORKER_SIDE = {("jobs/ray_backend.py", "__init__")}  # a Ray actor imports the engine on its own side
 
 
-def modules():
+@functools.cache
+def modules() -> tuple:
+    """(path under zerocap/, its syntax tree) for every module, parsed once per session."""
+    found = []
     for folder, _, files in os.walk(PACKAGE):
         for name in files:
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
-                yield os.path.relpath(path, PACKAGE), ast.parse(open(path).read(), path)
+                found.append((os.path.relpath(path, PACKAGE), ast.parse(open(path).read(), path)))
+    return tuple(found)
+
+
+@functools.cache
+def known() -> frozenset:
+    return frozenset(module_name(r) for r, _ in modules())
 
 
 def module_name(rel: str) -> str:
@@ -42,11 +52,10 @@ def imported(rel: str, node) -> list[str]:
             return []
     else:
         base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else []))
-    known = {module_name(r) for r, _ in modules()}
     out = []
     for alias in node.names:  # `from . import x` names module x; `from .m import y`, module m
         candidate = f"{base}.{alias.name}"
-        out.append(candidate if candidate in known else base)
+        out.append(candidate if candidate in known() else base)
     return out
 
 
@@ -77,8 +86,7 @@ def test_the_imports_have_no_circle():
         graph.setdefault(me, set())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                graph[me].update(m for m in imported(rel, node) if m != me and m in {module_name(r) for r, _ in
-                                                                                       modules()})
+                graph[me].update(m for m in imported(rel, node) if m != me and m in known())
     # a package's __init__ is run before its modules: an import of `zerocap.x.y` also imports `zerocap.x`
     state, path = {}, []
 
