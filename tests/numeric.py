@@ -33,6 +33,14 @@ import pytest
 
 SCORE_REL = 3e-4
 
+# CI reruns the tests marked `numeric` under ATEN_CPU_CAPABILITY=default and avx2 (the native unit ran
+# them with the rest): the comparisons whose two sides compute in another order or shape -- the fast
+# form against the reference, batched against alone, compiled against eager -- which another vector
+# unit's kernels could part. The exact form computes in the reference's order with the same kernels,
+# so its comparisons run under the native unit only.
+RERUN = pytest.mark.numeric
+FORMS = ["exact", pytest.param("fast", marks=RERUN)]  # parametrize("form", FORMS): the fast one reran
+
 
 def texts(beams) -> list[str]:
     return [b.text for b in beams]

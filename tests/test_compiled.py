@@ -20,7 +20,7 @@ from zerocap import ZeroCap, ZeroCapConfig
 from zerocap.modes import Target
 from zerocap.scheduler import Scheduler
 
-pytestmark = pytest.mark.numeric  # CI runs these under every ATEN_CPU_CAPABILITY too
+RERUN = pytest.mark.numeric  # a comparison of scores across code paths: CI reruns it under every vector unit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # predict.py
 
@@ -40,6 +40,7 @@ def static_engine(lm_dir, clip_file):
     return engine
 
 
+@RERUN
 @pytest.mark.parametrize("name", ["paper defaults", "strong end token: beams stop", "empty prompt (BOS only)",
                                   "repetition, end boost from step 0"])
 def test_the_static_layout_gives_the_reference_beams(static_engine, images, name):
@@ -48,6 +49,7 @@ def test_the_static_layout_gives_the_reference_beams(static_engine, images, name
     assert_same(static_engine.caption([images[0]], config=cfg)[0], reference(static_engine, target, cfg, ("tiny", name)))
 
 
+@RERUN
 def test_a_static_batch_of_images_of_other_prompts(static_engine, engine, images):
     """Four requests in one static batch, every slot read at full capacity, masks for shorter
     rows: each gets the beams of its eager decoding alone."""
@@ -68,6 +70,7 @@ def test_a_static_batch_of_images_of_other_prompts(static_engine, engine, images
         scheduler.close()
 
 
+@RERUN
 def test_a_static_batch_of_requests_of_other_settings(static_engine, engine, images, monkeypatch):
     """Other beam sizes, top-k (candidates padded to a power of two, the extra ones unweighted),
     iterations, fusion and gradient-norm factors in one static batch: each request gets the beams

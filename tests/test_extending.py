@@ -122,7 +122,6 @@ class StringCLIP(TextScorer):
         return self.model.encode_text(self.tokenize(texts, truncate=True))
 
 
-@pytest.mark.numeric
 def test_a_new_scorer_is_one_class(engine, images):
     scorer = StringCLIP(engine.scorer.clip, engine.scorer.preprocess)
     zc = ZeroCap(engine.lm, engine.tokenizer, scorer, device="cpu")
@@ -133,7 +132,6 @@ def test_a_new_scorer_is_one_class(engine, images):
     assert_same_beams(result, ref)
 
 
-@pytest.mark.numeric
 def test_a_new_form_is_one_object(engine, images):
     """A toy form: the fast form's LM adapter (KV cache, one-token passes) with CLIP's own
     encode_text on full rows, two images at a time. The engine takes it as it is, and it gives

@@ -132,7 +132,6 @@ def their_frames(engine, path):
     return kept, indices
 
 
-@pytest.mark.numeric
 def test_a_clip_is_read_and_captioned_as_theirs(engine, ref_tokenizer, tmp_path):
     path, order = write_clip(tmp_path / "clip.mkv")
     target = clip_target(engine, path, "clip.mkv")

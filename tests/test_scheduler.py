@@ -13,7 +13,7 @@ from zerocap import ZeroCapConfig
 from zerocap.modes import Target
 from zerocap.scheduler import OUT_OF_MEMORY, Cancelled, Scheduler
 
-pytestmark = pytest.mark.numeric  # CI runs these under every ATEN_CPU_CAPABILITY too
+RERUN = pytest.mark.numeric  # batched against alone: CI reruns these under every vector unit
 
 SMALL = dict(top_k=32, beam_size=3, max_tokens=5)
 
@@ -75,6 +75,7 @@ class Gate:
             time.sleep(0.005)
 
 
+@RERUN
 def test_requests_joining_at_other_steps_get_their_alone_beams(engine, targets, alone, monkeypatch):
     """Four requests of one group join at steps 0, 1, 2 and 4 of the first; they differ in prompt,
     length, end boost (beams that stop early), scales and temperature; each gets its beams alone."""
@@ -97,6 +98,7 @@ def test_requests_joining_at_other_steps_get_their_alone_beams(engine, targets, 
         scheduler.close()
 
 
+@RERUN
 def test_the_same_image_twice_with_other_settings_in_one_batch(engine, targets, alone):
     scheduler = Scheduler(engine, max_batch=8)
     try:
@@ -122,6 +124,7 @@ def mixed_alone(engine, targets):
     return [engine.decode_targets([targets[i]], engine.check(cfg))[0] for i, cfg in enumerate(MIXED)]
 
 
+@RERUN
 def test_requests_of_any_settings_share_steps_and_get_their_alone_beams(engine, targets, mixed_alone, monkeypatch):
     """Other beam sizes, top-k, iterations (0 included: the plain LM), fusion and gradient-norm
     factors in one step: each request gets the beams it gets alone."""

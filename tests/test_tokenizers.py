@@ -59,7 +59,6 @@ def test_the_end_token_is_the_tokenizers_own_dot_not_its_byte_piece(byte_lms, cl
     assert engine.vocabulary.end_id("!") == tok.convert_tokens_to_ids("!")
 
 
-@pytest.mark.numeric
 @pytest.mark.parametrize("form", ["exact", "fast"])
 def test_a_beam_ends_where_the_lm_writes_its_dot(dot_llama, clip_file, images, form):
     """The literal reference, given the real ".", ends its beams there; so do both forms."""
@@ -74,7 +73,6 @@ def test_a_beam_ends_where_the_lm_writes_its_dot(dot_llama, clip_file, images, f
     assert all(b.text.endswith(".") and b.text.count(".") == 1 for b in result.beams)  # not "...." of byte pieces
 
 
-@pytest.mark.numeric
 def test_pseudo_token_sentences_end_at_the_lms_dot(dot_llama, clip_file, images):
     engine = ZeroCap.load(dot_llama, clip_file, device="cpu")
     tok = engine.tokenizer

@@ -63,7 +63,6 @@ def test_the_target_is_the_mean_of_the_normalised_frame_embeddings(engine, movin
     np.testing.assert_allclose(target.numpy(), (mean / mean.norm()).numpy(), rtol=0, atol=1e-6)
 
 
-@pytest.mark.numeric
 def test_a_still_video_captions_like_its_frame_as_an_image(engine, tmp_path, images):
     frame = np.asarray(Image.open(images[0]).convert("RGB"))
     clip = write_video(tmp_path / "still.mkv", [frame] * 10)
