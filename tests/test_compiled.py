@@ -168,7 +168,9 @@ def test_the_exact_form_is_not_compiled(capsys, images, lm_dir, clip_file):
 @pytest.mark.slow
 def test_three_captions_compile_once_without_breaks_and_give_the_eager_beams(tmp_path, images, lm_dir, clip_file):
     """The issue's check, through the command line: TORCH_LOGS=recompiles,graph_breaks says nothing,
-    the warm-up (compile) time is reported, the beams are eager's.
+    the warm-up (compile) time is reported, the beams are eager's. Then a process under avx2 compiles
+    into the same cache (one built under avx512 once crashed a later avx2 process: see
+    test_compiled_kernels_are_kept_apart_per_vector_unit) and gives the same beams.
 
     Not asserted here: that the compiled caption is no slower. It was (within 15%), and failed at
     1.24x on an AMD EPYC while another test run shared its 2 cores: a timing is a property of the
@@ -176,6 +178,7 @@ def test_three_captions_compile_once_without_breaks_and_give_the_eager_beams(tmp
     eager and compiled rows, bench/RESULTS.md), never in a unit test."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", TORCH_LOGS="recompiles,graph_breaks",
                TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    env.pop("ATEN_CPU_CAPABILITY", None)  # the machine's own unit first
     common = [sys.executable, "-m", "zerocap", "caption", *images[:3], "--lm", lm_dir, "--clip", clip_file,
               "--device", "cpu", "--json", "--batch-size", "1", "--top-k", "128", "--beam-size", "3",
               "--max-tokens", "8"]
@@ -185,17 +188,21 @@ def test_three_captions_compile_once_without_breaks_and_give_the_eager_beams(tmp
     logs = [line for line in compiled.stderr.splitlines() if "Recompiling" in line or "graph break" in line.lower()]
     assert not logs, logs
     assert "zerocap: compiled the decoding step on cpu in" in compiled.stderr
-    a, b = [json.loads(x) for x in eager.stdout.splitlines()], [json.loads(x) for x in compiled.stdout.splitlines()]
-    assert [[x["text"] for x in r["beams"]] for r in a] == [[x["text"] for x in r["beams"]] for r in b]
+    avx2 = subprocess.run(common + ["--compile"], capture_output=True, text=True, timeout=900,
+                          env=dict(env, ATEN_CPU_CAPABILITY="avx2"))
+    assert avx2.returncode == 0, (avx2.returncode, avx2.stderr[-3000:])
+    beams = [[[x["text"] for x in json.loads(line)["beams"]] for line in run.stdout.splitlines()]
+             for run in (eager, compiled, avx2)]
+    assert beams[0] == beams[1] == beams[2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["paper defaults", "no fluency loss, one beam"])
-def test_compiled_for_real_gives_the_reference_beams(lm_dir, clip_file, images, name):
+def test_compiled_for_real_gives_the_reference_beams(lm_dir, clip_file, images):
     zc = ZeroCap.load(lm_dir, clip_file, device="cpu", compile=True)
-    cfg = CASES[name]
     target = zc.targets.image_target(images[0])
-    assert_same(zc.caption([images[0]], config=cfg)[0], reference(zc, target, cfg, ("tiny", name)))
+    for name in ("paper defaults", "no fluency loss, one beam"):  # one compiled engine, both cases
+        cfg = CASES[name]
+        assert_same(zc.caption([images[0]], config=cfg)[0], reference(zc, target, cfg, ("tiny", name)))
     assert zc.compiled.failed is None and zc.compiled.compile_seconds > 0
 
 
@@ -268,20 +275,3 @@ def test_compiled_kernels_are_kept_apart_per_vector_unit(tmp_path):
     assert os.path.dirname(default) == os.path.dirname(avx2) == base
     assert os.path.basename(default).startswith("default-") and os.path.basename(avx2).startswith("avx2-")
     assert _cache_dir_under("avx2", avx2) == avx2  # already a CPU's folder: kept
-
-
-@pytest.mark.slow
-def test_one_cache_serves_processes_of_other_vector_units(tmp_path, images, lm_dir, clip_file):
-    """The crash itself: compile under the native vector unit, then under avx2, one cache."""
-    common = [sys.executable, "-m", "zerocap", "caption", images[0], "--lm", lm_dir, "--clip", clip_file,
-              "--device", "cpu", "--json", "--top-k", "32", "--beam-size", "2", "--max-tokens", "3", "--compile"]
-    beams = []
-    for capability in (None, "avx2"):
-        env = dict(os.environ, PYTHONWARNINGS="ignore", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
-        env.pop("ATEN_CPU_CAPABILITY", None)
-        if capability:
-            env["ATEN_CPU_CAPABILITY"] = capability
-        run = subprocess.run(common, capture_output=True, text=True, env=env, timeout=900)
-        assert run.returncode == 0, (capability, run.returncode, run.stderr[-3000:])
-        beams.append([b["text"] for b in json.loads(run.stdout)["beams"]])
-    assert beams[0] == beams[1]
