@@ -369,6 +369,8 @@ def main() -> int:
     p.add_argument("--no-mixed", dest="mixed", action="store_false",
                    help="skip the mixed-settings rows (other settings among the defaults; a heavy request among"
                         " light ones)")
+    p.add_argument("--mixed-requests", type=int, default=8, metavar="N",
+                   help="the mixed-settings rows: requests each of the 5 clients sends per share")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled caption (where the time goes, by engine region)")
     p.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="float32")
@@ -474,8 +476,8 @@ def main() -> int:
     if concurrency_table:
         concurrency_table = f"Engine: fast form, {f'compiled ({served})' if served else 'eager'}.\n\n" + concurrency_table
     # the container's engine: compiled on a GPU; eager on a CPU, as the container decodes there by default
-    mixed_table = mixed_rows(engine_for("fast", served if device.type == "cuda" else None), images, device) \
-        if args.mixed else ""
+    mixed_table = mixed_rows(engine_for("fast", served if device.type == "cuda" else None), images, device,
+                             per_client=args.mixed_requests) if args.mixed else ""
     lone_table = lone_rows(engine_for("fast", served), images, cfg, device) if served and args.mixed else ""
     profile_table = profile_caption(engine_for("fast"), images[0], cfg, device) if args.profile else ""
     print(profile_table, flush=True)

@@ -14,7 +14,7 @@ def test_tiny_benchmark_writes_its_table(tmp_path):
     run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "benchmark.py"), "--tiny", "--tokens", "1",
                           "--batch", "2", "--repeats", "1", "--results", str(out), "--concurrency", "1,2",
                           "--compile", "no-such-mode",  # an experiment that fails is reported, not fatal
-                          "--pt-sentences", "1", "--pt-tokens", "3"],
+                          "--pt-sentences", "1", "--pt-tokens", "3", "--mixed-requests", "2"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
@@ -32,5 +32,5 @@ def test_tiny_benchmark_writes_its_table(tmp_path):
     levels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and
               line.split("|")[2].strip() in ("2", "4") and line.split("|")[1].strip() in ("1", "2")]
     assert levels == ["1", "2"]  # captions/s with 1 and 2 clients in flight
-    assert "| 30% | 40 |" in text and "| 50% | 40 |" in text  # other settings among light requests
+    assert "| 30% | 10 |" in text and "| 50% | 10 |" in text  # other settings among light requests (5 clients x 2)
     assert "A heavy request (beam 6, top-k 256, 20 tokens, 6 iterations;" in text
