@@ -47,7 +47,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from test_cog_server import BURST, PT, Server, burst, data_uri, http, image_concurrency  # noqa: E402
+from test_cog_server import (BAD_IMAGE, BURST, PT, Server, burst, data_uri, http, image_concurrency,  # noqa: E402
+                             released_together)
 from tiny_models import write_image, write_weights  # noqa: E402
 
 
@@ -88,7 +89,6 @@ def row(name: str, value: float, target: str, ok: bool, detail: str) -> str:
 
 
 OTHER = {"max_tokens": 3, "beam_size": 2, "top_k": 32}  # the "other settings"
-BAD_IMAGE = "data:image/png;base64,AAAA"  # not an image: the prediction fails, in words (HTTP 200)
 
 
 def start_server(tmp: str, env: dict | None = None):
@@ -193,17 +193,7 @@ def probe(args) -> int:
     refused_rounds = 0
     try:
         for _ in range(args.rounds):
-            barrier, out = threading.Barrier(args.clients), [None] * args.clients
-
-            def send(i):
-                barrier.wait()
-                out[i] = http("POST", server.url + "/predictions", body, timeout=60)[0]
-
-            threads = [threading.Thread(target=send, args=(i,)) for i in range(args.clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            out = released_together(server, body, args.clients)
             for s in out:
                 statuses[s] = statuses.get(s, 0) + 1
             refused_rounds += 409 in out
@@ -237,14 +227,9 @@ def main() -> int:
         return soak(args)
     if args.probe:
         return probe(args)
-    tmp = tempfile.mkdtemp(prefix="zerocap-served-")
-    weights_root = write_weights(os.path.join(tmp, "weights"), seed=0)
-    images = [write_image(os.path.join(tmp, f"img{i}.png"), seed=i) for i in range(4)]
-    uris = [data_uri(x) for x in images]
-    server = Server({"ZEROCAP_WEIGHTS": weights_root, "ZEROCAP_OFFLINE": "1"})
+    server, weights_root, images, uris = start_server(tempfile.mkdtemp(prefix="zerocap-served-"))
     rows = []
     try:
-        assert server.wait()["status"] == "READY", server.log_tail()
         lone = {"beam_size": 5, "max_tokens": 6, "top_k": 64}
         body = {"input": {"image": uris[0], **lone}}
         post(server, body)

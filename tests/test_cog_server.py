@@ -375,6 +375,26 @@ def worker_rss_mb(server) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
+BAD_IMAGE = "data:image/png;base64,AAAA"  # not an image: that prediction fails, in words (HTTP 200)
+
+
+def released_together(server, body, n: int) -> list[int]:
+    """n POSTs of body released together by a barrier, so that they reach coglet in one instant;
+    their HTTP statuses."""
+    barrier, out = threading.Barrier(n), [None] * n
+
+    def send(i):
+        barrier.wait()
+        out[i] = http("POST", server.url + "/predictions", body, timeout=60)[0]
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 def burst(server, bodies, headers=None, retry=True):
     """Send every body at once, each on its own connection; [(status, answer)] in order. A 409 is
     retried after a second, as the README tells clients to (coglet 0.23 can answer 409 while a
@@ -400,7 +420,7 @@ def burst(server, bodies, headers=None, retry=True):
 def test_back_to_back_clients_never_get_409(server, uris):
     """Each request sent the moment the previous answer arrives (a client's loop, a queue's worker),
     100 in a row, successes and failures alternating: the image's slots always have one free."""
-    bad = "data:image/png;base64,AAAA"  # not an image: that prediction fails, in words
+    bad = BAD_IMAGE
     answers = [http("POST", server.url + "/predictions", {"input": {"image": bad if i % 2 else uris[i % 4], **SMALL}})
                for i in range(100)]
     assert [s for s, _ in answers] == [200] * 100
@@ -413,22 +433,9 @@ def test_predictions_asking_for_a_slot_in_one_instant_never_get_409(server):
     try_acquire takes its lock with try_lock), however many slots are free; cog.yaml's
     TOKIO_WORKER_THREADS=1 gives it one thread. Without it, 54 of 300 such rounds got a 409 on 2
     CPUs (bench/served.py --probe --clients 2; README: concurrency)."""
-    body = {"input": {"image": "data:image/png;base64,AAAA", **SMALL}}  # fails at once, in words
-    statuses = []
-    for _ in range(150):
-        barrier, out = threading.Barrier(2), [None, None]
-
-        def send(i):
-            barrier.wait()
-            out[i] = http("POST", server.url + "/predictions", body, timeout=60)[0]
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        statuses += out
-    assert statuses.count(409) == 0 and statuses == [200] * 300, {s: statuses.count(s) for s in set(statuses)}
+    body = {"input": {"image": BAD_IMAGE, **SMALL}}  # fails at once, in words
+    statuses = [status for _ in range(150) for status in released_together(server, body, 2)]
+    assert statuses == [200] * 300, {s: statuses.count(s) for s in set(statuses)}
 
 
 def test_a_burst_all_succeeds_together_faster_with_the_captions_each_gets_alone(server, uris):

@@ -14,13 +14,12 @@ import warnings
 import pytest
 import torch
 
-from numeric import assert_same_beams
+from numeric import RERUN, assert_same_beams
 from test_equivalence import CASES, SMALL, assert_same, reference
 from zerocap import ZeroCap, ZeroCapConfig
 from zerocap.modes import Target
 from zerocap.scheduler import Scheduler
 
-RERUN = pytest.mark.numeric  # a comparison of scores across code paths: CI reruns it under every vector unit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # predict.py
 

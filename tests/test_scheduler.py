@@ -8,12 +8,11 @@ import time
 import pytest
 import torch
 
-from numeric import assert_same_beams
+from numeric import RERUN, assert_same_beams
 from zerocap import ZeroCapConfig
 from zerocap.modes import Target
 from zerocap.scheduler import OUT_OF_MEMORY, Cancelled, Scheduler
 
-RERUN = pytest.mark.numeric  # batched against alone: CI reruns these under every vector unit
 
 SMALL = dict(top_k=32, beam_size=3, max_tokens=5)
 
