@@ -29,6 +29,7 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 from benchmark import git_rev, machine, random_images  # noqa: E402
+from machine import append  # noqa: E402
 from reference_decoder import ReferenceDecoder  # noqa: E402
 from zerocap import ZeroCap, ZeroCapConfig  # noqa: E402
 from zerocap.loading import quiet_transformers  # noqa: E402
@@ -129,9 +130,7 @@ def main() -> int:
             + ("\n" + "\n".join(f"- {x}" for x in notes) + "\n" if notes else "\nEvery case gave the reference's beams"
                f" in every form run ({', '.join(agree)}).\n"))
     print(text)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write(text)
+    append(args.results, text)
     return 0
 
 

@@ -33,6 +33,7 @@ import zerocap  # noqa: E402,F401,I001 -- before torch, as the command line and 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from machine import append, cpu_model  # noqa: E402
 from zerocap import ZeroCap, ZeroCapConfig  # noqa: E402
 from zerocap.loading import quiet_transformers  # noqa: E402
 
@@ -338,16 +339,8 @@ def pseudo_token_rows(lm, tok, clip_model, preprocess, device, images, sentences
 
 
 def machine(device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
-    return f"{cpu}, {os.cpu_count()} CPUs; GPU: {gpu}; torch {torch.__version__}; Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs; GPU: {gpu}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -403,9 +396,7 @@ def main() -> int:
     if args.only_pseudo_tokens:
         head = (f"\n## {datetime.date.today().isoformat()} — {size}, {device.type}: the pseudo-token method\n\n"
                 f"Machine: {machine(device)}. Git: {git_rev()}.\n")
-        if args.results:
-            with open(args.results, "a") as f:
-                f.write(head + pt_table)
+        append(args.results, head + pt_table)
         return 0
 
     def engine_for(form, compile_mode=None):
@@ -506,9 +497,7 @@ def main() -> int:
     tail += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     tail += "\n" + profile_table if profile_table else ""
     print(head + body + tail)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write(head + body + tail)
+    append(args.results, head + body + tail)
     return 0
 
 

@@ -34,6 +34,7 @@ import zerocap  # noqa: E402,F401,I001 -- before torch, as the command line and 
 import torch  # noqa: E402
 
 from benchmark import git_rev, machine, random_images, real_size_models, sync  # noqa: E402
+from machine import append  # noqa: E402
 from zerocap import ZeroCap, ZeroCapConfig  # noqa: E402
 from zerocap.modes import Target  # noqa: E402
 from zerocap.pseudo_tokens import PseudoTokenConfig  # noqa: E402
@@ -160,9 +161,7 @@ def main() -> int:
         lines[-1] += f"{r['pt']:.3f} |" if r["pt"] is not None else "— |"
     table = "\n".join(lines) + "\n"
     print(table, flush=True)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write(table)
+    append(args.results, table)
     return 0
 
 

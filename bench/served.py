@@ -47,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from machine import append, cpu_model  # noqa: E402
 from test_cog_server import (BAD_IMAGE, BURST, PT, Server, burst, data_uri, http, image_concurrency,  # noqa: E402
                              released_together)
 from tiny_models import write_image, write_weights  # noqa: E402
@@ -204,11 +205,6 @@ def probe(args) -> int:
     return 0
 
 
-def cpu_model() -> str:
-    return next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                platform.processor())
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
@@ -277,9 +273,7 @@ def main() -> int:
             f"{args.repeats} runs.\n\n| what | measured | target | | times |\n| --- | --- | --- | --- | --- |\n")
     table = head + "\n".join(rows) + "\n"
     print(table)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write(table)
+    append(args.results, table)
     return 0 if all("| PASS |" in r for r in rows) else 1
 
 
