@@ -188,6 +188,41 @@ def test_a_file_written_before_the_models_were_named_resumes(job, capsys):
     assert code == 2 and "beam_size 2 (now 1)" in err
 
 
+def test_a_line_records_the_knobs_that_differ_and_a_knob_added_later_leaves_the_file_resumable(job, capsys):
+    """Settings survive a new knob (issue 41): a line records only the knobs that differ from the
+    method's defaults, with the defaults' version; a line of an earlier zerocap that recorded every
+    knob of its day, one knob short of today's (as if that knob were added since), resumes; a line
+    of other defaults is refused, named."""
+    import json
+
+    from zerocap import methods
+
+    out = job.path / "r.jsonl"
+    assert job.run("caption", "in/a.png", "--out", out, capsys=capsys)[0] == 0
+    (record,) = lines(out)
+    settings, defaults = record["settings"], methods.ZEROCAP.defaults
+    knobs = {k for k in settings if k in methods.ZEROCAP.knobs}
+    assert knobs and knobs == {k for k in knobs if settings[k] != getattr(defaults, k)}  # only what differs
+    assert "stepsize" not in settings and settings["defaults"] == methods.ZEROCAP.defaults_version
+    shutil.copy(job.path / "in" / "a.png", job.path / "new.png")
+
+    def rewrite(change):
+        r = json.loads(json.dumps(record))
+        change(r["settings"])
+        out.write_text(json.dumps(r) + "\n")
+
+    def earlier(s):  # every knob of its day, no defaults version, and no stepsize yet
+        s.update({k: getattr(defaults, k) for k in methods.ZEROCAP.knobs if k not in s})
+        del s["defaults"], s["stepsize"]
+
+    rewrite(earlier)
+    code, err = job.run("caption", "in/a.png", "new.png", "--out", out, capsys=capsys)
+    assert code == 0 and "captioned 1" in err and "skipped 1" in err, err
+    rewrite(lambda s: s.update(defaults=0))
+    code, err = job.run("caption", "in/a.png", "new.png", "--out", out, capsys=capsys)
+    assert code == 2 and "defaults 0 (now 1)" in err, err
+
+
 def test_the_command_that_made_a_file_resumes_it_from_any_folder_without_loading_the_models(job, capsys,
                                                                                            monkeypatch):
     out = job.path / "r.jsonl"

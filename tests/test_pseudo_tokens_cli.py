@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from zerocap import methods
 from zerocap.cli import main
 
 PT = ["--method", "pseudo-tokens", "--sentence-iterations", "2", "--max-tokens", "4", "--beam-size", "2",
@@ -47,9 +48,10 @@ def test_their_run_py_command_line_runs_as_it_is(capsys, models, images):
     assert main(argv) == 0
     (r,) = records(capsys)
     assert r["method"] == "pseudo-tokens"
-    s = r["settings"]
+    s = methods.in_full(r["settings"])  # (a line records the knobs that differ from the method's defaults)
     assert (s["lr_schedule"], s["dummy_tokens"], s["token_wise"], s["randomized_prompt"]) == ("exponential", 3, True,
                                                                                              True)
+    assert "token_wise" not in r["settings"] and r["settings"]["dummy_tokens"] == 3
 
 
 def test_a_dataset_job_resumes_and_refuses_other_settings(capsys, models, images, tmp_path):

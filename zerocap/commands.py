@@ -11,7 +11,6 @@ cli.py imports this module only once the flags are checked: torch and the models
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -125,15 +124,16 @@ def _same_file(stream, fd: int) -> bool:
 
 def settings(mode, cfg, runtime: Runtime, options: dict, lm_path: str, clip_path: str) -> dict:
     """What makes a job's captions, as a results file records it on every line: the mode, the
-    form, every knob, the kind's options (a clip's frames) and the models: their names (`lm_model`:
-    its Hugging Face model type and folder; `clip_model`: the checkpoint's or folder's name) and
-    identities (weights.fingerprint)."""
+    form, the knobs that differ from the method's defaults and the defaults' version
+    (methods.Method.recorded: a knob added later leaves the file resumable), the kind's options (a
+    clip's frames) and the models: their names (`lm_model`: its Hugging Face model type and
+    folder; `clip_model`: the checkpoint's or folder's name) and identities (weights.fingerprint)."""
     weights.check_lm_dir(lm_path)  # missing weights are said as loading says them
     weights.check_clip_file(clip_path)
     method = methods.of(cfg)  # (ZeroCap's lines name no method: files written before there were two stay resumable)
     named = {} if method is methods.ZEROCAP else {"method": method.name}
     return {"mode": mode.name, **named, "form": runtime.form.name, "lm_dtype": runtime.lm_dtype,
-            **dataclasses.asdict(cfg), **options, "lm": weights.fingerprint(lm_path),
+            **method.recorded(cfg), "defaults": method.defaults_version, **options, "lm": weights.fingerprint(lm_path),
             "clip": weights.fingerprint(clip_path), "lm_model": weights.model_name(lm_path),
             "clip_model": weights.model_name(clip_path)}
 

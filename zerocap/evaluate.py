@@ -31,6 +31,7 @@ from .errors import InputError
 from .images import load_image
 from .jobs.results import bounded_lines, finite, ours_cut_short
 from .limits import REFS_BYTES
+from .methods import in_full
 from .weights import offline
 
 FIELDS = ("best_mixed", "best_clip", "best_fluency")
@@ -121,7 +122,7 @@ def read_captions(path: str, field_name: str = "best_mixed", strip_prompt: bool 
                 if sources is not None and isinstance(source, str):
                     sources[name] = source
                 if isinstance(record.get("settings"), dict) and len(made_with) < 100:
-                    made_with.setdefault(json.dumps(record["settings"], sort_keys=True), record["settings"])
+                    made_with.setdefault(json.dumps(in_full(record["settings"]), sort_keys=True), record["settings"])
     except OSError as e:
         raise InputError(f"cannot read the captions {path}: {e.strerror}") from None
     if not captions:

@@ -32,6 +32,7 @@ class Method:
     runner: Callable  # engine -> its decoder on that engine: check(cfg), request(target, cfg), decode(targets, cfg)
     read_clip: "str | Callable"  # (engine, source, name, frames, every, most) -> modes.Target; "module:function"
     ignored: tuple = ()  # other methods' knobs it accepts and ignores (the authors' flags of its own run.py)
+    defaults_version: int = 1  # raise it when a default changes: results files record it (`recorded`)
 
     @property
     def knobs(self) -> dict:
@@ -40,6 +41,13 @@ class Method:
     @property
     def defaults(self):
         return self.Config()
+
+    def recorded(self, cfg) -> dict:
+        """The knobs of `cfg` that differ from the method's defaults: what a results file records
+        of them (with `defaults_version`), so that a knob added later, with a default that does
+        what the code did before, leaves every file resumable (`in_full`)."""
+        defaults = self.defaults
+        return {name: getattr(cfg, name) for name in self.knobs if getattr(cfg, name) != getattr(defaults, name)}
 
     def read(self, engine, source: str, name: str, frames=None, every=None, most=None):
         """A clip as this method reads it (its `read_clip`, resolved on first use: lazy.py)."""
@@ -56,6 +64,18 @@ class Method:
                                  f" mode); leave out preset")
             return self.Config().replace(**given).validate()
         return presets.preset(preset or mode, **given)
+
+
+def in_full(settings: dict) -> dict:
+    """A results file's recorded settings with every knob of their method: a knob not recorded is at
+    its default (recorded only where it differed, or added since the line was written), and a line
+    without a defaults version recorded every knob of its day, so it is of today's."""
+    method = METHODS.get(settings.get("method", DEFAULT.name))
+    if method is None:  # a method this zerocap does not have: nothing to fill in
+        return dict(settings)
+    full = {**dataclasses.asdict(method.defaults), **settings}
+    full.setdefault("defaults", method.defaults_version)
+    return full
 
 
 def refuse_foreign(method: Method, given: dict) -> None:

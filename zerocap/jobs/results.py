@@ -8,7 +8,8 @@ done, so a file that cannot be written is said at once, in one line.
 
 Results (`ResultsFile`): one line per input, written and flushed as soon as it is done, with the
 input's name as given (`image`/`video`), its real file (`source`: the resolved path, or the
-URL) and the settings that made it (`settings`: mode, form, every knob, the models). A rerun
+URL) and the settings that made it (`settings`: mode, form, the knobs that differ from their defaults,
+the models; `compared`: a knob not recorded is at its default). A rerun
 resumes: inputs whose real file already has a line are skipped, however they are spelled now
 and from whatever folder -- when the settings are the same; a file made with other settings is
 refused in one line naming the differences, unless `mix_settings` (--mix-settings). The only
@@ -31,6 +32,7 @@ from typing import Iterable, Iterator
 
 from ..errors import InputError
 from ..limits import LINE_BYTES
+from ..methods import in_full
 from .inputs import Input, content_id, identify
 
 MARK = "zerocap"
@@ -343,13 +345,13 @@ class ResultsFile:
         if self.settings is None or self.mix_settings:
             return
         theirs = record.get("settings")
-        if isinstance(theirs, dict) and {k: v for k, v in theirs.items() if k not in NAMES_ONLY} == {
-                k: v for k, v in self.settings.items() if k not in NAMES_ONLY}:
-            return  # the models are their fingerprints; their names (folders) may differ, or be absent in older lines
+        ours = compared(self.settings)
+        if isinstance(theirs, dict) and compared(theirs) == ours:
+            return
         if not isinstance(theirs, dict):
             why = f"line {n} ({record[self.key]}) has no recorded settings: an earlier zerocap wrote it"
         else:
-            why = f"line {n} ({record[self.key]}) was made with " + differences(theirs, self.settings)
+            why = f"line {n} ({record[self.key]}) was made with " + differences(compared(theirs), ours)
         raise InputError(f"{self.what} {self.path} holds results made with other settings: {why}. Resume it with"
                          " the settings that made it, choose another file, or add --mix-settings to append these"
                          " results (each line records its own settings)")
@@ -441,6 +443,12 @@ class ResultsFile:
             remove_created(self.fd, self.created)
         os.close(self.fd)
         self.fd = -1
+
+
+def compared(settings: dict) -> dict:
+    """Recorded settings as two runs' are compared: every knob of their method (methods.in_full), the
+    models by their fingerprints only (their names, folders, may differ, or be absent in older lines)."""
+    return {k: v for k, v in in_full(settings).items() if k not in NAMES_ONLY}
 
 
 def differences(theirs: dict, ours: dict) -> str:
