@@ -30,7 +30,8 @@ def test_a_compiled_step_that_agrees_keeps_serving(identity_compiled):
 
 
 def test_a_wrong_compiled_result_makes_the_engine_decode_eagerly(identity_compiled, monkeypatch, images):
-    monkeypatch.setenv("ZEROCAP_TEST_WRONG_COMPILED", "1")
+    shift = identity_compiled.compiled.shift
+    monkeypatch.setattr(identity_compiled.compiled, "shift", lambda *a, **k: shift(*a, **k).flip(-1).clone())
     result = selfcheck.check(identity_compiled)
     assert result.path == "eager" and result.agree is False and identity_compiled.compiled is None
     assert "beams differ" in result.line() and "the beams differ" in result.report()
@@ -65,10 +66,13 @@ def test_selfcheck_refuses_a_bad_device_or_compile_mode_in_words(capsys, lm_dir,
 
 @pytest.mark.slow
 def test_the_container_serves_eagerly_when_its_compiled_step_is_wrong(weights_root, images):
-    """ZEROCAP_COMPILE=default on the CPU, compiled for real, with the test hook's wrong compiled
-    result: setup says so in one line, the server is healthy, and predictions run eagerly."""
+    """ZEROCAP_COMPILE=default on the CPU, compiled for real, with a wrong compiled result (the
+    tests' hook, tests/hooks/sitecustomize.py): setup says so in one line, the server is healthy,
+    and predictions run eagerly."""
+    hooks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks")
     s = Server({"ZEROCAP_WEIGHTS": weights_root, "ZEROCAP_OFFLINE": "1", "ZEROCAP_COMPILE": "default",
                 "ZEROCAP_MAX_BATCH": "1", "ZEROCAP_TEST_WRONG_COMPILED": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")])),
                 "TORCHINDUCTOR_CACHE_DIR": os.path.join(weights_root, "..", "inductor-selfcheck")})
     try:
         assert s.wait(timeout=900)["status"] == "READY", s.log_tail()

@@ -4,7 +4,7 @@ For every beam and iteration ZeroCap scores `prefix_text + decode(token)` with C
 top-k LM tokens. `clip.tokenize` on thousands of strings per iteration is slow, so we
 precompute, for every LM token, its CLIP BPE pieces as a tensor, and split each candidate
 text into a part shared with the beam's prefix (whose CLIP keys/values are cached, see
-clip_scoring.py) and a short suffix.
+scorer.py) and a short suffix.
 
 Exactness: the result equals `clip.tokenize(prefix_text + decode(token), truncate=True)`.
 CLIP's tokenizer cleans text (ftfy, html.unescape, lower-casing, whitespace folding) and

@@ -98,8 +98,6 @@ class Compiled:
                                       log_p0, top, q, shift.clip_scale, shift.ce_scale, shift.neg_stepsize * live,
                                       shift.grad_norm_factor)
             probs = torch.softmax(logits, dim=-1)
-        if os.environ.get("ZEROCAP_TEST_WRONG_COMPILED"):  # a test hook (selfcheck.py): a wrong result
-            return logits.detach().flip(-1).clone()
         return logits.detach().clone()
 
     def _run(self, compiled, eager, *args):

@@ -2,7 +2,7 @@
 
 A limit bounds what one input may cost (memory, time) or how many of something a request may
 name. Its `said` text is the only wording: error messages, `--help`, the Cog inputs'
-descriptions and the README restate it word for word (tests/test_limits.py holds them to it).
+descriptions and the README restate it word for word (tests/test_config.py holds them to it).
 Where a Cog request may ask for less than the command line (bounded work per prediction), the
 limit has a `serve` range too, as the knobs do.
 """

@@ -7,9 +7,6 @@ for bug reports -- decodes one probe caption both ways. If compiling failed, or 
 compiling is switched off for this engine (`engine.decompile()`) and the reason is kept: the
 container says it in one line of its setup log and in every prediction's `compiled_step` metric,
 and stays healthy, serving eagerly.
-
-ZEROCAP_TEST_WRONG_COMPILED=1 is a test hook: the compiled step then returns deliberately wrong
-logits, so that the fallback can be seen working.
 """
 from __future__ import annotations
 
