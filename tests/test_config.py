@@ -169,7 +169,9 @@ def test_the_readmes_inputs_table_restates_the_tables():
         if spec.serve is not None:
             assert allowed == f"{spec.serve.lo:g}–{spec.serve.hi:g}", name
             assert kind == ("integer" if FIELD_TYPES[name] is int else "number"), name
-        assert does == spec.help, name  # the knob's help line, word for word
+        # the knob's help line, word for word; where the methods mean other things, each one's
+        one = len({m.knobs[name].help for m in methods.owners(name)}) == 1
+        assert does == (spec.help if one else methods.meaning(name)), name
     for name in methods.SERVED:
         if name in KNOBS:
             continue
@@ -184,6 +186,25 @@ def test_the_readmes_inputs_table_restates_the_tables():
     assert WEIGHT.say(served=True) in table["image_weights"][2] and WEIGHT.say(served=True) in table["text_weights"][2]
     assert table["frames"][2] == f"{FRAMES.lo}–{FRAMES.hi}"
     assert table["cond_text"][2] == f"≤ {KNOBS['cond_text'].max_length} characters, ≤ {CLIP_PROMPT_TOKENS.hi} CLIP tokens"
+
+
+def test_predict_py_declares_the_inputs_the_tables_generate():
+    """predict.py's inputs are script/cog-inputs' output from the tables (modes, every method's
+    served knobs, limits), byte for byte: a knob or a method added to the tables reaches the
+    container by running the script, and a hand edit of predict.py's inputs fails here."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    printed = subprocess.run([sys.executable, os.path.join(root, "script", "cog-inputs")], capture_output=True,
+                             text=True, check=True).stdout
+    text = open(os.path.join(root, "predict.py"), encoding="utf-8").read()
+    first, last = printed.splitlines(keepends=True)[0], printed.splitlines(keepends=True)[-1]
+    assert text.count(first) == 1 and text.count(last) == 1, "predict.py lost its marker lines"
+    assert first + text.split(first)[1].split(last)[0] + last == printed, \
+        "predict.py's inputs are not the tables': run python script/cog-inputs --write"
+    assert "repetition_penalty" in printed and "pseudo-tokens: damping of tokens similar to the last 16" in printed
 
 
 def test_the_readmes_limits_table_is_the_limits_table():

@@ -3,9 +3,10 @@
 Each field of `ZeroCapConfig` carries the paper's default, the range the decoder accepts, one
 line of help and, for the Cog container, the narrower range a request may ask for (bounded work
 per prediction). `validate()`, the command line's flags and help, and
-`presets.cog_description()` read this table. The Cog inputs in predict.py restate it as literals (`cog build` parses predict.py
-statically, so they cannot read it), and the README's inputs table restates the help lines;
-tests/test_config.py holds both to it, word for word. The presets (the modes' changes to these
+`methods.cog_description()` read this table. The Cog inputs in predict.py are literals written from it
+by script/cog-inputs (`cog build` parses predict.py statically, so they cannot read it), and the
+README's inputs table restates the help lines (script/readme-tables); tests/test_config.py holds
+both to it, word for word. The presets (the modes' changes to these
 defaults) and the help that names them are presets.py's.
 """
 from __future__ import annotations

@@ -104,8 +104,8 @@ SHARED = [k for k in PSEUDO_TOKENS.knobs if k in ZEROCAP.knobs]  # the knobs bot
 
 def register(method: Method) -> Method:
     """Add a method: `--method` offers it, its knobs become flags (those not already one) and the
-    engine, jobs and scheduler take its configs. The container's `method` input is a literal in
-    predict.py (`cog build` reads it statically): add it there too."""
+    engine, jobs and scheduler take its configs. The container's inputs are literals in predict.py
+    (`cog build` reads them statically), written from the registry by `script/cog-inputs --write`."""
     if method.name in METHODS:
         raise ValueError(f"method {method.name!r} exists")
     METHODS[method.name] = method
@@ -155,30 +155,56 @@ def served(method: Method) -> list[str]:
     return [name for name, k in method.knobs.items() if k.is_served]
 
 
-SERVED = list(dict.fromkeys(served(ZEROCAP) + served(PSEUDO_TOKENS)))  # the Cog inputs that are knobs
+def owners(name: str) -> list[Method]:
+    """The methods that serve knob `name` (one Cog input serves them all)."""
+    return [m for m in METHODS.values() if name in m.knobs and m.knobs[name].is_served]
+
+
+def served_knobs() -> list[str]:
+    """The Cog inputs that are knobs: every method's served knobs, each once, in the methods' order."""
+    return list(dict.fromkeys(name for m in METHODS.values() for name in served(m)))
+
+
+SERVED = served_knobs()  # (the built-in methods'; predict.py's inputs are generated from them: script/cog-inputs)
 
 
 def differs(name: str) -> bool:
-    """A knob both methods take, with other defaults."""
-    return name in SHARED and getattr(ZEROCAP.defaults, name) != getattr(PSEUDO_TOKENS.defaults, name)
+    """A knob several methods take, with other defaults."""
+    return len({repr(getattr(m.defaults, name)) for m in owners(name)}) > 1
 
 
 def optional(name: str) -> bool:
     """Whether the Cog input is optional: empty = the method's (and mode's) default."""
-    return (name in ZEROCAP.knobs and presets.preset_dependent(name)) or differs(name)
+    return (presets.preset_dependent(name) and any(m.presets for m in owners(name))) or differs(name)
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + "."
+
+
+def meaning(name: str) -> str:
+    """What a served knob does, in one sentence or one per method: its help line where every method
+    that takes it means the same, else each method's, named; a knob of one method only, named."""
+    ms = owners(name)
+    if len(ms) == 1 and not ms[0].presets:
+        return f"{ms[0].name}: {ms[0].knobs[name].help}."
+    if len({m.knobs[name].help for m in ms}) == 1:
+        return _sentence(ms[0].knobs[name].help)
+    return " ".join(f"{m.name}: {m.knobs[name].help}." for m in ms)
 
 
 def cog_description(name: str) -> str:
-    """The Cog input's description of a served knob (predict.py restates it as a literal)."""
-    if name not in ZEROCAP.knobs:
-        spec = PSEUDO_TOKENS.knobs[name]
-        return f"{PSEUDO_TOKENS.name}: {spec.help}."
-    if not differs(name):
-        return presets.cog_description(name)
-    spec = ZEROCAP.knobs[name]
-    text = spec.help[0].upper() + spec.help[1:] + "."
-    return (text + f" Empty = the method's and mode's ({ZEROCAP.name}: {presets.preset_values(name)};"
-            f" {PSEUDO_TOKENS.name}: {getattr(PSEUDO_TOKENS.defaults, name)!r}).")
+    """The Cog input's description of a served knob: what it does (`meaning`) and what an empty
+    value means (the method's, and with presets the mode's)."""
+    ms, text = owners(name), meaning(name)
+    by_mode = presets.preset_dependent(name) and any(m.presets for m in ms)
+    if differs(name) or (by_mode and not all(m.presets for m in ms)):
+        said = "; ".join(f"{m.name}: {presets.preset_values(name) if m.presets else repr(getattr(m.defaults, name))}"
+                         for m in ms)
+        return text + f" Empty = the method's and mode's ({said})."
+    if by_mode:
+        return text + f" Empty = the mode's ({presets.preset_values(name)})."
+    return text
 
 
 def method_description() -> str:

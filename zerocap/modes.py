@@ -276,7 +276,7 @@ register(Mode("video", "describe what the frames of a clip share", {}, VIDEO))
 
 def cog_descriptions() -> dict[str, str]:
     """The Cog input descriptions of `mode` and the modes' inputs, from this registry and the
-    limits table; predict.py restates them as literals (tests/test_config.py compares)."""
+    limits table; script/cog-inputs writes them into predict.py as literals (tests/test_config.py compares)."""
 
     def of(kind: Kind) -> str:
         return _and([m.name for m in MODES.values() if m.kind is kind])

@@ -35,16 +35,6 @@ def preset(name: str, **overrides) -> ZeroCapConfig:
     return ZeroCapConfig(**PRESETS[name]).replace(**overrides).validate()
 
 
-def cog_description(name: str) -> str:
-    """The Cog input's description of a served knob: its help line as a sentence, and, when a
-    mode changes it, what an empty value means. predict.py restates it as a literal."""
-    spec = KNOBS[name]
-    text = spec.help[0].upper() + spec.help[1:] + "."
-    if preset_dependent(name):
-        text += f" Empty = the mode's ({preset_values(name)})."
-    return text
-
-
 def preset_values(name: str) -> str:
     others = "; ".join(f"{mode} {changes[name]!r}" for mode, changes in PRESETS.items() if name in changes)
     return f"default {getattr(DEFAULTS, name)!r}" + (f"; {others}" if others else "")
