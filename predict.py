@@ -358,7 +358,7 @@ class Predictor(BaseRunner):
                     threads.release_pool()
 
         targets = await asyncio.to_thread(read)
-        result, ticket = await self._decode(self.model.request(targets[0], cfg), cfg)
+        result, ticket = await self._decode(self.model.request(targets[0], cfg))
         seconds = time.perf_counter() - start
         self.record_metric("batch_size", round(ticket.batch_size, 2))  # predictions it shared its steps with, on average
         self.record_metric("queue_seconds", round(ticket.waited, 4))  # waiting for a place in the batch
@@ -395,20 +395,20 @@ class Predictor(BaseRunner):
             frames_asked=out.get("frames_sampled", 0), frames_sampling=out.get("sampling", ""), **common,
         )
 
-    async def _decode(self, request, cfg):
+    async def _decode(self, request):
         """(result, ticket) of a request decoded by the scheduler, with every token's progress in
         this prediction's logs; a cancelled prediction leaves the batch before the next step."""
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue = asyncio.Queue()
         done = loop.create_future()
 
-        def progress(step: int, total: int, best: list[str]) -> None:  # on the scheduler's thread
-            loop.call_soon_threadsafe(lines.put_nowait, methods.progress_line(cfg, step, total, best))
+        def progress(snapshot) -> None:  # on the scheduler's thread, after each of the request's steps
+            loop.call_soon_threadsafe(lines.put_nowait, snapshot.line())
 
         def finished(_ticket) -> None:
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
-        request.progress = progress
+        request.on_step = progress
         ticket = self.scheduler.submit(request)
         ticket.add_done_callback(finished)
         try:

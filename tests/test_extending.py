@@ -157,6 +157,7 @@ def _greedy_method():
 
     from zerocap import methods
     from zerocap.config import check_knobs, knob
+    from zerocap.decoding import Snapshot
 
     @dataclasses.dataclass(frozen=True)
     class GreedyConfig:
@@ -226,24 +227,19 @@ def _greedy_method():
             text = self.engine.tokenizer.decode(r.tokens[r.start:])
             return GreedyResult(r.cfg.cond_text + text, r.name, r.cfg.greedy_bonus)
 
-    class Greedy:
+        def snapshot(self, r):
+            text = self.engine.tokenizer.decode(r.tokens[r.start:])
+            return Snapshot("token", len(r.tokens) - r.start, r.cfg.max_tokens, text, r.cfg.cond_text + text)
+
+    class Greedy:  # no loop of its own: the engine's (decoding.py) and the scheduler's step its batches
         def __init__(self, engine):
             self.engine = engine
 
         def check(self, cfg):
             return cfg.validate()
 
-        def request(self, target, cfg, progress=None):
+        def request(self, target, cfg, on_step=None):
             return GreedyRequest(self.engine, target, cfg)
-
-        def decode(self, targets, cfg, progress=None):
-            batch = GreedyBatch(self.engine)
-            requests = [self.request(t, cfg) for t in targets]
-            for r in requests:
-                batch.add(r)
-            while len(batch):
-                batch.step()
-            return [batch.result(r) for r in requests]
 
     return methods.Method("greedy", "toy: the plain LM's greedy continuation", GreedyConfig, False, Greedy,
                           methods.ZEROCAP.read_clip)

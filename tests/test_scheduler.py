@@ -203,8 +203,8 @@ def test_cancelling_one_of_four_leaves_the_other_three(engine, targets, alone, m
 
 
 def test_a_request_whose_own_part_fails_fails_alone(engine, targets, alone):
-    def bad_progress(step, total, best):
-        if step == 2:
+    def bad_progress(snapshot):
+        if snapshot.step == 2:
             raise RuntimeError("the client went away")
 
     scheduler = Scheduler(engine, max_batch=8)

@@ -30,6 +30,7 @@ from torch.profiler import record_function
 
 from .beam_search import Beams, first_step, next_step
 from .context_shift import Shift
+from .decoding import Snapshot
 from .guide import Guide
 from .token_rules import Rules, apply_token_rules
 
@@ -44,14 +45,14 @@ class Request:
     prompt: list[int]  # LM ids of prompt prefix + cond_text
     end_id: int
     details: Any = None  # what the mode adds to the result
-    progress: Callable | None = None  # progress(step, max_tokens, [best text]) after each step
+    on_step: Callable | None = None  # on_step(decoding.Snapshot) after each of its steps
     step: int = 0
     beams: Beams | None = None  # (1, B, ...) once the first step has picked them
     slots: torch.Tensor | None = None  # (B,) in the LM state
     joined: float = field(default_factory=time.perf_counter)
     steps_taken: int = 0  # decoding steps run (stops early when every beam ended)
     shared: list[int] = field(default_factory=list)  # requests in the batch at each of its steps
-    error: BaseException | None = None  # what stopped it early (its progress callback raised)
+    error: BaseException | None = None  # what stopped it early (its on_step raised)
 
     @property
     def cost(self) -> float:
@@ -116,6 +117,13 @@ class Batch:
         """A finished request's CaptionResult."""
         return self.engine.result(request)
 
+    def snapshot(self, request: Request) -> Snapshot | None:
+        """Where a request is: the tokens decoded, its best beam so far (None before its first step)."""
+        if request.beams is None:
+            return None
+        best = self.engine.best_text(request.beams, request.prompt)
+        return Snapshot("token", request.step, request.cfg.max_tokens, best, request.cfg.cond_text + best)
+
     def step(self, only: list[Request] | None = None) -> list[Request]:
         """Advance every request (or those of `only`) by one token; return (and remove) those that
         finished, or stopped on an error of their own (`error`). A step that raises before it
@@ -143,9 +151,9 @@ class Batch:
             r.step += 1
             r.steps_taken = r.step
             r.shared.append(len(requests))
-            if r.progress is not None:
+            if r.on_step is not None:
                 try:
-                    r.progress(r.step, r.cfg.max_tokens, [self.engine.best_text(r.beams, r.prompt)])
+                    r.on_step(self.snapshot(r))
                 except Exception as e:  # noqa: BLE001 -- it stops that request alone (e.g. a cancellation)
                     r.error = e
             if r.done or r.error is not None:

@@ -143,11 +143,10 @@ def _backend(asked: Decode, where, lm_path, clip_path, bar, todo: int):
     if job.ray is not None:
         return RayBatches(job.ray, job.actors, lm_path, clip_path, cfg, runtime.form.name, runtime.lm_dtype,
                           runtime.batch_size, mode, job.options, runtime.compile)
-    tokens = None if bar is None else lambda step, total, best: bar.set_postfix_str(methods.progress_step(cfg, step,
-                                                                                                           total))
+    tokens = None if bar is None else lambda snapshot: bar.set_postfix_str(snapshot.where())
     in_flight = min(runtime.batch_size, max(1, todo))  # a compiled step is sized by it
     backend = Local.load(lm_path, clip_path, where, mode, cfg, job.options, lm_dtype=runtime.lm_dtype,
-                         form=runtime.form, in_flight=in_flight, progress=tokens, compile=runtime.compile)
+                         form=runtime.form, in_flight=in_flight, on_step=tokens, compile=runtime.compile)
     if runtime.compile:
         warm_up(backend.engines, cfg, in_flight)
     return backend

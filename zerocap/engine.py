@@ -26,9 +26,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import forms, methods, threads
-from .batch import Batch, Request
+from .batch import Request
 from .beam_search import Beams
 from .compiled import MODES as COMPILE_MODES
+from .decoding import decode
 from .config import ZeroCapConfig
 from .errors import InputError
 from .families import lm_facts
@@ -299,25 +300,21 @@ class ZeroCap:
 
     def decode_targets(self, targets: Sequence[Target], cfg: ZeroCapConfig, progress: Progress | None = None,
                        max_requests: int | None = None) -> list[CaptionResult]:
-        """One caption per target (modes.Target), decoded together (as many at once as the form
-        allows); each result names its target and carries what its mode adds. max_requests: the
-        batch's size (default: the targets'), which a compiled step's layout is sized by."""
-        other = self._other(cfg)
-        if other is not None:
-            return other.decode(targets, cfg, progress)
-        requests = [self.request(t, cfg) for t in targets]
+        """One result per target (modes.Target) by cfg's method, decoded together (as many at once
+        as the form allows) in the one admit/step loop (decoding.py); each result names its target
+        and carries what its mode adds. max_requests: the batch's size (default: the targets'),
+        which a compiled step's layout is sized by."""
+        runner = methods.of(cfg).runner(self)
+        cfg = runner.check(cfg)
+        requests = [runner.request(t, cfg) for t in targets]
+        if not requests:
+            return []
         most = min(max_requests or len(requests), self.form.max_images or len(requests))
-        waiting, batch = list(requests), Batch(self, most)
-        while waiting or len(batch):
-            while waiting and batch.accepts(waiting[0], self.form.max_images):
-                batch.add(waiting.pop(0))
-            for r in batch.step():
-                if r.error is not None:
-                    raise r.error
-            if progress is not None:
-                live = [r for r in requests if r.beams is not None]
-                progress(max(r.step for r in live), cfg.max_tokens, [self.best_text(r.beams, r.prompt) for r in live])
-        return [self.result(r) for r in requests]
+        batch = requests[0].new_batch(self, most)
+        on_step = None if progress is None else (
+            lambda snaps: progress(max(s.step for s in snaps), snaps[0].total, [s.best for s in snaps]))
+        decode(requests, batch, most, on_step)
+        return [batch.result(r) for r in requests]
 
     def decode(self, targets: torch.Tensor, cfg: ZeroCapConfig, names: Sequence[str] | None = None,
                progress: Progress | None = None) -> list[CaptionResult]:
@@ -326,14 +323,15 @@ class ZeroCap:
         return self.decode_targets([Target(t, n) for t, n in zip(targets, names)], cfg, progress)
 
     # ---- the parts a decoding step asks of the engine (batch.py) ----------------------------------
-    def request(self, target: Target, cfg: ZeroCapConfig, progress=None) -> Request:
-        """A checked config's caption of `target`, ready to join a batch (its method's kind of request)."""
+    def request(self, target: Target, cfg: ZeroCapConfig, on_step=None) -> Request:
+        """A checked config's caption of `target`, ready to join a batch (its method's kind of
+        request); on_step(decoding.Snapshot) after each of its steps."""
         other = self._other(cfg)
         if other is not None:
-            return other.request(target, cfg, progress)
+            return other.request(target, cfg, on_step)
         end_id = self.vocabulary.end_id(cfg.end_token)
         return Request(target.vector.to(self.device), cfg, target.name, self.prompt_ids(cfg), end_id, target.details,
-                       progress)
+                       on_step)
 
     def candidates(self, prefix_texts: list[str]):
         """The scorer's candidate features for rows with these prefixes, in the form's way."""

@@ -6,7 +6,8 @@
                  learned prefix optimised while whole sentences are sampled (pseudo_tokens/)
 
 A method is its knob table (a frozen dataclass: defaults, ranges, help), how a mode's settings
-become its config, its decoder on an engine (`runner`), and how it reads a clip. A config knows
+become its config, its decoder on an engine (`runner`: its requests, whose batches the one
+admit/step loop of decoding.py and the scheduler step), and how it reads a clip. A config knows
 its method (`of(cfg)`), so the engine, the scheduler, dataset jobs and the container dispatch
 through it; the command line and predict.py pick one by name (`get`).
 """
@@ -29,7 +30,7 @@ class Method:
     help: str
     Config: type  # the knob table
     presets: bool  # whether the modes' presets (changes of ZeroCap's knobs) make its configs; else its defaults
-    runner: Callable  # engine -> its decoder on that engine: check(cfg), request(target, cfg), decode(targets, cfg)
+    runner: Callable  # engine -> its decoder on that engine: check(cfg), request(target, cfg, on_step)
     read_clip: "str | Callable"  # (engine, source, name, frames, every, most) -> modes.Target; "module:function"
     ignored: tuple = ()  # other methods' knobs it accepts and ignores (the authors' flags of its own run.py)
     defaults_version: int = 1  # raise it when a default changes: results files record it (`recorded`)
@@ -210,14 +211,3 @@ def cog_description(name: str) -> str:
 def method_description() -> str:
     """The Cog `method` input's description."""
     return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."
-
-
-def progress_line(cfg, step: int, total: int, best: list[str]) -> str:
-    """One line of a prediction's log after a step: a token of ZeroCap's beams, a sentence of the
-    pseudo-tokens'."""
-    return f"{progress_step(cfg, step, total)}: {cfg.cond_text if of(cfg) is ZEROCAP else ''}{best[0]}"
-
-
-def progress_step(cfg, step: int, total: int) -> str:
-    """Where a caption is, in a few words: ZeroCap's token, the pseudo-tokens' sentence."""
-    return f"{'token' if of(cfg) is ZEROCAP else 'sentence'} {step}/{total}"

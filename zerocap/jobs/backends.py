@@ -22,20 +22,20 @@ from .run import error_record, result_record  # noqa: F401  (backends' records: 
 class Local:
     """Inputs captioned on this process's engines (see the module docstring)."""
 
-    def __init__(self, engines: Sequence, mode, cfg, options: dict, in_flight: int = 8, progress=None):
+    def __init__(self, engines: Sequence, mode, cfg, options: dict, in_flight: int = 8, on_step=None):
         if not engines:
             raise InputError("need at least one model replica")
         self.engines = list(engines)
         self.schedulers = [Scheduler(e, max_batch=in_flight) for e in self.engines]
         self.mode, self.cfg, self.options = mode, self.engines[0].check(cfg), options
-        self.in_flight, self.progress = in_flight, progress
+        self.in_flight, self.on_step = in_flight, on_step
 
     @classmethod
     def load(cls, lm: str, clip: str, devices: Sequence[str], mode, cfg, options: dict, lm_dtype: str = "float32",
-             form="fast", in_flight: int = 8, progress=None, compile=None) -> "Local":
+             form="fast", in_flight: int = 8, on_step=None, compile=None) -> "Local":
         engines = [ZeroCap.load(lm, clip, device=d, lm_dtype=lm_dtype, form=form, compile=compile or False)
                    for d in devices]
-        return cls(engines, mode, cfg, options, in_flight, progress)
+        return cls(engines, mode, cfg, options, in_flight, on_step)
 
     def __call__(self, inputs: Iterable[Input]) -> Iterator[tuple[int, dict]]:
         key = self.mode.kind.name
@@ -59,7 +59,7 @@ class Local:
             except InputError as e:
                 yield index, error_record(key, item, e)
                 continue
-            ticket = scheduler.submit(scheduler.engine.request(target, self.cfg, self.progress))
+            ticket = scheduler.submit(scheduler.engine.request(target, self.cfg, self.on_step))
             ticket.add_done_callback(lambda t, index=index, item=item: done.put((index, item, t)))
             outstanding += 1
         while outstanding:

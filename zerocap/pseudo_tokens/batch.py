@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from .. import threads
+from ..decoding import Snapshot
 from .knobs import NAME, PseudoTokenConfig
 from .rules import TokenRules, apply_rules
 
@@ -70,7 +71,7 @@ class PseudoTokenRequest:
     cfg: PseudoTokenConfig
     name: str
     details: Any = None
-    progress: Callable | None = None  # progress(sentence, sentence_iterations, [best sentence so far])
+    on_step: Callable | None = None  # on_step(decoding.Snapshot) after each sentence
     joined: float = field(default_factory=time.perf_counter)
     error: BaseException | None = None
     shared: list[int] = field(default_factory=list)
@@ -142,6 +143,13 @@ class PseudoTokenBatch:
 
     def result(self, request: PseudoTokenRequest) -> PseudoTokenResult:
         return self.method.result(request)
+
+    def snapshot(self, request: PseudoTokenRequest) -> Snapshot | None:
+        """Where a request is: the sentences sampled, the latest (None before the first)."""
+        if not request.sentences:
+            return None
+        text = request.sentences[-1].text
+        return Snapshot("sentence", request.sentence, request.cfg.sentence_iterations, text, text)
 
     def _begin_sentence(self, r: PseudoTokenRequest) -> None:
         prompt = r.rng.choice(PROMPTS if r.cfg.randomized_prompt else ("",))
@@ -224,9 +232,9 @@ class PseudoTokenBatch:
             r.ppls.append(ppl.detach())
             r.sentences.append(Sentence(text, float(sim), float(ppl)))
             r.sentence += 1
-            if r.progress is not None:
+            if r.on_step is not None:
                 try:
-                    r.progress(r.sentence, r.cfg.sentence_iterations, [text])
+                    r.on_step(self.snapshot(r))
                 except Exception as exc:  # noqa: BLE001 -- stops that request alone (e.g. a cancellation)
                     r.error = exc
             if r.sentence < r.cfg.sentence_iterations:

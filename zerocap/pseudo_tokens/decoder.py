@@ -1,5 +1,6 @@
 """The method on an engine's models (PseudoTokens): its prefix, its LM passes, its token rules
-per end token, the final beam searches, its result, and decode()."""
+per end token, the final beam searches and its result; its requests decode in the one loop
+(decoding.py) through their batch (batch.py)."""
 from __future__ import annotations
 
 import time
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..errors import InputError
-from .batch import PROMPTS, PseudoTokenBatch, PseudoTokenRequest, PseudoTokenResult
+from .batch import PROMPTS, PseudoTokenRequest, PseudoTokenResult
 from .beam_search import BeamSearch, starts
 from .knobs import NAME, PseudoTokenConfig
 from .rules import TokenRules, apply_rules
@@ -76,13 +77,13 @@ class PseudoTokens:
         GPT-2's BOS is), then the text's."""
         return [self.engine.vocabulary.start_id] + self.engine.tokenizer.encode(text, add_special_tokens=False)
 
-    def request(self, target, cfg: PseudoTokenConfig, progress=None) -> PseudoTokenRequest:
+    def request(self, target, cfg: PseudoTokenConfig, on_step=None) -> PseudoTokenRequest:
         """A checked config's caption of `target` (its `frames`, else its vector as one frame)."""
         frames = getattr(target, "frames", None)
         if frames is None:
             frames = target.vector[None]
         dtype = getattr(self.engine.scorer, "dtype", torch.float32)  # CLIP's own (fp16 on a GPU, as theirs)
-        return PseudoTokenRequest(frames.to(self.engine.device, dtype), cfg, target.name, target.details, progress)
+        return PseudoTokenRequest(frames.to(self.engine.device, dtype), cfg, target.name, target.details, on_step)
 
     def prefix(self, tokens: int) -> torch.Tensor:
         """The LM's keys/values of `tokens` start tokens (L, 2, 1, H, P, hd): where the pseudo-tokens
@@ -187,24 +188,9 @@ class PseudoTokens:
                                  r.cfg.cond_text, r.name, r.sampled, time.perf_counter() - r.joined, r.details)
 
     def decode(self, targets, cfg: PseudoTokenConfig, progress=None) -> list[PseudoTokenResult]:
-        """One result per target (modes.Target), decoded together as the form allows."""
-        e = self.engine
-        cfg = self.check(cfg)
-        requests = [self.request(t, cfg) for t in targets]
-        most = e.form.max_images or len(requests)
-        waiting, batch = list(requests), PseudoTokenBatch(e, most)
-        while waiting or len(batch):
-            while waiting and batch.accepts(waiting[0], most):
-                batch.add(waiting.pop(0))
-            for r in batch.step():
-                if r.error is not None:
-                    raise r.error
-            if progress is not None:
-                live = [r for r in requests if r.sentences]
-                if live:
-                    progress(max(r.sentence for r in live), cfg.sentence_iterations,
-                             [r.sentences[-1].text for r in live])
-        return [self.result(r) for r in requests]
+        """One result per target (modes.Target), decoded together as the form allows (the engine's
+        one loop, decoding.py)."""
+        return self.engine.decode_targets(targets, cfg, progress)
 
 
 # ---- clips as the authors read them --------------------------------------------------------------
