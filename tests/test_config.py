@@ -189,22 +189,24 @@ def test_the_readmes_inputs_table_restates_the_tables():
 
 
 def test_predict_py_declares_the_inputs_the_tables_generate():
-    """predict.py's inputs are script/cog-inputs' output from the tables (modes, every method's
-    served knobs, limits), byte for byte: a knob or a method added to the tables reaches the
-    container by running the script, and a hand edit of predict.py's inputs fails here."""
+    """predict.py's inputs and Output fields are script/cog-inputs' output from the tables (modes,
+    every method's served knobs and output declaration, limits), byte for byte: a knob or a method
+    added to the tables reaches the container by running the script, and a hand edit of the
+    generated lines fails here."""
+    import importlib.machinery
+    import importlib.util
     import os
-    import subprocess
-    import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    printed = subprocess.run([sys.executable, os.path.join(root, "script", "cog-inputs")], capture_output=True,
-                             text=True, check=True).stdout
+    loader = importlib.machinery.SourceFileLoader("cog_inputs", os.path.join(root, "script", "cog-inputs"))
+    script = importlib.util.module_from_spec(importlib.util.spec_from_loader("cog_inputs", loader))
+    loader.exec_module(script)
     text = open(os.path.join(root, "predict.py"), encoding="utf-8").read()
-    first, last = printed.splitlines(keepends=True)[0], printed.splitlines(keepends=True)[-1]
-    assert text.count(first) == 1 and text.count(last) == 1, "predict.py lost its marker lines"
-    assert first + text.split(first)[1].split(last)[0] + last == printed, \
-        "predict.py's inputs are not the tables': run python script/cog-inputs --write"
-    assert "repetition_penalty" in printed and "pseudo-tokens: damping of tokens similar to the last 16" in printed
+    assert script.rewritten(text) == text, "predict.py's inputs or outputs are not the tables': run" \
+                                           " python script/cog-inputs --write"
+    assert script.inputs() in text and script.output() in text
+    assert "pseudo-tokens: damping of tokens similar to the last 16" in script.inputs()
+    assert "    sentences: list[str]\n" in script.output()
 
 
 def test_the_readmes_limits_table_is_the_limits_table():

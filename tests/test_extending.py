@@ -155,15 +155,17 @@ def _greedy_method():
     import dataclasses
     import time
 
-    from zerocap import methods
+    from zerocap import methods, outputs
     from zerocap.config import check_knobs, knob
     from zerocap.decoding import Snapshot
+    from zerocap.outputs import Out
 
     @dataclasses.dataclass(frozen=True)
     class GreedyConfig:
         cond_text: str = knob("Image of a", "prompt the caption continues", max_length=300)
         max_tokens: int = knob(3, "tokens generated at most", 1, 10)
-        greedy_bonus: float = knob(0.0, "toy knob: added to every logit (changes nothing but the record)", 0.0, 1.0)
+        greedy_bonus: float = knob(0.0, "toy knob: added to every logit (changes nothing but the record)", 0.0, 1.0,
+                                   serve=(0.0, 1.0))
 
         def replace(self, **changes):
             return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -182,11 +184,15 @@ def _greedy_method():
             return {"caption": self.caption, "target": self.target, "greedy_bonus": self.greedy_bonus,
                     "method": "greedy"}
 
+        def container_fields(self):
+            return {"caption": self.caption, "greedy_bonus": self.greedy_bonus}
+
     class GreedyRequest:
         cost = 1.0  # its steps are cheap: a lane of its own beside ZeroCap's
 
-        def __init__(self, engine, target, cfg):
+        def __init__(self, engine, target, cfg, on_step=None):
             self.cfg, self.name, self.error, self.shared, self.joined = cfg, target.name, None, [], time.time()
+            self.on_step = on_step
             self.tokens = engine.tokenizer.encode(engine.prompt_prefix + cfg.cond_text)
             self.start = len(self.tokens)
 
@@ -232,6 +238,8 @@ def _greedy_method():
             return Snapshot("token", len(r.tokens) - r.start, r.cfg.max_tokens, text, r.cfg.cond_text + text)
 
     class Greedy:  # no loop of its own: the engine's (decoding.py) and the scheduler's step its batches
+        name, Config = "greedy", GreedyConfig
+
         def __init__(self, engine):
             self.engine = engine
 
@@ -239,10 +247,15 @@ def _greedy_method():
             return cfg.validate()
 
         def request(self, target, cfg, on_step=None):
-            return GreedyRequest(self.engine, target, cfg)
+            return GreedyRequest(self.engine, target, cfg, on_step)
 
+    said = {"caption": "the prompt and the LM's greedy continuation", "method": "greedy", "mode": "the mode",
+            "target": "what was captioned", "cond_text": "the prompt", "tokens": "0", "seconds": "0",
+            "frame_times": "empty", "frames": "0", "frames_asked": "0", "frames_sampling": "empty"}
+    output = {name: Out(outputs.COMMON[name], text) for name, text in said.items()}
+    output["greedy_bonus"] = Out("float", "the toy knob's value")
     return methods.Method("greedy", "toy: the plain LM's greedy continuation", GreedyConfig, False, Greedy,
-                          methods.ZEROCAP.read_clip)
+                          methods.ZEROCAP.read_clip, output=output)
 
 
 @pytest.fixture
@@ -285,3 +298,46 @@ def test_a_new_method_is_one_entry(greedy, capsys, images, lm_dir, clip_file, en
     finally:
         scheduler.close()
     assert results[0].caption == alone.caption and results[1].best_mixed.startswith("Image of a")
+
+
+def test_a_new_methods_inputs_and_output_fields_are_generated_for_the_container(greedy, engine, images):
+    """With the toy method registered, script/cog-inputs writes it among `method`'s choices, its
+    served knob as an input and its own output field into Output: predict.py is regenerated, never
+    edited by hand, for a new method; its output is the common fields and its own."""
+    import importlib.machinery
+    import importlib.util
+    import os
+
+    from zerocap import methods, outputs
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "script", "cog-inputs")
+    loader = importlib.machinery.SourceFileLoader("cog_inputs", path)
+    script = importlib.util.module_from_spec(importlib.util.spec_from_loader("cog_inputs", loader))
+    loader.exec_module(script)
+    inputs, output = script.inputs(), script.output()
+    assert '"zerocap", "pseudo-tokens", "greedy"]' in inputs and "toy: the plain LM's greedy continuation" in inputs
+    assert "        greedy_bonus: float = Input(default=0.0, ge=0.0, le=1.0, description=\"greedy: toy knob:" in inputs
+    assert "    greedy_bonus: float\n" in output and "    sentences: list[str]\n" in output
+    result = engine.caption([images[0]], method="greedy", greedy_bonus=0.5, max_tokens=2)[0]
+    fields = outputs.fields(methods.METHODS.values())
+    common = dict(method="greedy", mode="caption", target="image", cond_text="Image of a", tokens=0, seconds=0.0,
+                  frame_times=[], frames=0)
+    values = outputs.values(greedy, fields, result, common)
+    assert set(values) == set(fields) and values["greedy_bonus"] == 0.5 and values["seed"] == -1
+    assert values["caption"] == result.caption and values["beams"] == [] and values["best_fluency"] == ""
+
+
+def test_every_method_is_a_peer_behind_the_declared_interfaces(greedy, engine, images):
+    """Each method -- ZeroCap's, the pseudo-tokens', the toy -- is a decoder the engine makes once
+    (engine.decoder), behind decoding.py's protocols: its requests and their batches too."""
+    from zerocap import methods
+    from zerocap.decoding import Batch, Decoder, MethodRequest
+    from zerocap.modes import Target
+
+    target = Target(engine.targets.image_target(images[0]), "image")
+    for method in methods.METHODS.values():
+        decoder = engine.decoder(method)
+        assert isinstance(decoder, Decoder) and engine.decoder(method.name) is decoder, method.name
+        cfg = engine.check(method.config("caption", max_tokens=2))
+        request = engine.request(target, cfg)
+        assert isinstance(request, MethodRequest) and isinstance(request.new_batch(engine, 1), Batch), method.name

@@ -318,7 +318,7 @@ def test_the_pseudo_token_method_in_python_and_in_the_container_agree(predictor,
 
 
 def _holds(value, doc: str) -> bool:
-    """A field's value against its OUTPUT_FIELDS description's fixed values."""
+    """A field's value against its declared description's fixed values."""
     if doc.startswith("empty"):
         return value in ([], "")
     if doc.startswith("-1 "):
@@ -332,21 +332,25 @@ def _holds(value, doc: str) -> bool:
 
 @pytest.mark.parametrize("method", ["zerocap", "pseudo-tokens"])
 def test_the_output_is_the_readmes_table_for_each_method(predictor, images, method):
-    """Every field of Output is in OUTPUT_FIELDS (and so in the README's table, printed from it),
-    and each method's output holds what its column says is fixed (empty, -1, 0)."""
+    """Every field of Output is a method's declared output field (zerocap/outputs.py), the README's
+    table is printed from those declarations, and each method's output holds what its column says
+    is fixed (empty, -1, 0)."""
     import predict
     from test_config import readme_table
+    from zerocap import methods, outputs
 
+    served = list(methods.METHODS.values())
+    declared = outputs.fields(served)
     fields = set(typing.get_type_hints(predict.Output))
-    assert set(predict.OUTPUT_FIELDS) == fields
-    rows = {name.strip("`"): (zc, pt) for name, zc, pt in readme_table("Output: one JSON object")}
-    assert rows == predict.OUTPUT_FIELDS
+    assert set(declared) == fields
+    rows = {name.strip("`"): tuple(cells) for name, *cells in readme_table("Output: one JSON object")}
+    assert rows == {name: tuple(outputs.said(m, name, f) for m in served) for name, f in declared.items()}
     inputs = {**SMALL} if method == "zerocap" else dict(PT_SMALL)
     out = predictor.run(image=sent(images[0]), **inputs)
-    column = 0 if method == "zerocap" else 1
-    assert out.method == method == predict.OUTPUT_FIELDS["method"][column]
+    chosen = methods.get(method)
+    assert out.method == method == outputs.said(chosen, "method", declared["method"])
     for name in fields:
-        assert _holds(getattr(out, name), predict.OUTPUT_FIELDS[name][column]), (name, getattr(out, name))
+        assert _holds(getattr(out, name), outputs.said(chosen, name, declared[name])), (name, getattr(out, name))
 
 
 def test_frames_sent_are_honoured_by_both_methods_8_included(predictor, clip_file_mkv):

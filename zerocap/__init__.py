@@ -26,8 +26,8 @@ __all__ = ["ZeroCap", "ZeroCapConfig", "PseudoTokenConfig", "CaptionResult", "Be
            "MODES", "METHODS", "PRESETS", "FORMS", "preset"]
 __version__ = "0.1.0"
 
-_HEAVY = {"ZeroCap": "zerocap.engine:ZeroCap", "CaptionResult": "zerocap.engine:CaptionResult",
-          "Beam": "zerocap.engine:Beam", "PseudoTokenResult": "zerocap.pseudo_tokens.batch:PseudoTokenResult"}
+_HEAVY = {"ZeroCap": "zerocap.engine:ZeroCap", "CaptionResult": "zerocap.zerocap_decoder:CaptionResult",
+          "Beam": "zerocap.zerocap_decoder:Beam", "PseudoTokenResult": "zerocap.pseudo_tokens.batch:PseudoTokenResult"}
 
 
 def __getattr__(name):

@@ -53,6 +53,7 @@ class Request:
     steps_taken: int = 0  # decoding steps run (stops early when every beam ended)
     shared: list[int] = field(default_factory=list)  # requests in the batch at each of its steps
     error: BaseException | None = None  # what stopped it early (its on_step raised)
+    decoder: Any = None  # the method's decoder that made it (zerocap_decoder.py): its result, its best text
 
     @property
     def cost(self) -> float:
@@ -115,13 +116,13 @@ class Batch:
 
     def result(self, request: Request):
         """A finished request's CaptionResult."""
-        return self.engine.result(request)
+        return request.decoder.result(request)
 
     def snapshot(self, request: Request) -> Snapshot | None:
         """Where a request is: the tokens decoded, its best beam so far (None before its first step)."""
         if request.beams is None:
             return None
-        best = self.engine.best_text(request.beams, request.prompt)
+        best = request.decoder.best_text(request.beams, request.prompt)
         return Snapshot("token", request.step, request.cfg.max_tokens, best, request.cfg.cond_text + best)
 
     def step(self, only: list[Request] | None = None) -> list[Request]:

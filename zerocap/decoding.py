@@ -1,5 +1,6 @@
 """One admit/step loop for the requests of any method, and the snapshot each step leaves.
 
+The interfaces every method gives are declared here (`Decoder`, `MethodRequest`, `Batch`).
 A method's request makes its own batch (`request.new_batch(engine, most)`), whose `step()`
 advances every request in it by one of the method's steps (ZeroCap's token, the pseudo-tokens'
 sampled token) and returns the finished ones, and whose `snapshot(request)` says where a request
@@ -12,7 +13,7 @@ callback read the same `Snapshot`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,49 @@ class Snapshot:
     def line(self) -> str:
         """'token 3/15: Image of a dog': the container's log line."""
         return f"{self.where()}: {self.caption}"
+
+
+@runtime_checkable
+class Batch(Protocol):
+    """Requests of one method sharing its steps (ZeroCap's batch.Batch, pseudo_tokens' PseudoTokenBatch)."""
+
+    requests: list
+
+    def __len__(self) -> int: ...
+    def accepts(self, request, most: int | None = None) -> bool: ...
+    def add(self, request) -> None: ...
+    def remove(self, request) -> None: ...
+    def step(self, only: list | None = None) -> list:
+        """One step of every request (or of those in `only`): the finished ones, removed."""
+    def result(self, request) -> Any: ...
+    def snapshot(self, request) -> Snapshot | None: ...
+
+
+@runtime_checkable
+class MethodRequest(Protocol):
+    """One caption by a method: what the loop and the scheduler read of it."""
+
+    cfg: Any
+    error: BaseException | None
+    shared: list  # requests in its batch at each of its steps
+    on_step: Callable[[Snapshot], None] | None
+
+    @property
+    def cost(self) -> float: ...  # what one of its steps costs (the scheduler's lanes)
+    @property
+    def done(self) -> bool: ...
+    def new_batch(self, engine, max_requests: int | None = None) -> Batch: ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """A method on an engine's models (methods.Method.runner makes it; engine.decoder keeps it)."""
+
+    name: str
+    Config: type  # its knob table
+
+    def check(self, cfg) -> Any: ...  # cfg validated against the models, or InputError
+    def request(self, target, cfg, on_step: Callable[[Snapshot], None] | None = None) -> MethodRequest: ...
 
 
 OnStep = Callable[[list[Snapshot]], None]  # after each step of a decode: the started requests' snapshots

@@ -1,9 +1,12 @@
 """ZeroCap: a frozen causal LM writes, a frozen CLIP steers it through its key/value cache.
 
-The engine is assembled once from parts chosen once: the LM and its family (families.py), the
-form (forms.py: its LM adapter, how the scorer scores candidates, how many images decode
-together), the scorer (scorer.py) and the input modes (modes.py). Pipeline of one decoding step
-(`_step_logprobs`), each in its module:
+The engine holds the models, assembled once from parts chosen once: the LM and its family
+(families.py), the form (forms.py: its LM adapter, how the scorer scores candidates, how many
+images decode together), the scorer (scorer.py) and the input modes (modes.py); and it is the
+facade users know (`caption`, `arithmetic`, `video`, `decode_targets`). The methods are peers
+over it, each a decoder made once per engine (`decoder(method)`, methods.py): ZeroCap's
+(zerocap_decoder.py) and the evolving pseudo-tokens' (pseudo_tokens/decoder.py). Pipeline of
+one step of ZeroCap's method (batch.py), each in its module:
   target.py        target embedding (an image, weighted images and texts, a clip's frames), per caption
   lm.py            the LM as prefill + one-token steps over a stacked key/value cache
   candidates.py    top-k candidate tokens -> CLIP token rows (scorer.py scores them)
@@ -16,70 +19,32 @@ together), the scorer (scorer.py) and the input modes (modes.py). Pipeline of on
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from . import forms, methods, threads
-from .batch import Request
-from .beam_search import Beams
 from .compiled import MODES as COMPILE_MODES
-from .decoding import decode
 from .config import ZeroCapConfig
+from .decoding import decode
 from .errors import InputError
 from .families import lm_facts
+from .lazy import resolve
 from .lm import step_size
 from .loading import load_models
 from .modes import TERMS_KIND, VIDEO, Target
 from .presets import preset
-from .pseudo_tokens.decoder import PseudoTokens
-from .rerank import clip_similarities, perplexities
 from .scorer import ClipScorer, TextScorer
 from .target import TargetEncoder, Term
 from .weights import locate
+from .zerocap_decoder import Beam, CaptionResult  # noqa: F401 -- (Beam: the engine's name for it, as before)
 
 # Called after every decoding step with (step, max_tokens, best text so far of each image).
 # It may raise (e.g. a cancellation) to stop decoding between steps.
 Progress = Callable[[int, int, list[str]], None]
-
-
-@dataclass
-class Beam:
-    text: str  # the generated continuation
-    caption: str  # cond_text + text
-    score: float  # beam-search score / length (mean log-prob)
-    clip_score: float  # cosine similarity of the text's CLIP embedding with the target
-    perplexity: float  # of BOS + text under the LM
-
-
-@dataclass
-class CaptionResult:
-    beams: list[Beam]  # best first
-    best_clip: str
-    best_fluency: str
-    best_mixed: str
-    cond_text: str
-    target: str  # what was captioned
-    tokens: int  # decoding steps run
-    seconds: float
-    details: Any = None  # what the mode adds (e.g. a video's frames, video.VideoFrames): to_dict() or None
-
-    @property
-    def caption(self) -> str:
-        return self.best_mixed
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        del d["details"]
-        if self.details is not None:
-            d.update(self.details.to_dict())
-        d["timing"] = threads.timing(d.pop("seconds"), d.pop("tokens"))
-        return d
 
 
 class ZeroCap:
@@ -124,6 +89,7 @@ class ZeroCap:
         self.lm_adapter = self.form.lm(self.lm, self.family)
         self.lm_adapter.layout()  # one token's pass: an LM whose cache the decoders cannot stack is refused here
         self.targets = TargetEncoder(self.scorer)
+        self._decoders: dict = {}  # each method's decoder on these models, made on first use (`decoder`)
         if compile:
             self.compile("default" if compile is True else compile)
 
@@ -144,10 +110,10 @@ class ZeroCap:
         if self.device.type == "cuda" and hasattr(self.scorer, "compile"):
             self.scorer.compile(mode)  # CLIP's passes on fixed-size buffers: launch-bound on a GPU, not on a CPU
 
-    @functools.cached_property
+    @property
     def pseudo_tokens(self):
         """The evolving pseudo-tokens method on these models (pseudo_tokens/decoder.py)."""
-        return PseudoTokens(self)
+        return self.decoder(methods.PSEUDO_TOKENS)
 
     @property
     def compiled(self):
@@ -221,11 +187,6 @@ class ZeroCap:
         """The preset `mode` with overrides, validated against these models."""
         return self.check(preset(mode, **overrides))
 
-    def _other(self, cfg):
-        """The decoder of cfg's method when it is not ZeroCap's (methods.py), else None."""
-        runner = methods.of(cfg).runner(self)
-        return None if runner is self else runner
-
     def read_clip(self, source: str, name: str, frames: int | None = None, every: float | None = None, cfg=None,
                   most: int | None = None) -> Target:
         """A clip as the method of `cfg` reads it (ZeroCap's when None; methods.py): a modes.Target."""
@@ -233,11 +194,9 @@ class ZeroCap:
         return method.read(self, source, name, frames, every, most)
 
     def check(self, cfg: ZeroCapConfig) -> ZeroCapConfig:
-        """Validate `cfg` (of any method) and check it against these models; InputError says what is wrong."""
-        other = self._other(cfg)
-        if other is not None:
-            return other.check(cfg)
-        return self.facts.check(cfg, self.tokenizer, self.scorer.text_tokens, self.scorer.max_text_tokens)
+        """Validate `cfg` (of any method) and check it against these models, by its method's decoder;
+        InputError says what is wrong."""
+        return self.decoder(methods.of(cfg)).check(cfg)
 
     def prompt_ids(self, cfg: ZeroCapConfig) -> list[int]:
         return self.facts.prompt_ids(cfg.cond_text)
@@ -304,7 +263,7 @@ class ZeroCap:
         as the form allows) in the one admit/step loop (decoding.py); each result names its target
         and carries what its mode adds. max_requests: the batch's size (default: the targets'),
         which a compiled step's layout is sized by."""
-        runner = methods.of(cfg).runner(self)
+        runner = self.decoder(methods.of(cfg))
         cfg = runner.check(cfg)
         requests = [runner.request(t, cfg) for t in targets]
         if not requests:
@@ -322,16 +281,18 @@ class ZeroCap:
         names = list(names) if names else [""] * targets.shape[0]
         return self.decode_targets([Target(t, n) for t, n in zip(targets, names)], cfg, progress)
 
-    # ---- the parts a decoding step asks of the engine (batch.py) ----------------------------------
-    def request(self, target: Target, cfg: ZeroCapConfig, on_step=None) -> Request:
-        """A checked config's caption of `target`, ready to join a batch (its method's kind of
-        request); on_step(decoding.Snapshot) after each of its steps."""
-        other = self._other(cfg)
-        if other is not None:
-            return other.request(target, cfg, on_step)
-        end_id = self.vocabulary.end_id(cfg.end_token)
-        return Request(target.vector.to(self.device), cfg, target.name, self.prompt_ids(cfg), end_id, target.details,
-                       on_step)
+    # ---- what every method's decoding step asks of the models (batch.py, pseudo_tokens/) ------------
+    def decoder(self, method):
+        """`method`'s decoder on these models (methods.py: its runner), made once."""
+        method = methods.get(method)
+        if method.name not in self._decoders:
+            self._decoders[method.name] = resolve(method.runner)(self)
+        return self._decoders[method.name]
+
+    def request(self, target: Target, cfg: ZeroCapConfig, on_step=None):
+        """A checked config's caption of `target` by its method, ready to join that method's batch;
+        on_step(decoding.Snapshot) after each of its steps."""
+        return self.decoder(methods.of(cfg)).request(target, cfg, on_step)
 
     def candidates(self, prefix_texts: list[str]):
         """The scorer's candidate features for rows with these prefixes, in the form's way."""
@@ -341,31 +302,6 @@ class ZeroCap:
         """Each row's context as text, without the BOS prefix: what CLIP reads."""
         texts = self.tokenizer.batch_decode(contexts, clean_up_tokenization_spaces=False)
         return [t.replace(self.bos, "") if self.bos else t for t in texts]
-
-    def _texts(self, prompt: list[int], tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """The texts the beams' tokens add after the prompt."""
-        return [self.vocabulary.text_after(prompt, row[: int(n)]) for row, n in zip(tokens.tolist(), lengths.tolist())]
-
-    def best_text(self, beams: Beams, prompt: list[int]) -> str:
-        """The best beam's text so far, of a request's beams (1, B, ...)."""
-        best = int(beams.ranked()[0, 0])
-        return self._texts(prompt, beams.tokens[0, best:best + 1], beams.lengths[0, best:best + 1])[0]
-
-    def result(self, request: Request) -> CaptionResult:
-        """A finished request's result: its beams reranked by CLIP and by fluency."""
-        beams, cfg = request.beams, request.cfg
-        order = beams.ranked()[0]
-        texts = self._texts(request.prompt, beams.tokens[0][order], beams.lengths[0][order])
-        scores = (beams.scores[0] / beams.lengths[0])[order].tolist()
-        sims = clip_similarities(self.scorer, texts, request.target)
-        ppls = perplexities(self.lm, self.vocabulary, texts, self.device)
-        caption = [cfg.cond_text + t for t in texts]
-        out = [Beam(t, c, s, cs, p) for t, c, s, cs, p in zip(texts, caption, scores, sims, ppls)]
-        best_clip = max(range(len(out)), key=lambda j: sims[j])
-        best_ppl = min(range(len(out)), key=lambda j: ppls[j])
-        seconds = time.perf_counter() - request.joined
-        return CaptionResult(out, caption[best_clip], caption[best_ppl], caption[0], cfg.cond_text, request.name,
-                             request.steps_taken, seconds, request.details)
 
 
 def image_name(image, index: int) -> str:

@@ -30,10 +30,17 @@ class Method:
     help: str
     Config: type  # the knob table
     presets: bool  # whether the modes' presets (changes of ZeroCap's knobs) make its configs; else its defaults
-    runner: Callable  # engine -> its decoder on that engine: check(cfg), request(target, cfg, on_step)
+    runner: "str | Callable"  # engine -> its decoder on that engine: check(cfg), request(target, cfg, on_step);
+    # "module:Class" resolved on first use (engine.decoder makes it once per engine)
     read_clip: "str | Callable"  # (engine, source, name, frames, every, most) -> modes.Target; "module:function"
     ignored: tuple = ()  # other methods' knobs it accepts and ignores (the authors' flags of its own run.py)
     defaults_version: int = 1  # raise it when a default changes: results files record it (`recorded`)
+    output: "str | dict | None" = None  # its fields of the container's output (outputs.Out by name); "module:NAME"
+
+    @property
+    def outputs(self) -> dict:
+        """Its fields of the container's output, each an outputs.Out (`output`, resolved on first use)."""
+        return resolve(self.output) or {}
 
     @property
     def knobs(self) -> dict:
@@ -93,11 +100,13 @@ def _and(names: list[str]) -> str:
 
 
 ZEROCAP = Method("zerocap", "ZeroCap's context shift: gradient steps on the LM's key/value cache at every token,"
-                 " then a beam search (the default)", _config.ZeroCapConfig, True, lambda engine: engine,
-                 "zerocap.video:clip_target", ignored=("seed",))  # their ZeroCap run.py's --seed: nothing to seed
+                 " then a beam search (the default)", _config.ZeroCapConfig, True, "zerocap.zerocap_decoder:ZeroCapDecoder",
+                 "zerocap.video:clip_target", ignored=("seed",),  # their ZeroCap run.py's --seed: nothing to seed
+                 output="zerocap.zerocap_decoder:OUTPUTS")
 PSEUDO_TOKENS = Method("pseudo-tokens", "evolving pseudo-tokens (the authors' follow-up, for clips and images): a learned"
                        " prefix optimised while whole sentences are sampled", PseudoTokenConfig, False,
-                       lambda engine: engine.pseudo_tokens, "zerocap.pseudo_tokens.clips:clip_target")
+                       "zerocap.pseudo_tokens.decoder:PseudoTokens", "zerocap.pseudo_tokens.clips:clip_target",
+                       output="zerocap.pseudo_tokens.batch:OUTPUTS")
 METHODS = {m.name: m for m in (ZEROCAP, PSEUDO_TOKENS)}
 DEFAULT = ZEROCAP
 SHARED = [k for k in PSEUDO_TOKENS.knobs if k in ZEROCAP.knobs]  # the knobs both take, by name

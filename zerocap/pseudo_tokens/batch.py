@@ -2,7 +2,7 @@
 one token of every request, whatever sentence each is at."""
 from __future__ import annotations
 
-import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import torch
 
-from .. import threads
 from ..decoding import Snapshot
+from ..outputs import Out, Recorded
 from .knobs import NAME, PseudoTokenConfig
 from .rules import TokenRules, apply_rules
 
@@ -37,7 +37,7 @@ class PTBeam:
 
 
 @dataclass
-class PseudoTokenResult:
+class PseudoTokenResult(Recorded):
     sentences: list[Sentence]  # in the order sampled
     best_clip: str  # their returned caption
     best_mixed: str
@@ -54,13 +54,47 @@ class PseudoTokenResult:
     def caption(self) -> str:
         return self.best_clip
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        del d["details"]
-        if self.details is not None:
-            d.update(self.details.to_dict())
-        d["timing"] = threads.timing(d.pop("seconds"), d.pop("tokens"))
-        return d
+    def container_fields(self) -> dict:
+        """This method's fields of the container's output (OUTPUTS says what each holds)."""
+        d = self.mode_details()
+        return dict(caption=self.best_clip, best_clip=self.best_clip, best_fluency="", best_mixed=self.best_mixed,
+                    beams=[b.caption for b in self.beams], beam_scores=[b.score for b in self.beams], seed=self.seed,
+                    sentences=[x.text for x in self.sentences],
+                    sentence_clip_scores=[_finite(x.clip_score) for x in self.sentences],
+                    sentence_log_probs=[_finite(x.log_prob) for x in self.sentences],
+                    frames_asked=d.get("frames_sampled", 0), frames_sampling=d.get("sampling", ""))
+
+
+def _finite(x: float) -> float:
+    """JSON has no infinity: their mean log-prob of a one-token sentence divides by zero."""
+    return x if math.isfinite(x) else -1e9
+
+
+# The container's output of this method: every field it fills, and what it holds (outputs.py).
+OUTPUTS = {
+    "caption": Out("str", "their returned caption: the sentence closest to the target (= best_clip)"),
+    "best_clip": Out("str", "the sentence closest to the target"),
+    "best_fluency": Out("str", "empty (\"\")"),
+    "best_mixed": Out("str", "the sentence best by their mixed score"),
+    "beams": Out("list[str]", "their final beam search's captions, best first"),
+    "beam_scores": Out("list[float]", "the same, of their final beams"),
+    "method": Out("str", NAME),
+    "seed": Out("int", "the seed", empty=-1),
+    "sentences": Out("list[str]", "every sampled sentence, in the order sampled"),
+    "sentence_clip_scores": Out("list[float]", "their CLIP score of each sentence (logit-scaled, mean over frames)"),
+    "sentence_log_probs": Out("list[float]", "their mean log-probability of each sentence; -1e9 where undefined"),
+    "mode": Out("str", "the mode"),
+    "target": Out("str", "the same"),
+    "cond_text": Out("str", "the prompt of the final beam search"),
+    "tokens": Out("int", "tokens sampled, all sentences together"),
+    "seconds": Out("float", "decoding time"),
+    "frame_times": Out("list[float]", "mode video: the kept frames (seconds); else empty"),
+    "frames": Out("int", "mode video: how many frames were kept; else 0"),
+    "frames_asked": Out("int", "mode video: frames sampled before their near-duplicate filter; else 0"),
+    "frames_sampling": Out("str", "mode video: how the frames were sampled, in words: their every n-th frame, or, when"
+                                  " that would be more than 64, \"64 frames spread evenly (every 10th frame would be more"
+                                  " than 64)\"; else empty"),
+}
 
 
 @dataclass(eq=False)
