@@ -6,10 +6,10 @@ woman + king - man) -- and video (a clip captioned from its frames). Optional in
 take the mode's preset value.
 
 The `Input(...)` declarations are literals: `cog build` parses this file statically to write the
-schema that coglet validates requests against and Replicate shows. They are written from zerocap's
-tables (the modes, every method's knob table, the limits) by `script/cog-inputs --write`, never by
-hand (tests/test_config.py holds them to its output; tests/test_cog_schema.py the generated schema
-to them). A server
+schema that coglet validates requests against and Replicate shows. They, and the Output class's
+fields, are written from zerocap's tables (the modes, every method's knob table and output
+declaration, the limits) by `script/cog-inputs --write`, never by hand (tests/test_config.py holds
+them to its output; tests/test_cog_schema.py the generated schema to them). A server
 started without that schema validates nothing, so `checked_inputs` checks every request against
 the same declarations before `run` sees it: unknown names, types, choices, ranges, lengths, and
 that files come from cog's download of a URL, never from the server's own disk.

@@ -138,4 +138,3 @@ class ZeroCapConfig(KnobTable):
 
 
 KNOBS, FIELD_TYPES, DEFAULTS = table_of(ZeroCapConfig)
-SERVED_KNOBS = [name for name, k in KNOBS.items() if k.serve is not None or k.max_length is not None]  # Cog inputs

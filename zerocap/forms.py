@@ -33,6 +33,12 @@ class Form:
             return resolve("zerocap.lm:ExactLM")(model)
         return resolve("zerocap.lm:FastLM")(model, family.fast_step(model))
 
+    def rows_forward(self, model, family):
+        """The LM's pass over whole rows after a learned prefix (the pseudo-token method's): the
+        family's written-out pass in the fast form where it has one, else None (the LM's own
+        forward, as the authors run it)."""
+        return None if self.exact_lm else family.rows_forward(model)
+
     def candidates(self, scorer, prefix_texts: list[str], eager: bool = False):
         """The scorer's candidate features for one decoding step, in this form's way (`eager`: never
         the compiled fixed-size buffers)."""

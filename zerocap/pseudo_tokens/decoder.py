@@ -46,7 +46,7 @@ class PseudoTokens:
 
     def __init__(self, engine):
         self.engine = engine
-        self.rows_forward = None if engine.form.exact_lm else engine.family.rows_forward(engine.lm)
+        self.rows_forward = engine.form.rows_forward(engine.lm, engine.family)  # None: the LM's own forward
         self.written_out = self.rows_forward is not None
         self._prefixes: dict[int, torch.Tensor] = {}
         self._rules: dict[str, TokenRules] = {}
