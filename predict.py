@@ -335,9 +335,9 @@ class Predictor(BaseRunner):
         self.record_metric("seconds_per_token", result.seconds / max(1, result.tokens))
         self.record_metric("total_seconds", seconds)
         self.record_metric("compiled_step", int(self.model.compiled is not None))  # 0: eager serves (setup log says why)
-        out = result.to_dict()
+        details = result.mode_details()  # what the mode added: a clip's frames
         common = dict(method=how.name, mode=mode, target=result.target, cond_text=cfg.cond_text, tokens=result.tokens,
-                      seconds=seconds, frame_times=out.get("frame_times", []), frames=out.get("frames", 0))
+                      seconds=seconds, frame_times=details.get("frame_times", []), frames=details.get("frames", 0))
         return Output(**outputs.values(how, FIELDS, result, common))  # the fields its method fills, the rest empty
 
     async def _decode(self, request):

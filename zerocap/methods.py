@@ -192,14 +192,21 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+def one_meaning(name: str) -> str | None:
+    """A served knob's help line when every method that takes it means the same by it, else None."""
+    helps = {m.knobs[name].help for m in owners(name)}
+    return helps.pop() if len(helps) == 1 else None
+
+
 def meaning(name: str) -> str:
     """What a served knob does, in one sentence or one per method: its help line where every method
-    that takes it means the same, else each method's, named; a knob of one method only, named."""
-    ms = owners(name)
+    that takes it means the same (`one_meaning`), else each method's, named; a knob of one method
+    only, named."""
+    ms, one = owners(name), one_meaning(name)
     if len(ms) == 1 and not ms[0].presets:
-        return f"{ms[0].name}: {ms[0].knobs[name].help}."
-    if len({m.knobs[name].help for m in ms}) == 1:
-        return _sentence(ms[0].knobs[name].help)
+        return f"{ms[0].name}: {one}."
+    if one is not None:
+        return _sentence(one)
     return " ".join(f"{m.name}: {m.knobs[name].help}." for m in ms)
 
 

@@ -282,6 +282,7 @@ class ResultsFile:
         self.path, self.key, self.what = path, key, what
         self.kind = KINDS[key]
         self.settings, self.mix_settings = settings, mix_settings
+        self._compared = None if settings is None else compared(settings)  # ours, as every line is compared
         self.done_sources: set[str] = set()
         self.failed_sources: set[str] = set()
         self.done_inodes: set = set()
@@ -344,8 +345,7 @@ class ResultsFile:
     def _check_settings(self, record: dict, n: int) -> None:
         if self.settings is None or self.mix_settings:
             return
-        theirs = record.get("settings")
-        ours = compared(self.settings)
+        theirs, ours = record.get("settings"), self._compared
         if isinstance(theirs, dict) and compared(theirs) == ours:
             return
         if not isinstance(theirs, dict):
