@@ -602,6 +602,24 @@ def test_a_knob_of_the_other_method_fails_that_prediction_in_words(server, uris)
     assert_failed(server, out, "num_iterations is a knob of method zerocap, not of pseudo-tokens")
 
 
+# ---- MAGIC through the server ---------------------------------------------------------------------------
+MAGIC = {"method": "magic", "k": 10, "max_tokens": 5}
+
+
+def test_magic_requests_together_each_answer_as_alone_and_a_bad_one_fails_in_words(server, uris):
+    """Three MAGIC requests of other settings at once, beside a bad one: each answers what it
+    answers alone, with its own fields, and the bad one fails that prediction only."""
+    bodies = [{"input": {"image": uris[i], **MAGIC, "beta": float(i)}} for i in range(3)]
+    alone = [http("POST", server.url + "/predictions", b, timeout=300)[1] for b in bodies]
+    together = burst(server, bodies + [{"input": {"image": uris[3], **MAGIC, "num_iterations": 3}}])
+    for a, (_, b) in zip(alone, together):
+        assert a["status"] == b["status"] == "succeeded", (a.get("error"), b.get("error"), server.log_tail())
+        assert a["output"]["caption"] == b["output"]["caption"] and a["output"]["method"] == "magic"
+        assert len(b["output"]["step_tokens"]) == b["output"]["tokens"] and b["output"]["beams"] == []
+    assert_failed(server, together[3][1], "num_iterations is a knob of method zerocap, not of magic")
+    assert "token 1/5: " in alone[0]["logs"]  # per-token progress in the prediction's logs
+
+
 def test_four_pseudo_token_requests_together_share_steps_each_with_its_output_alone(server, uris):
     """How much sooner together than one at a time is bench/served.py's row, not an assertion here."""
     bodies = [{"input": {"image": uris[i % 4], "seed": i, **PT}} for i in range(4)]

@@ -98,8 +98,8 @@ def cog_inputs() -> dict:
 
 
 def test_every_cog_input_restates_the_tables_word_for_word():
-    """cog's build reads predict.py statically, so its Inputs restate the knob tables (both
-    methods'), the modes and the limits as literals: each description is the one the tables give,
+    """cog's build reads predict.py statically, so its Inputs restate the knob tables (every
+    method's), the modes and the limits as literals: each description is the one the tables give,
     word for word."""
     from zerocap import methods
     from zerocap.limits import FRAMES
@@ -111,6 +111,7 @@ def test_every_cog_input_restates_the_tables_word_for_word():
     assert inputs["method"].choices == list(methods.METHODS) and inputs["method"].default == "zerocap"
     assert inputs["method"].description == methods.method_description()
     others = cog_descriptions()
+    others["frames"] += ": " + methods.frames_description()  # each method's own sampling, from the registry
     knobs = set(inputs) - set(others) - {"method"}
     assert knobs == set(methods.SERVED)  # no knob left out, none invented
     for name, description in others.items():
@@ -118,14 +119,14 @@ def test_every_cog_input_restates_the_tables_word_for_word():
     assert (inputs["frames"].ge, inputs["frames"].le) == (FRAMES.lo, FRAMES.hi)  # a Cog request's as the CLI's
     assert inputs["lr_schedule"].choices == list(SCHEDULES)
     for name in methods.SERVED:
-        owner = methods.ZEROCAP if name in methods.ZEROCAP.knobs else methods.PSEUDO_TOKENS
+        owner, *others_too = methods.owners(name)
         info, spec = inputs[name], owner.knobs[name]
         # a knob some mode changes, or whose default differs by method, defaults to "empty = ..."
         assert info.default == (None if methods.optional(name) else getattr(owner.defaults, name)), name
         if spec.serve is not None:
             assert (info.ge, info.le) == (spec.serve.lo, spec.serve.hi), name
-        if name in methods.SHARED:  # one input serves both: the same served range
-            assert methods.PSEUDO_TOKENS.knobs[name].serve == spec.serve, name
+        for other in others_too:  # one input serves them all: the same served range
+            assert other.knobs[name].serve == spec.serve, (name, other.name)
         assert info.max_length == spec.max_length, name
         assert info.description == methods.cog_description(name), name
 
@@ -153,7 +154,13 @@ def test_the_readmes_inputs_table_restates_the_tables():
     from zerocap.presets import preset_dependent
     from zerocap.limits import CLIP_PROMPT_TOKENS, FRAMES, PIXELS, TERMS, WEIGHT
 
-    from zerocap import methods, pseudo_tokens
+    from zerocap import methods
+
+    def shown(m, name):  # one method's default, as the table says it
+        d = getattr(m.defaults, name)
+        if m is methods.ZEROCAP:
+            return "the mode's" if preset_dependent(name) else f"{d:g}"
+        return f"{m.name} " + ((f"`{d}`" if d else "empty") if isinstance(d, str) else f"{d:g}")
 
     table = readme_inputs_table()
     assert set(cog_inputs()) == set(table)
@@ -161,9 +168,8 @@ def test_the_readmes_inputs_table_restates_the_tables():
         kind, default, allowed, does = table[name]
         spec = KNOBS[name]
         want_default = "the mode's" if preset_dependent(name) else f"{getattr(DEFAULTS, name):g}"
-        if methods.differs(name):  # e.g. max_tokens: "the method's (15; pseudo-tokens 20)"
-            want_default = (f"the method's ({getattr(DEFAULTS, name):g}; pseudo-tokens"
-                            f" {getattr(pseudo_tokens.DEFAULTS, name):g})")
+        if methods.differs(name):  # e.g. max_tokens: "the method's (15; pseudo-tokens 20; magic 15)"
+            want_default = "the method's (" + "; ".join(shown(m, name) for m in methods.owners(name)) + ")"
         assert default == want_default, name
         if spec.serve is not None:
             assert allowed == f"{spec.serve.lo:g}–{spec.serve.hi:g}", name
@@ -174,8 +180,10 @@ def test_the_readmes_inputs_table_restates_the_tables():
         if name in KNOBS:
             continue
         kind, default, allowed, does = table[name]
-        assert does == "pseudo-tokens: " + pseudo_tokens.KNOBS[name].help, name
-        d = getattr(pseudo_tokens.DEFAULTS, name)
+        owners = methods.owners(name)
+        one = methods.one_meaning(name)
+        assert does == (", ".join(m.name for m in owners) + ": " + one if one is not None else methods.meaning(name))
+        d = getattr(owners[0].defaults, name)
         assert default == (str(d).lower() if isinstance(d, bool) else f"`{d}`" if isinstance(d, str) else f"{d:g}"), name
     assert table["mode"][2] == ", ".join(MODES)
     assert table["method"][2] == ", ".join(methods.METHODS)
@@ -236,31 +244,40 @@ def test_the_readmes_knobs_table_gives_both_ranges_from_the_table():
                                         f"{KNOBS['beam_size'].serve.lo}–{KNOBS['beam_size'].serve.hi}"]
 
 
-def test_the_readmes_pseudo_token_knobs_table_is_the_table():
-    """The second method's knobs: flag, default, the command line's range and a Cog request's,
-    as script/readme-tables prints them from config.py."""
+def test_the_readmes_knob_tables_of_the_other_methods_are_their_tables():
+    """Every method's knobs beside ZeroCap's: flag, default, the command line's range and a Cog
+    request's, as script/readme-tables prints them from each method's knob table."""
     import os
     import subprocess
     import sys
 
-    from zerocap.pseudo_tokens.knobs import DEFAULTS as PT_DEFAULTS
-    from zerocap.pseudo_tokens.knobs import KNOBS as PT_KNOBS
+    from zerocap import methods
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     printed = subprocess.run([sys.executable, os.path.join(root, "script", "readme-tables")], capture_output=True,
                              text=True, check=True).stdout
-    block = next(b for b in printed.split("\n\n") if b.startswith("| pseudo-token knob |"))
-    rows = [[c.strip() for c in row.split("|")[1:-1]] for row in block.splitlines()[2:]]
-    lines = readme().split("| pseudo-token knob |", 1)[1].splitlines()[2:]
-    table = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[:len(rows) + 1] if line.startswith("|")]
-    assert table == rows
-    assert [row[0].strip("`") for row in table] == list(PT_KNOBS)
-    by_name = {row[0].strip("`"): row for row in table}
-    assert by_name["sentence_iterations"][2] == str(PT_DEFAULTS.sentence_iterations) == "30"
-    assert by_name["token_wise"][1] == "--token-wise / --per-sentence"
+    others = [m for m in methods.METHODS.values() if m is not methods.ZEROCAP]
+    assert [m.name for m in others] == ["pseudo-tokens", "magic"]
+    for m in others:
+        block = next(b for b in printed.split("\n\n") if b.startswith(f"| {m.name} knob |"))
+        rows = [[c.strip() for c in row.split("|")[1:-1]] for row in block.splitlines()[2:]]
+        lines = readme().split(f"| {m.name} knob |", 1)[1].splitlines()[2:]
+        table = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[:len(rows) + 1] if line.startswith("|")]
+        assert table == rows, m.name
+        assert [row[0].strip("`") for row in table] == list(m.knobs), m.name
+    pt = {row[0].strip("`"): row for row in rows_of(printed, "pseudo-tokens")}
+    assert pt["sentence_iterations"][2] == str(methods.PSEUDO_TOKENS.defaults.sentence_iterations) == "30"
+    assert pt["token_wise"][1] == "--token-wise / --per-sentence"
+    magic = {row[0].strip("`"): row for row in rows_of(printed, "magic")}
+    assert (magic["k"][2], magic["alpha"][2], magic["beta"][2], magic["max_tokens"][2]) == ("45", "0.1", "2", "15")
 
 
-@pytest.mark.parametrize("Config", ["ZeroCapConfig", "PseudoTokenConfig"])
+def rows_of(printed: str, method: str) -> list[list[str]]:
+    block = next(b for b in printed.split("\n\n") if b.startswith(f"| {method} knob |"))
+    return [[c.strip() for c in row.split("|")[1:-1]] for row in block.splitlines()[2:]]
+
+
+@pytest.mark.parametrize("Config", ["ZeroCapConfig", "PseudoTokenConfig", "MagicConfig"])
 def test_cond_texts_limit_holds_on_every_door(Config, capsys):
     """300 characters in Python and on the command line as in a Cog request (limits.COND_TEXT)."""
     import zerocap
@@ -271,6 +288,6 @@ def test_cond_texts_limit_holds_on_every_door(Config, capsys):
     cls(cond_text="x" * COND_TEXT.hi).validate()
     with pytest.raises(InputError, match="cond_text must be at most 300 characters, got 301"):
         cls(cond_text="x" * 301).validate()
-    method = "zerocap" if Config == "ZeroCapConfig" else "pseudo-tokens"
+    method = {"ZeroCapConfig": "zerocap", "PseudoTokenConfig": "pseudo-tokens", "MagicConfig": "magic"}[Config]
     assert main(["caption", "a.png", "--method", method, "--cond-text", "x" * 800]) == 2
     assert "cond_text must be at most 300 characters, got 800" in capsys.readouterr().err

@@ -315,7 +315,7 @@ def test_a_new_methods_inputs_and_output_fields_are_generated_for_the_container(
     script = importlib.util.module_from_spec(importlib.util.spec_from_loader("cog_inputs", loader))
     loader.exec_module(script)
     inputs, output = script.inputs(), script.output()
-    assert '"zerocap", "pseudo-tokens", "greedy"]' in inputs and "toy: the plain LM's greedy continuation" in inputs
+    assert '"zerocap", "pseudo-tokens", "magic", "greedy"]' in inputs and "toy: the plain LM's greedy continuation" in inputs
     assert "        greedy_bonus: float = Input(default=0.0, ge=0.0, le=1.0, description=\"greedy: toy knob:" in inputs
     assert "    greedy_bonus: float\n" in output and "    sentences: list[str]\n" in output
     result = engine.caption([images[0]], method="greedy", greedy_bonus=0.5, max_tokens=2)[0]

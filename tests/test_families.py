@@ -1,4 +1,4 @@
-"""Today's open LM families (issue 32): both methods, both forms, on tiny random-weight models
+"""Today's open LM families (issue 32): every method, both forms, on tiny random-weight models
 built from each library's own config classes (tests/tiny_models.py: LM_FAMILIES), against the
 literal references -- generalised only in their tokenizer calls (see their docstrings).
 
@@ -163,6 +163,27 @@ def test_pseudo_tokens_on_every_family_match_their_code(lm_dirs, clip_file, imag
                             **reference_args(cfg), **tokenizer_args(engine, name)[1])
     by_clip, by_mixed, sentences, beams = gen.generate(target[None])
     assert got == (sentences, by_clip[0], by_mixed[0], beams), cfg
+
+
+@pytest.mark.parametrize("name,form", EVERY_FAMILY)
+def test_magic_on_every_family_gives_the_papers_step(lm_dirs, clip_file, images, name, form):
+    """MAGIC from each family's start token (BOS, else its end-of-text token) to its end-of-text
+    token, with a prompt on every other family; Gemma 2 caps its logits after the LM head, so
+    there the whole LM runs on every candidate (magic/decoder.py: _check_head)."""
+    from reference_magic import ReferenceMagic, openai_clip_text
+    from zerocap import MagicConfig
+
+    engine = engine_of(lm_dirs, clip_file, name, form)
+    cfg = MagicConfig(k=12, alpha=0.2, max_tokens=4, cond_text="Image of a" if FAMILY_NAMES.index(name) % 2 else "")
+    target = engine.targets.image_target(images[2])
+    got = engine.decoder("magic").decode([Target(target, "img")], cfg)[0]
+    tok, clip = engine.tokenizer, engine.scorer.clip
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    prompt = tok.encode(cfg.cond_text, add_special_tokens=False)
+    ref = ReferenceMagic(engine.lm, tok, openai_clip_text(clip), float(clip.logit_scale.exp()), start, tok.eos_token_id,
+                         k=cfg.k, alpha=cfg.alpha, beta=cfg.beta, decoding_len=1 + len(prompt) + cfg.max_tokens)
+    assert got.caption == ref.run(target, prompt), cfg
+    assert (engine.decoder("magic").head is None) == (name == "gemma2")
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

@@ -124,7 +124,7 @@ def test_mode_and_terms(predictor, images, inputs, message):
     ({"method": "pseudo-tokens", "token_wise": 1}, "token_wise must be true or false, got 1"),
     ({"method": "pseudo-tokens", "lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine, exponential"),
     ({"method": "pseudo-tokens", "sentence_iterations": 61}, "sentence_iterations must be an integer from 1 to 60"),
-    ({"method": "sat"}, "method must be one of zerocap, pseudo-tokens, got \"sat\""),
+    ({"method": "sat"}, "method must be one of zerocap, pseudo-tokens, magic, got \"sat\""),
     ({"texts": "a crown"}, "texts must be a list of values, each a string; got the single value \"a crown\""),
     ({"texts": [1, 2]}, "texts[0] must be a string, got 1"),
     ({"texts": [None]}, "texts[0] must be a string, got null"),
@@ -317,6 +317,22 @@ def test_the_pseudo_token_method_in_python_and_in_the_container_agree(predictor,
     assert [s.text for s in same.sentences] == out.sentences
 
 
+MAGIC_SMALL = {"method": "magic", "k": 8, "max_tokens": 3}
+
+
+def test_magic_in_python_and_in_the_container_agree_and_bad_input_is_said(predictor, images):
+    out = predictor.run(image=sent(images[1]), **MAGIC_SMALL)
+    want = predictor.predictor.model.caption([images[1]], method="magic", k=8, max_tokens=3)[0]
+    assert (out.caption, out.step_tokens, out.tokens) == (want.caption, want.step_tokens, want.tokens)
+    assert out.method == "magic" and out.seed == -1 and out.beams == [] and len(out.step_clip_scores) == out.tokens
+    for inputs, said in [({"alpha": 1.5}, "alpha must be a number from 0 to 1, got 1.5"),
+                         ({"k": 201}, "k must be an integer from 1 to 200, got 201"),
+                         ({"top_k": 16}, "top_k is a knob of method zerocap, not of magic")]:
+        with pytest.raises(InputError) as e:
+            predictor.run(image=sent(images[1]), **{**MAGIC_SMALL, **inputs})
+        assert said in str(e.value)
+
+
 def _holds(value, doc: str) -> bool:
     """A field's value against its declared description's fixed values."""
     if doc.startswith("empty"):
@@ -330,7 +346,7 @@ def _holds(value, doc: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("method", ["zerocap", "pseudo-tokens"])
+@pytest.mark.parametrize("method", ["zerocap", "pseudo-tokens", "magic"])
 def test_the_output_is_the_readmes_table_for_each_method(predictor, images, method):
     """Every field of Output is a method's declared output field (zerocap/outputs.py), the README's
     table is printed from those declarations, and each method's output holds what its column says
@@ -345,7 +361,7 @@ def test_the_output_is_the_readmes_table_for_each_method(predictor, images, meth
     assert set(declared) == fields
     rows = {name.strip("`"): tuple(cells) for name, *cells in readme_table("Output: one JSON object")}
     assert rows == {name: tuple(outputs.said(m, name, f) for m in served) for name, f in declared.items()}
-    inputs = {**SMALL} if method == "zerocap" else dict(PT_SMALL)
+    inputs = {"zerocap": SMALL, "pseudo-tokens": PT_SMALL, "magic": MAGIC_SMALL}[method]
     out = predictor.run(image=sent(images[0]), **inputs)
     chosen = methods.get(method)
     assert out.method == method == outputs.said(chosen, "method", declared["method"])

@@ -20,14 +20,16 @@ from .lazy import resolve  # noqa: E402
 from .methods import METHODS  # noqa: E402
 from .modes import MODES  # noqa: E402
 from .presets import PRESETS, preset  # noqa: E402
+from .magic import MagicConfig  # noqa: E402
 from .pseudo_tokens import PseudoTokenConfig  # noqa: E402
 
-__all__ = ["ZeroCap", "ZeroCapConfig", "PseudoTokenConfig", "CaptionResult", "Beam", "PseudoTokenResult", "InputError",
-           "MODES", "METHODS", "PRESETS", "FORMS", "preset"]
+__all__ = ["ZeroCap", "ZeroCapConfig", "PseudoTokenConfig", "MagicConfig", "CaptionResult", "Beam", "PseudoTokenResult",
+           "MagicResult", "InputError", "MODES", "METHODS", "PRESETS", "FORMS", "preset"]
 __version__ = "0.1.0"
 
 _HEAVY = {"ZeroCap": "zerocap.engine:ZeroCap", "CaptionResult": "zerocap.zerocap_decoder:CaptionResult",
-          "Beam": "zerocap.zerocap_decoder:Beam", "PseudoTokenResult": "zerocap.pseudo_tokens.batch:PseudoTokenResult"}
+          "Beam": "zerocap.zerocap_decoder:Beam", "PseudoTokenResult": "zerocap.pseudo_tokens.batch:PseudoTokenResult",
+          "MagicResult": "zerocap.magic.decoder:MagicResult"}
 
 
 def __getattr__(name):

@@ -376,12 +376,11 @@ def _form(args, method) -> forms.Form:
     chosen = forms.get(args.form)
     if args.compile and chosen.exact_lm:
         raise InputError("--compile runs the fast form; the exact form keeps the authors' operation order, eagerly")
-    if method is not methods.ZEROCAP:
-        if args.compile:
-            raise InputError(f"--compile compiles ZeroCap's decoding step; method {method.name} runs eagerly")
-        if args.lm_dtype != "float32":
-            raise InputError(f"method {method.name} runs the LM in float32 (its prefix is learned by gradient"
-                             " steps, as theirs); leave out --lm-dtype")
+    if args.compile and not method.compiles:
+        raise InputError(f"--compile compiles ZeroCap's decoding step; method {method.name} runs eagerly")
+    if args.lm_dtype != "float32" and method.lm_float32:
+        raise InputError(f"method {method.name} runs the LM in float32 (its prefix is learned by gradient"
+                         " steps, as theirs); leave out --lm-dtype")
     return chosen
 
 

@@ -50,7 +50,7 @@ CLIP_PROMPT_TOKENS = Limit(None, 74, "at most 74 CLIP tokens",
                            "cond_text, leaving room for a generated word within CLIP's 77")
 
 COND_TEXT = Limit(None, 300, "at most 300 characters",
-                  "cond_text of either method, on the command line, in Python and in a Cog request")
+                  "cond_text of every method, on the command line, in Python and in a Cog request")
 
 LIST_NAMES = Limit(None, 1_000_000, "1,000,000 names", "the names in one --list")
 LIST_BYTES = Limit(None, 100_000_000, "100,000,000 bytes (100 MB)", "one --list, read in pieces")

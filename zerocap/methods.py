@@ -4,6 +4,8 @@
                  key/value cache at every token, a beam search (engine.py, batch.py); the default
   pseudo-tokens  evolving pseudo-tokens (Tewel et al. 2022, their method for clips and images): a
                  learned prefix optimised while whole sentences are sampled (pseudo_tokens/)
+  magic          MAGIC search (Su et al. 2022): contrastive search with CLIP's score of each
+                 candidate token, no gradients (magic/)
 
 A method is its knob table (a frozen dataclass: defaults, ranges, help), how a mode's settings
 become its config, its decoder on an engine (`runner`: its requests, whose batches the one
@@ -21,6 +23,7 @@ from . import config as _config
 from . import presets
 from .errors import InputError
 from .lazy import resolve
+from .magic.knobs import MagicConfig
 from .pseudo_tokens.knobs import PseudoTokenConfig
 
 
@@ -36,6 +39,9 @@ class Method:
     ignored: tuple = ()  # other methods' knobs it accepts and ignores (the authors' flags of its own run.py)
     defaults_version: int = 1  # raise it when a default changes: results files record it (`recorded`)
     output: "str | dict | None" = None  # its fields of the container's output (outputs.Out by name); "module:NAME"
+    sampling: str = ""  # how it samples a clip's frames when none are asked for, in words (the `frames` input)
+    compiles: bool = False  # whether --compile compiles its decoding step (else it runs eagerly)
+    lm_float32: bool = False  # whether it runs the LM in float32 only (gradient steps on it, as the authors')
 
     @property
     def outputs(self) -> dict:
@@ -102,12 +108,20 @@ def _and(names: list[str]) -> str:
 ZEROCAP = Method("zerocap", "ZeroCap's context shift: gradient steps on the LM's key/value cache at every token,"
                  " then a beam search (the default)", _config.ZeroCapConfig, True, "zerocap.zerocap_decoder:ZeroCapDecoder",
                  "zerocap.video:clip_target", ignored=("seed",),  # their ZeroCap run.py's --seed: nothing to seed
-                 output="zerocap.zerocap_decoder:OUTPUTS")
+                 output="zerocap.zerocap_decoder:OUTPUTS", compiles=True,
+                 sampling="8 spread evenly (its caption describes their mean CLIP embedding)")
 PSEUDO_TOKENS = Method("pseudo-tokens", "evolving pseudo-tokens (the authors' follow-up, for clips and images): a learned"
                        " prefix optimised while whole sentences are sampled", PseudoTokenConfig, False,
                        "zerocap.pseudo_tokens.decoder:PseudoTokens", "zerocap.pseudo_tokens.clips:clip_target",
-                       output="zerocap.pseudo_tokens.batch:OUTPUTS")
-METHODS = {m.name: m for m in (ZEROCAP, PSEUDO_TOKENS)}
+                       output="zerocap.pseudo_tokens.batch:OUTPUTS", lm_float32=True,
+                       sampling="every max(1, fps // 3)-th frame as their run.py (at most 64, else 64 spread evenly, said"
+                                " in frames_sampling)")
+MAGIC = Method("magic", "MAGIC search (Su et al. 2022): contrastive search steered by CLIP's score of the next token,"
+               " no gradients; fast", MagicConfig, False, "zerocap.magic.decoder:Magic", "zerocap.video:clip_target",
+               output="zerocap.magic.decoder:OUTPUTS",
+               sampling="8 spread evenly, as zerocap's (the target is their mean CLIP embedding)")
+BUILT_IN = (ZEROCAP, PSEUDO_TOKENS, MAGIC)
+METHODS = {m.name: m for m in BUILT_IN}
 DEFAULT = ZEROCAP
 SHARED = [k for k in PSEUDO_TOKENS.knobs if k in ZEROCAP.knobs]  # the knobs both take, by name
 
@@ -123,7 +137,7 @@ def register(method: Method) -> Method:
 
 
 def unregister(name: str) -> None:
-    if name in (ZEROCAP.name, PSEUDO_TOKENS.name):
+    if name in {m.name for m in BUILT_IN}:
         raise ValueError(f"method {name!r} is built in")
     METHODS.pop(name, None)
 
@@ -222,6 +236,11 @@ def cog_description(name: str) -> str:
     if by_mode:
         return text + f" Empty = the mode's ({presets.preset_values(name)})."
     return text
+
+
+def frames_description() -> str:
+    """What each method samples of a clip when the `frames` input is empty."""
+    return "; ".join(f"{m.name} {m.sampling}" for m in METHODS.values() if m.sampling) + "."
 
 
 def method_description() -> str:

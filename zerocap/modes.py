@@ -294,7 +294,5 @@ def cog_descriptions() -> dict[str, str]:
         "text_weights": f"{terms}: one weight per text, {WEIGHT.say(served=True)}; empty = all 1.",
         "video": f"{video}: the clip (a URL or data URL; MP4, MOV, MKV, WebM, AVI, ...; frames of {PIXELS.said}).",
         "frames": f"{video}: frames to sample, spread evenly over the clip, {FRAMES.say(served=True)}. Empty: each"
-                  f" method's own sampling: zerocap 8 spread evenly (its caption describes their mean CLIP embedding);"
-                  f" pseudo-tokens every max(1, fps // 3)-th frame as their run.py (at most {FRAMES.hi}, else"
-                  f" {FRAMES.hi} spread evenly, said in frames_sampling).",
+                  " method's own sampling",  # (script/cog-inputs adds each method's: methods.Method.sampling)
     }

@@ -40,6 +40,7 @@ class TextScorer:
     `image_features`, `text_tokens`); candidates are scored through their decoded texts."""
 
     max_text_tokens: int | None = None  # longest text it reads whole (None: no limit)
+    shares_prefixes = False  # whether fast_candidates reads a prefix once for all its candidates
 
     def image_features(self, images: list) -> torch.Tensor:
         """Raw embeddings (n, D) of 8-bit RGB PIL images."""
@@ -146,6 +147,7 @@ class ClipScorer(TextScorer):
     """OpenAI CLIP (`clip.model.CLIP`): both towers, and the text tower in pieces or whole."""
 
     max_text_tokens = CLIP_PROMPT_TOKENS.hi  # 77 - SOT - EOT - room for a generated word
+    shares_prefixes = True
     WINDOW = 16  # candidate rows of more tokens run in packed passes of their own
 
     def __init__(self, clip_model, preprocess, device=None):
