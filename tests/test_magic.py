@@ -81,6 +81,17 @@ def test_the_exact_form_gives_the_papers_step(lm_dir, clip_file, hf_clip_dir, im
     assert other != captions[0] and other == papers_caption(engine, CASES[0], engine.targets.image_target(images[3]))
 
 
+def test_an_arithmetic_target_is_steered_as_the_papers_step_steers_it(engine, images):
+    """Mode arithmetic: MAGIC scores the weighted sum of the terms' embeddings (ZeroCap's target)."""
+    from zerocap.modes import Term
+
+    cfg = MagicConfig(k=16, max_tokens=4)
+    r = engine.arithmetic(images=images[:2], weights=[1, -1], texts=["a red car"], method="magic", config=cfg)
+    target = engine.targets.combine([Term(1, image=images[0]), Term(-1, image=images[1]), Term(1, text="a red car")])
+    assert r.caption == papers_caption(engine, cfg, target) and r.method == "magic"
+    assert r.caption != engine.caption([images[0]], method="magic", config=cfg)[0].caption  # the terms count
+
+
 def sweep(n: int, seed: int) -> list[MagicConfig]:
     rng = random.Random(seed)
     return [MagicConfig(k=rng.randint(1, 60), alpha=rng.choice([0.0, 0.1, rng.random()]), beta=rng.choice([0.0, 2.0,

@@ -369,8 +369,8 @@ def test_the_output_is_the_readmes_table_for_each_method(predictor, images, meth
         assert _holds(getattr(out, name), outputs.said(chosen, name, declared[name])), (name, getattr(out, name))
 
 
-def test_frames_sent_are_honoured_by_both_methods_8_included(predictor, clip_file_mkv):
-    """`frames` sent is what is sampled, for either method (8, ZeroCap's default, included: it used
+def test_frames_sent_are_honoured_by_every_method_8_included(predictor, clip_file_mkv):
+    """`frames` sent is what is sampled, for every method (8, ZeroCap's default, included: it used
     to be taken for 'not sent'); not sent, each method samples as it does, and says how."""
     video = sent(clip_file_mkv, "https://x.org/clips/still.mkv")
     for frames in (8, 7):
@@ -380,4 +380,7 @@ def test_frames_sent_are_honoured_by_both_methods_8_included(predictor, clip_fil
     assert own.frames_asked == 4 and own.frames_sampling == "every 3rd frame (10 fps // 3)"
     zc = predictor.run(mode="video", video=video, **SMALL)
     assert zc.frames_asked == 8 and zc.frames_sampling == "8 frames spread evenly"
+    magic = predictor.run(mode="video", video=video, **MAGIC_SMALL)  # ZeroCap's sampling: the frames' mean
+    assert (magic.frames_asked, magic.frames_sampling, magic.frames, magic.frame_times) == (8, "8 frames spread evenly",
+                                                                                             zc.frames, zc.frame_times)
     assert predictor.run(mode="video", video=video, frames=64, **SMALL).frames_asked == 64  # the CLI's 64 served

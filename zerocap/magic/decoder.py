@@ -43,7 +43,8 @@ class MagicResult(Recorded):
         d = self.mode_details()
         return dict(caption=self.caption, step_tokens=self.step_tokens, step_lm_probs=self.step_lm_probs,
                     step_penalties=self.step_penalties, step_clip_scores=self.step_clip_scores,
-                    frames_asked=d.get("frames_sampled", 0), frames_sampling=d.get("sampling", ""))
+                    frames_asked=d.get("frames_asked", 0),
+                    frames_sampling=f"{d['frames_asked']} frames spread evenly" if "frames_asked" in d else "")
 
 
 # The container's output of this method: every field it fills, and what it holds (outputs.py).
@@ -60,11 +61,12 @@ OUTPUTS = {
     "step_penalties": Out("list[float]", "each kept token's degeneration penalty: its hidden state's largest cosine"
                                          " to the earlier ones"),
     "step_clip_scores": Out("list[float]", "each kept token's CLIP score: a softmax over its step's k candidates"),
-    "frame_times": Out("list[float]", "mode video: the kept frames (seconds), whose mean embedding is the target;"
+    "frame_times": Out("list[float]", "mode video: the distinct frames (seconds), whose mean embedding is the target;"
                                       " else empty"),
-    "frames": Out("int", "mode video: how many frames were kept; else 0"),
-    "frames_asked": Out("int", "0"),
-    "frames_sampling": Out("str", "empty"),
+    "frames": Out("int", "mode video: how many distinct frames that is; else 0"),
+    "frames_asked": Out("int", "mode video: frames asked for (times falling on one frame count it once); else 0"),
+    "frames_sampling": Out("str", "mode video: how the frames were sampled, in words (\"8 frames spread evenly\");"
+                                  " else empty"),
 }
 
 
