@@ -123,7 +123,6 @@ MAGIC = Method("magic", "MAGIC search (Su et al. 2022): contrastive search steer
 BUILT_IN = (ZEROCAP, PSEUDO_TOKENS, MAGIC)
 METHODS = {m.name: m for m in BUILT_IN}
 DEFAULT = ZEROCAP
-SHARED = [k for k in PSEUDO_TOKENS.knobs if k in ZEROCAP.knobs]  # the knobs both take, by name
 
 
 def register(method: Method) -> Method:

@@ -178,11 +178,13 @@ class Magic:
         """Whether the LM's output layer on its last hidden state gives its logits (a family that
         scales or caps its logits after the head, or whose last hidden state is not the head's
         input, runs the whole LM's forward on every candidate instead)."""
-        head = self.engine.lm.get_output_embeddings()
-        ok = head is not None and hidden.shape[-1] == head.in_features
-        if ok:
+        head, ok = self.engine.lm.get_output_embeddings(), False
+        if head is not None:
             tol = 1e-4 if hidden.dtype == torch.float32 else 2e-2
-            ok = torch.allclose(head(hidden).float(), logits.float(), rtol=tol, atol=tol)
+            try:
+                ok = torch.allclose(head(hidden).float(), logits.float(), rtol=tol, atol=tol)
+            except (RuntimeError, TypeError, ValueError):  # not a layer that takes the last hidden state
+                ok = False
         self.head = head if ok else None
         self.head_checked = True
 
@@ -323,18 +325,17 @@ class MagicBatch:
             tops.append(top)
             probs.append(p[top])
         # the LM: one pass per cache length, every candidate of those rows
-        hidden, logits, kv = [None] * len(requests), [None] * len(requests), [None] * len(requests)
+        hidden, kv, logits_of = [None] * len(requests), [None] * len(requests), [None] * len(requests)
         lengths: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
             lengths.setdefault(r.past.shape[-2], []).append(i)
         for rows in lengths.values():
             past = torch.cat([requests[i].past.expand(-1, -1, len(tops[i]), -1, -1, -1) for i in rows], dim=2)
-            h, lg, new = m.candidates(past, torch.cat([tops[i] for i in rows]))
+            h, logits, new = m.candidates(past, torch.cat([tops[i] for i in rows]))
             at = 0
             for i in rows:
                 n = len(tops[i])
-                hidden[i], kv[i] = h[at:at + n], new[:, :, at:at + n]
-                logits[i] = (lambda f, a: (lambda j: f(a + j)))(lg, at)
+                hidden[i], kv[i], logits_of[i] = h[at:at + n], new[:, :, at:at + n], (logits, at)
                 at += n
         # CLIP: every request's candidates (the exact form holds one request)
         top_lists = [t.tolist() for t in tops]
@@ -349,7 +350,8 @@ class MagicBatch:
             r.ids.append(token)
             r.past = torch.cat([r.past, kv[i][:, :, c:c + 1]], dim=-2)
             r.hidden = torch.cat([r.hidden, hidden[i][c:c + 1]])
-            r.logits = logits[i](c)
+            logits, at = logits_of[i]
+            r.logits = logits(at + c)  # the kept candidate's next-token logits
             r.steps.append((self.engine.vocabulary.texts[token], float(probs[i][c]), float(penalty[c]),
                             float(clip[c])))
             r.ended = token == m.end_id
