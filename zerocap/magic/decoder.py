@@ -189,7 +189,8 @@ class Magic:
         self.head_checked = True
 
     @torch.no_grad()
-    def candidates(self, past: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
+    def candidates(self, past: torch.Tensor, top: torch.Tensor
+                   ) -> tuple[torch.Tensor, Callable[[int], torch.Tensor], torch.Tensor]:
         """The candidates `top` (N,) each after its row's keys/values `past` (L, 2, N, H, T, hd):
         (their hidden states (N, D) as the LM gives them, normalised; the next logits (V,) fp32 of
         candidate n, `logits(n)`), and their keys/values (L, 2, N, H, 1, hd)."""
