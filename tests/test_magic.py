@@ -122,6 +122,24 @@ def test_the_fast_form_gives_the_exact_forms_captions_over_a_seeded_sweep(lm_dir
                                    atol=1e-7)
 
 
+def test_candidates_past_the_rows_of_one_pass_run_in_several_and_give_the_same_captions(engine, images, monkeypatch):
+    """At most CANDIDATE_ROWS candidates (each with a copy of its row's keys/values) in one LM pass:
+    more run in several, a request's candidates split across them, with the same captions."""
+    from zerocap.magic import decoder
+
+    cfgs = [MagicConfig(k=9, max_tokens=4), MagicConfig(k=5, max_tokens=3, cond_text="Image of a")]
+    targets = [Target(engine.targets.image_target(images[i]), f"img{i}") for i in range(2)]
+
+    def captions():
+        requests = [engine.request(t, engine.check(c)) for t, c in zip(targets, cfgs)]
+        batch = requests[0].new_batch(engine)
+        decode(requests, batch)
+        return [batch.result(r).caption for r in requests]
+    whole = captions()
+    monkeypatch.setattr(decoder, "CANDIDATE_ROWS", 4)
+    assert captions() == whole
+
+
 def test_magic_shares_the_scheduler_with_the_other_methods_each_as_alone(engine, images):
     from zerocap.scheduler import Scheduler
 

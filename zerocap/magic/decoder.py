@@ -9,6 +9,7 @@ and in the fast form one CLIP pass for every request's candidates.
 from __future__ import annotations
 
 import inspect
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -21,6 +22,8 @@ from ..errors import InputError
 from ..outputs import Out, Recorded
 from .knobs import NAME, MagicConfig
 
+CANDIDATE_ROWS = 256  # candidates in one LM pass at most: each holds a copy of its row's keys/values (real sizes,
+# GPT-2 medium at 40 tokens: 256 rows ~2 GB), so k x requests in a step is memory-bound only by this
 START_TEXT = "<-start_of_text->"  # the start token their caption LMs add (cambridgeltl/magic_mscoco, ..._flickr30k)
 
 
@@ -331,12 +334,22 @@ class MagicBatch:
         for i, r in enumerate(requests):
             lengths.setdefault(r.past.shape[-2], []).append(i)
         for rows in lengths.values():
-            past = torch.cat([requests[i].past.expand(-1, -1, len(tops[i]), -1, -1, -1) for i in rows], dim=2)
-            h, logits, new = m.candidates(past, torch.cat([tops[i] for i in rows]))
+            owners = [i for i in rows for _ in range(len(tops[i]))]
+            cands = torch.cat([tops[i] for i in rows])
+            hs, kvs, where = [], [], []
+            for a in range(0, len(owners), CANDIDATE_ROWS):  # passes of at most CANDIDATE_ROWS rows
+                part = owners[a:a + CANDIDATE_ROWS]
+                past = torch.cat([requests[i].past.expand(-1, -1, len(list(run)), -1, -1, -1)
+                                  for i, run in itertools.groupby(part)], dim=2)
+                h, logits, new = m.candidates(past, cands[a:a + len(part)])
+                hs.append(h)
+                kvs.append(new)
+                where += [(logits, j) for j in range(len(part))]
+            h, new = torch.cat(hs), torch.cat(kvs, dim=2)
             at = 0
             for i in rows:
                 n = len(tops[i])
-                hidden[i], kv[i], logits_of[i] = h[at:at + n], new[:, :, at:at + n], (logits, at)
+                hidden[i], kv[i], logits_of[i] = h[at:at + n], new[:, :, at:at + n], where[at:at + n]
                 at += n
         # CLIP: every request's candidates (the exact form holds one request)
         top_lists = [t.tolist() for t in tops]
@@ -351,8 +364,8 @@ class MagicBatch:
             r.ids.append(token)
             r.past = torch.cat([r.past, kv[i][:, :, c:c + 1]], dim=-2)
             r.hidden = torch.cat([r.hidden, hidden[i][c:c + 1]])
-            logits, at = logits_of[i]
-            r.logits = logits(at + c)  # the kept candidate's next-token logits
+            logits, j = logits_of[i][c]
+            r.logits = logits(j)  # the kept candidate's next-token logits
             r.steps.append((self.engine.vocabulary.texts[token], float(probs[i][c]), float(penalty[c]),
                             float(clip[c])))
             r.ended = token == m.end_id
