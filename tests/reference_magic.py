@@ -84,10 +84,16 @@ class ReferenceMagic:
         return self.caption(ids)
 
     def caption(self, ids: list[int]) -> str:
-        kept = []
-        for t in ids[1:]:
-            if t == self.end_id:
-                break
-            if t != self.start_id:
-                kept.append(t)
-        return " ".join(self.tok.decode(kept).split())
+        return their_parse(self.tok, ids, self.start_id, self.end_id)
+
+
+def their_parse(tokenizer, ids: list[int], start_id: int, end_id: int) -> str:
+    """Their caption of generated ids: after the start token, start tokens skipped, up to the first
+    end token, decoded, whitespace folded."""
+    kept = []
+    for t in ids[1:]:
+        if t == end_id:
+            break
+        if t != start_id:
+            kept.append(t)
+    return " ".join(tokenizer.decode(kept).split())
