@@ -321,7 +321,7 @@ class Predictor(BaseRunner):
         given = {name: None if values[name] == defaults[name].default else sent(values[name]) for name in MODE_INPUTS}
         inputs = chosen.kind.check(chosen, given)
         # the method's knobs as sent (empty: its default); another method's only when given (then refused)
-        knobs = {name: values[name] for name in methods.SERVED
+        knobs = {name: values[name] for name in methods.knob_inputs()
                  if name in how.knobs or values[name] != defaults[name].default}
         methods.refuse_foreign(how, knobs)
         cfg = self.model.check(how.config(mode, None, **{**knobs, "cond_text": cond_text or None}))

@@ -52,8 +52,8 @@ def test_every_range_bound_is_accepted_and_the_defaults_are_inside():
         edges = [spec.range.hi] + ([] if spec.range.lo_open else [spec.range.lo])
         for value in edges:  # beam_size 1 and top_k 8192 leave every edge of the two free
             ZeroCapConfig(beam_size=1, top_k=8192).replace(**{name: kind(value)}).validate()
-        if spec.serve is not None:  # a Cog request's range lies inside the decoder's
-            assert spec.serve.lo in spec.range and spec.serve.hi in spec.range, name
+        if spec.container is not None:  # a Cog request's range lies inside the decoder's
+            assert spec.container.lo in spec.range and spec.container.hi in spec.range, name
 
 
 def test_beam_size_cannot_exceed_top_k():
@@ -113,20 +113,20 @@ def test_every_cog_input_restates_the_tables_word_for_word():
     others = cog_descriptions()
     others["frames"] += ": " + methods.frames_description()  # each method's own sampling, from the registry
     knobs = set(inputs) - set(others) - {"method"}
-    assert knobs == set(methods.SERVED)  # no knob left out, none invented
+    assert knobs == set(methods.knob_inputs())  # no knob left out, none invented
     for name, description in others.items():
         assert inputs[name].description == description, name
     assert (inputs["frames"].ge, inputs["frames"].le) == (FRAMES.lo, FRAMES.hi)  # a Cog request's as the CLI's
     assert inputs["lr_schedule"].choices == list(SCHEDULES)
-    for name in methods.SERVED:
+    for name in methods.knob_inputs():
         owner, *others_too = methods.owners(name)
         info, spec = inputs[name], owner.knobs[name]
         # a knob some mode changes, or whose default differs by method, defaults to "empty = ..."
         assert info.default == (None if methods.optional(name) else getattr(owner.defaults, name)), name
-        if spec.serve is not None:
-            assert (info.ge, info.le) == (spec.serve.lo, spec.serve.hi), name
+        if spec.container is not None:
+            assert (info.ge, info.le) == (spec.container.lo, spec.container.hi), name
         for other in others_too:  # one input serves them all: the same served range
-            assert other.knobs[name].serve == spec.serve, (name, other.name)
+            assert other.knobs[name].container == spec.container, (name, other.name)
         assert info.max_length == spec.max_length, name
         assert info.description == methods.cog_description(name), name
 
@@ -164,19 +164,19 @@ def test_the_readmes_inputs_table_restates_the_tables():
 
     table = readme_inputs_table()
     assert set(cog_inputs()) == set(table)
-    for name in methods.served(methods.ZEROCAP):  # ZeroCap's Cog inputs
+    for name in methods.container_knobs(methods.ZEROCAP):  # ZeroCap's Cog inputs
         kind, default, allowed, does = table[name]
         spec = KNOBS[name]
         want_default = "the mode's" if preset_dependent(name) else f"{getattr(DEFAULTS, name):g}"
         if methods.differs(name):  # e.g. max_tokens: "the method's (15; pseudo-tokens 20; magic 15)"
             want_default = "the method's (" + "; ".join(shown(m, name) for m in methods.owners(name)) + ")"
         assert default == want_default, name
-        if spec.serve is not None:
-            assert allowed == f"{spec.serve.lo:g}–{spec.serve.hi:g}", name
+        if spec.container is not None:
+            assert allowed == f"{spec.container.lo:g}–{spec.container.hi:g}", name
             assert kind == ("integer" if FIELD_TYPES[name] is int else "number"), name
         # the knob's help line, word for word; where the methods mean other things, each one's
         assert does == (spec.help if methods.one_meaning(name) is not None else methods.meaning(name)), name
-    for name in methods.SERVED:
+    for name in methods.knob_inputs():
         if name in KNOBS:
             continue
         kind, default, allowed, does = table[name]
@@ -241,7 +241,7 @@ def test_the_readmes_knobs_table_gives_both_ranges_from_the_table():
     assert [row[0].strip("`") for row in table] == list(KNOBS)
     by_name = {row[0].strip("`"): row for row in table}
     assert by_name["beam_size"][3:] == [f"{KNOBS['beam_size'].range.lo}–{KNOBS['beam_size'].range.hi}",
-                                        f"{KNOBS['beam_size'].serve.lo}–{KNOBS['beam_size'].serve.hi}"]
+                                        f"{KNOBS['beam_size'].container.lo}–{KNOBS['beam_size'].container.hi}"]
 
 
 def test_the_readmes_knob_tables_of_the_other_methods_are_their_tables():

@@ -165,7 +165,7 @@ def _greedy_method():
         cond_text: str = knob("Image of a", "prompt the caption continues", max_length=300)
         max_tokens: int = knob(3, "tokens generated at most", 1, 10)
         greedy_bonus: float = knob(0.0, "toy knob: added to every logit (changes nothing but the record)", 0.0, 1.0,
-                                   serve=(0.0, 1.0))
+                                   container=(0.0, 1.0))
 
         def replace(self, **changes):
             return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -39,14 +39,10 @@ class Range:
 class Knob:
     help: str  # one line
     range: Range | None = None  # numbers: what the decoder accepts
-    serve: Range | None = None  # numbers: what one Cog request may ask for (None: not a Cog input)
-    max_length: int | None = None  # strings: the longest allowed, on every door (also makes it a Cog input)
-    served: bool = False  # a Cog input though neither (true/false knobs)
+    container: Range | None = None  # numbers: what one container request may ask for (within `range`)
+    max_length: int | None = None  # strings: the longest allowed, on every door
     choices: tuple | None = None  # strings: the values allowed (None: any)
-
-    @property
-    def is_served(self) -> bool:
-        return self.serve is not None or self.max_length is not None or self.served
+    in_container: bool = False  # an input of the container (predict.py's inputs: script/cog-inputs)
 
 
 def check_knobs(cfg) -> None:
@@ -74,11 +70,14 @@ def check_knobs(cfg) -> None:
             raise InputError(f"{name} must be {spec.range.describe(kind is int)}, got {value}")
 
 
-def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, serve: tuple | None = None,
-         max_length: int | None = None, served: bool = False, choices: tuple | None = None):
+def knob(default, help: str, lo=None, hi=None, lo_open: bool = False, container: tuple | bool = False,
+         max_length: int | None = None, choices: tuple | None = None):
+    """A knob table's field. container: whether the container has it as an input -- True, or for a
+    number the (lo, hi) one request may ask for; a string with a max_length is one too."""
     rng = None if lo is None else Range(lo, hi, lo_open)
-    srv = None if serve is None else Range(*serve)
-    return field(default=default, metadata={"knob": Knob(help, rng, srv, max_length, served, choices)})
+    narrower = Range(*container) if isinstance(container, tuple) else None
+    spec = Knob(help, rng, narrower, max_length, choices, bool(container) or max_length is not None)
+    return field(default=default, metadata={"knob": spec})
 
 
 class KnobTable:
@@ -101,31 +100,31 @@ class ZeroCapConfig(KnobTable):
     cond_text: str = knob("Image of a", "prompt the caption continues; a caption is cond_text + the generated text",
                           max_length=COND_TEXT.hi)
     beam_size: int = knob(5, "beams kept by the length-normalised beam search (at most top_k); more = slower,"
-                             " more varied", 1, 100, serve=(1, 20))
-    max_tokens: int = knob(15, "tokens generated at most (the authors' --target_seq_length)", 1, 100, serve=(1, 40))
+                             " more varied", 1, 100, container=(1, 20))
+    max_tokens: int = knob(15, "tokens generated at most (the authors' --target_seq_length)", 1, 100, container=(1, 40))
     num_iterations: int = knob(5, "gradient steps on the LM's key/value cache per token (0 = the plain LM)", 0, 50,
-                               serve=(0, 20))
+                               container=(0, 20))
     top_k: int = knob(512, "candidate tokens scored by CLIP per beam and iteration (at least beam_size)", 1, 8192,
-                     serve=(1, 2048))
+                     container=(1, 2048))
     clip_temperature: float = knob(0.01, "softmax temperature over the candidates' CLIP similarities", 0.0, 10.0,
-                                   lo_open=True, serve=(0.001, 1.0))
-    clip_scale: float = knob(1.0, "weight of the CLIP loss", 0.0, 100.0, serve=(0.0, 10.0))
+                                   lo_open=True, container=(0.001, 1.0))
+    clip_scale: float = knob(1.0, "weight of the CLIP loss", 0.0, 100.0, container=(0.0, 10.0))
     ce_scale: float = knob(0.2, "weight of the fluency loss: the shifted LM's KL divergence from the plain LM",
-                           0.0, 100.0, serve=(0.0, 5.0))
-    stepsize: float = knob(0.3, "step size of the context shift", 0.0, 10.0, serve=(0.0, 3.0))
+                           0.0, 100.0, container=(0.0, 5.0))
+    stepsize: float = knob(0.3, "step size of the context shift", 0.0, 10.0, container=(0.0, 3.0))
     grad_norm_factor: float = knob(0.9, "the gradient is divided by its norm to this power", 0.0, 2.0,
-                                   serve=(0.0, 2.0))
-    fusion_factor: float = knob(0.99, "next-token probs = shifted^f x plain^(1-f)", 0.0, 1.0, serve=(0.0, 1.0))
+                                   container=(0.0, 2.0))
+    fusion_factor: float = knob(0.99, "next-token probs = shifted^f x plain^(1-f)", 0.0, 1.0, container=(0.0, 1.0))
     repetition_penalty: float = knob(1.0, "damping of the last 4 context tokens (1 = off)", 0.0, 10.0, lo_open=True,
-                                     serve=(0.5, 3.0))
+                                     container=(0.5, 3.0))
     end_token: str = knob(".", "text whose first LM token ends a beam")
     end_factor: float = knob(1.01, "end-token boost from end_factor_from on: higher = shorter captions", 0.0, 10.0,
-                             lo_open=True, serve=(0.5, 2.0))
+                             lo_open=True, container=(0.5, 2.0))
     end_factor_from: int = knob(1, "first step of the end-token boost (the paper says 3, the authors' code 1)",
-                                0, 100, serve=(0, 40))
+                                0, 100, container=(0, 40))
     start_end_penalty: float = knob(1.6, "at step 0 the end token's logit is damped by this", 0.0, 10.0, lo_open=True)
     forbidden_factor: float = knob(20.0, "damping of bare numbers and ( ) , ! : newline", 0.0, 1000.0, lo_open=True,
-                                   serve=(1.0, 100.0))
+                                   container=(1.0, 100.0))
 
     def validate(self) -> "ZeroCapConfig":
         """Raise InputError naming the first bad field and what is allowed; return self."""

@@ -173,22 +173,21 @@ def of(cfg) -> Method:
     raise TypeError(f"not a method's config: {type(cfg).__name__}")
 
 
-# ---- the container's inputs: every method's served knobs, said once ---------------------------------
-def served(method: Method) -> list[str]:
-    return [name for name, k in method.knobs.items() if k.is_served]
+# ---- the container's inputs: every method's knobs that are inputs, each said once -----------------------
+def container_knobs(method: Method) -> list[str]:
+    """The method's knobs that are container inputs (Knob.in_container)."""
+    return [name for name, k in method.knobs.items() if k.in_container]
 
 
 def owners(name: str) -> list[Method]:
-    """The methods that serve knob `name` (one Cog input serves them all)."""
-    return [m for m in METHODS.values() if name in m.knobs and m.knobs[name].is_served]
+    """The registered methods whose knob `name` is a container input (one input for them all)."""
+    return [m for m in METHODS.values() if name in m.knobs and m.knobs[name].in_container]
 
 
-def served_knobs() -> list[str]:
-    """The Cog inputs that are knobs: every method's served knobs, each once, in the methods' order."""
-    return list(dict.fromkeys(name for m in METHODS.values() for name in served(m)))
-
-
-SERVED = served_knobs()  # (the built-in methods'; predict.py's inputs are generated from them: script/cog-inputs)
+def knob_inputs() -> list[str]:
+    """The container inputs that are knobs: every registered method's, each once, in the methods'
+    order (predict.py's inputs are generated from them: script/cog-inputs)."""
+    return list(dict.fromkeys(name for m in METHODS.values() for name in container_knobs(m)))
 
 
 def differs(name: str) -> bool:
@@ -206,13 +205,13 @@ def _sentence(text: str) -> str:
 
 
 def one_meaning(name: str) -> str | None:
-    """A served knob's help line when every method that takes it means the same by it, else None."""
+    """A knob that is a container input's help line when every method that takes it means the same by it, else None."""
     helps = {m.knobs[name].help for m in owners(name)}
     return helps.pop() if len(helps) == 1 else None
 
 
 def meaning(name: str) -> str:
-    """What a served knob does, in one sentence or one per method: its help line where every method
+    """What a knob that is a container input does, in one sentence or one per method: its help line where every method
     that takes it means the same (`one_meaning`), else each method's, named; a knob of one method
     only, named."""
     ms, one = owners(name), one_meaning(name)
@@ -224,7 +223,7 @@ def meaning(name: str) -> str:
 
 
 def cog_description(name: str) -> str:
-    """The Cog input's description of a served knob: what it does (`meaning`) and what an empty
+    """The Cog input's description of a knob that is a container input: what it does (`meaning`) and what an empty
     value means (the method's, and with presets the mode's)."""
     ms, text = owners(name), meaning(name)
     by_mode = presets.preset_dependent(name) and any(m.presets for m in ms)
