@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import toy_method
 from numeric import assert_same_beams
 from reference_decoder import ReferenceDecoder
 from zerocap import ZeroCap, ZeroCapConfig, families, modes
@@ -150,119 +151,24 @@ def test_a_new_form_is_one_object(engine, images):
         assert_same_beams(result, ref)
 
 
-# ---- a method: the plain LM's greedy continuation (no CLIP), as one Method entry -------------------
-def _greedy_method():
-    import dataclasses
-    import time
+# ---- a method: the plain LM's greedy continuation (no CLIP), as one Method entry (tests/toy_method.py) ----
+def cog_inputs():
+    """script/cog-inputs as a module."""
+    import importlib.machinery
+    import importlib.util
 
-    from zerocap import methods, outputs
-    from zerocap.config import check_knobs, knob
-    from zerocap.decoding import Snapshot
-    from zerocap.outputs import Out
-
-    @dataclasses.dataclass(frozen=True)
-    class GreedyConfig:
-        cond_text: str = knob("Image of a", "prompt the caption continues", max_length=300)
-        max_tokens: int = knob(3, "tokens generated at most", 1, 10)
-        greedy_bonus: float = knob(0.0, "toy knob: added to every logit (changes nothing but the record)", 0.0, 1.0,
-                                   container=(0.0, 1.0))
-
-        def replace(self, **changes):
-            return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-        def validate(self):
-            check_knobs(self)
-            return self
-
-    @dataclasses.dataclass
-    class GreedyResult:
-        caption: str
-        target: str
-        greedy_bonus: float
-
-        def to_dict(self):
-            return {"caption": self.caption, "target": self.target, "greedy_bonus": self.greedy_bonus,
-                    "method": "greedy"}
-
-        def container_fields(self):
-            return {"caption": self.caption, "greedy_bonus": self.greedy_bonus}
-
-    class GreedyRequest:
-        cost = 1.0  # its steps are cheap: a lane of its own beside ZeroCap's
-
-        def __init__(self, engine, target, cfg, on_step=None):
-            self.cfg, self.name, self.error, self.shared, self.joined = cfg, target.name, None, [], time.time()
-            self.on_step = on_step
-            self.tokens = engine.tokenizer.encode(engine.prompt_prefix + cfg.cond_text)
-            self.start = len(self.tokens)
-
-        @property
-        def done(self):
-            return len(self.tokens) - self.start >= self.cfg.max_tokens
-
-        def new_batch(self, engine, max_requests=None):
-            return GreedyBatch(engine)
-
-    class GreedyBatch:
-        def __init__(self, engine):
-            self.engine, self.requests = engine, []
-
-        def __len__(self):
-            return len(self.requests)
-
-        def accepts(self, request, most=None):
-            return most is None or len(self.requests) < most
-
-        def add(self, request):
-            self.requests.append(request)
-
-        def remove(self, request):
-            self.requests.remove(request)
-
-        def step(self, only=None):
-            for r in list(self.requests if only is None else only):
-                with torch.no_grad():
-                    logits = self.engine.lm(torch.tensor([r.tokens])).logits[0, -1] + r.cfg.greedy_bonus
-                r.tokens.append(int(logits.argmax()))
-            finished = [r for r in self.requests if r.done]
-            for r in finished:
-                self.remove(r)
-            return finished
-
-        def result(self, r):
-            text = self.engine.tokenizer.decode(r.tokens[r.start:])
-            return GreedyResult(r.cfg.cond_text + text, r.name, r.cfg.greedy_bonus)
-
-        def snapshot(self, r):
-            text = self.engine.tokenizer.decode(r.tokens[r.start:])
-            return Snapshot("token", len(r.tokens) - r.start, r.cfg.max_tokens, text, r.cfg.cond_text + text)
-
-    class Greedy:  # no loop of its own: the engine's (decoding.py) and the scheduler's step its batches
-        name, Config = "greedy", GreedyConfig
-
-        def __init__(self, engine):
-            self.engine = engine
-
-        def check(self, cfg):
-            return cfg.validate()
-
-        def request(self, target, cfg, on_step=None):
-            return GreedyRequest(self.engine, target, cfg, on_step)
-
-    said = {"caption": "the prompt and the LM's greedy continuation", "method": "greedy", "mode": "the mode",
-            "target": "what was captioned", "cond_text": "the prompt", "tokens": "0", "seconds": "0",
-            "frame_times": "empty", "frames": "0", "frames_asked": "0", "frames_sampling": "empty"}
-    output = {name: Out(outputs.COMMON[name], text) for name, text in said.items()}
-    output["greedy_bonus"] = Out("float", "the toy knob's value")
-    return methods.Method("greedy", "toy: the plain LM's greedy continuation", GreedyConfig, False, Greedy,
-                          methods.ZEROCAP.read_clip, output=output)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "script", "cog-inputs")
+    loader = importlib.machinery.SourceFileLoader("cog_inputs", path)
+    script = importlib.util.module_from_spec(importlib.util.spec_from_loader("cog_inputs", loader))
+    loader.exec_module(script)
+    return script
 
 
 @pytest.fixture
 def greedy():
     from zerocap import methods
 
-    method = methods.register(_greedy_method())
+    method = methods.register(toy_method.method())
     yield method
     methods.unregister("greedy")
 
@@ -304,16 +210,9 @@ def test_a_new_methods_inputs_and_output_fields_are_generated_for_the_container(
     """With the toy method registered, script/cog-inputs writes it among `method`'s choices, its
     served knob as an input and its own output field into Output: predict.py is regenerated, never
     edited by hand, for a new method; its output is the common fields and its own."""
-    import importlib.machinery
-    import importlib.util
-    import os
-
     from zerocap import methods, outputs
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "script", "cog-inputs")
-    loader = importlib.machinery.SourceFileLoader("cog_inputs", path)
-    script = importlib.util.module_from_spec(importlib.util.spec_from_loader("cog_inputs", loader))
-    loader.exec_module(script)
+    script = cog_inputs()
     inputs, output = script.inputs(), script.output()
     assert '"zerocap", "pseudo-tokens", "magic", "greedy"]' in inputs and "toy: the plain LM's greedy continuation" in inputs
     assert "        greedy_bonus: float = Input(default=0.0, ge=0.0, le=1.0, description=\"greedy: toy knob:" in inputs
@@ -341,3 +240,70 @@ def test_every_method_is_a_peer_behind_the_declared_interfaces(greedy, engine, i
         cfg = engine.check(method.config("caption", max_tokens=2))
         request = engine.request(target, cfg)
         assert isinstance(request, MethodRequest) and isinstance(request.new_batch(engine, 1), Batch), method.name
+
+
+def test_a_new_method_is_served_by_the_container(greedy, weights_root, images, engine, tmp_path):
+    """The toy method through the real container: predict.py and the schema `cog build` would write
+    are generated with it registered (script/cog-inputs, cog's static schema generator), and the
+    real coglet server, whose worker registers it at start-up (tests/hooks/sitecustomize.py), serves
+    it beside a ZeroCap caption, each as alone; its own output field is in the schema and the
+    answer; one in flight is cancelled; a knob of another method fails that prediction in words;
+    the server stays READY."""
+    import shutil
+    import subprocess
+    import threading
+    import time
+
+    from test_cog_schema import TOOL
+    from test_cog_server import ROOT, SMALL as SERVED_SMALL, Server, burst, data_uri, http
+
+    root = tmp_path / "image"
+    (root / ".cog").mkdir(parents=True)
+    (root / "predict.py").write_text(cog_inputs().rewritten(open(os.path.join(ROOT, "predict.py")).read()))
+    shutil.copy(os.path.join(ROOT, "cog.yaml"), root / "cog.yaml")
+    made = subprocess.run([TOOL, str(root)], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    schema = json.loads(made.stdout)
+    (root / ".cog" / "openapi_schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    components = schema["components"]["schemas"]
+    assert "greedy" in components["method"]["enum"]
+    assert {"greedy_bonus", "step_pause"} <= set(components["Input"]["properties"])
+    assert components["Output"]["properties"]["greedy_bonus"]["type"] == "number"
+
+    hooks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks")
+    server = Server({"ZEROCAP_WEIGHTS": weights_root, "ZEROCAP_OFFLINE": "1", "ZEROCAP_TEST_TOY_METHOD": "1",
+                     "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")]))},
+                    cwd=str(root))
+    try:
+        assert server.wait()["status"] == "READY", server.log_tail()
+        uri = data_uri(images[1])
+        toy = {"method": "greedy", "image": uri, "greedy_bonus": 0.5, "max_tokens": 2}
+        answers = burst(server, [{"input": toy}, {"input": {"image": uri, **SERVED_SMALL}}])
+        assert [o["status"] for _, o in answers] == ["succeeded"] * 2, ([o.get("error") for _, o in answers],
+                                                                      server.log_tail())
+        out = answers[0][1]["output"]
+        alone = engine.caption([images[1]], method="greedy", greedy_bonus=0.5, max_tokens=2)[0]
+        assert out["method"] == "greedy" and out["greedy_bonus"] == 0.5 and out["caption"] == alone.caption
+        assert out["beams"] == [] and out["sentences"] == [] and out["tokens"] == 2  # the others' fields: empty
+        assert "token 2/2: " + alone.caption in answers[0][1]["logs"]  # its snapshot, as the log line
+        assert answers[1][1]["output"]["method"] == "zerocap" and answers[1][1]["output"]["greedy_bonus"] == 0.0
+
+        slow = {"input": {**toy, "max_tokens": 10, "step_pause": 1.0}}  # ~10 s unless cancelled
+        got = []
+        sender = threading.Thread(target=lambda: got.append(http("PUT", f"{server.url}/predictions/toy1", slow,
+                                                                    timeout=120)))
+        sender.start()
+        time.sleep(2.0)  # cancelled while it decodes: a cancel that lands while coglet still reads its inputs
+        deadline = time.monotonic() + 60  # fails it there ("Input validation error"); then once the server knows it
+        while (code := http("POST", f"{server.url}/predictions/toy1/cancel", timeout=10)[0]) == 404:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert code == 200
+        sender.join()
+        assert got[0][1]["status"] == "canceled", got
+
+        bad = server.predict(**toy, num_iterations=2)
+        assert bad["status"] == "failed" and "num_iterations is a knob of method zerocap, not of greedy" in bad["error"]
+        assert server.wait(until=("READY",), timeout=20)["status"] == "READY"
+    finally:
+        server.stop()
