@@ -67,9 +67,9 @@ def tiny_models(device: torch.device):
     from zerocap.loading import load_models
 
     root = write_weights(tempfile.mkdtemp(prefix="zerocap-bench-"))
-    lm, tok, clip_model, preprocess, _ = load_models(os.path.join(root, "gpt2-medium"),
-                                                     os.path.join(root, "clip", "ViT-B-32.pt"), device=device)
-    return lm, tok, clip_model, preprocess
+    lm, tok, scorer, _ = load_models(os.path.join(root, "gpt2-medium"), os.path.join(root, "clip", "ViT-B-32.pt"),
+                                     device=device)
+    return lm, tok, scorer.clip, scorer.preprocess
 
 
 def sync(device):

@@ -116,7 +116,8 @@ def main() -> int:
         from tiny_models import write_tiny_clip
         from zerocap.loading import load_clip
 
-        clip_model, preprocess = load_clip(write_tiny_clip(os.path.join(root, "clip.pt")), device)
+        scorer = load_clip(write_tiny_clip(os.path.join(root, "clip.pt")), device)
+        clip_model, preprocess = scorer.clip, scorer.preprocess
     else:
         _, _, clip_model, preprocess = real_size_models(device)
     image = random_images(1)[0]

@@ -133,6 +133,50 @@ def test_a_new_scorer_is_one_class(engine, images):
     assert_same_beams(result, ref)
 
 
+def load_string_clip(path, device):
+    """The toy kind's loader: the OpenAI checkpoint in its folder, as a StringCLIP."""
+    import clip
+
+    model, preprocess = clip.load(os.path.join(path, "string-clip.pt"), device=device, jit=False)
+    return StringCLIP(model, preprocess)
+
+
+@pytest.fixture
+def string_clip_kind():
+    """A toy CLIP kind: a folder holding string-clip.pt, scored through its texts (StringCLIP)."""
+    from zerocap import clip_kinds
+
+    kind = clip_kinds.register(clip_kinds.ClipKind("string-clip", "a folder holding string-clip.pt",
+                                         lambda path: os.path.isfile(os.path.join(path, "string-clip.pt")),
+                                         load_string_clip, "whole"), before="hf")
+    yield kind
+    clip_kinds.unregister("string-clip")
+
+
+def test_a_new_clip_kind_is_one_entry(string_clip_kind, lm_dir, clip_file, tmp_path, images, capsys):
+    """Its registry entry and its scorer class: ZeroCap.load and --clip take its folder (a folder
+    the built-in kinds would read as an OpenCLIP one, and refuse), and it steers as the reference."""
+    import shutil
+
+    from zerocap import clip_kinds
+
+    folder = tmp_path / "toy-clip"
+    folder.mkdir()
+    shutil.copy(clip_file, folder / "string-clip.pt")
+    assert clip_kinds.kind_of(str(folder)) is string_clip_kind
+    zc = ZeroCap.load(lm_dir, str(folder), device="cpu")
+    assert type(zc.scorer) is StringCLIP
+    cfg = ZeroCapConfig(**SMALL)
+    result = zc.caption([images[1]], config=cfg)[0]
+    ref = ReferenceDecoder(zc.lm, zc.tokenizer, zc.scorer.model, zc.forbidden.nonzero()[:, 0].tolist(),
+                           cfg).run(zc.targets.image_target(images[1])[None], cfg.cond_text)
+    assert_same_beams(result, ref)
+    code = main(["caption", images[1], "--lm", lm_dir, "--clip", str(folder), *FAST, "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert json.loads(out.out)["best_mixed"].startswith("Image of a")
+
+
 def test_a_new_form_is_one_object(engine, images):
     """A toy form: the fast form's LM adapter (KV cache, one-token passes) with CLIP's own
     encode_text on full rows, two images at a time. The engine takes it as it is, and it gives

@@ -11,9 +11,9 @@ from zerocap.loading import load_models
 
 
 def half_clip_engine(lm_dir, clip_file, lm_dtype="float32"):
-    lm, tok, clip_model, preprocess, _ = load_models(lm_dir, clip_file, device="cpu", lm_dtype=lm_dtype)
-    convert_weights(clip_model)  # what clip.load does on a GPU
-    return ZeroCap(lm, tok, clip_model, preprocess, device="cpu")
+    lm, tok, scorer, _ = load_models(lm_dir, clip_file, device="cpu", lm_dtype=lm_dtype)
+    convert_weights(scorer.clip)  # what clip.load does on a GPU
+    return ZeroCap(lm, tok, scorer.clip, scorer.preprocess, device="cpu")
 
 
 def test_fp16_clip_defaults_to_the_fast_form_and_its_features_match_fp32(lm_dir, clip_file, engine):

@@ -29,7 +29,6 @@ from .jobs.run import run_job
 from .loading import load_clip, quiet_transformers, resolve_device
 from .output import emitter, progress_bar
 from .request import Decode, Eval, Models, Runtime, SelfCheck
-from .scorer import ClipScorer
 
 
 def run(asked: "Decode | Eval | SelfCheck") -> int:
@@ -227,8 +226,7 @@ def _evaluate_into(asked: Eval, scores_file) -> int:
     if "CLIP-S" not in asked.skip:
         device = resolve_device(asked.device)
         path = asked.clip or weights.ensure(weights.root(), log=lambda m: print(m, file=sys.stderr), lm=None)[1]
-        model, preprocess = load_clip(path, device)
-        scorer = model if preprocess is None else ClipScorer(model, preprocess, device)  # (a Hugging Face folder's)
+        scorer = load_clip(path, device)
     report = evaluate_files(asked.captions, asked.refs, asked.field, asked.strip_prompt, asked.tokenizer, scorer,
                             asked.image_root, asked.skip, asked.match)
     print(dumps(report.to_dict()) if asked.json else report.table())

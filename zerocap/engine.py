@@ -166,7 +166,7 @@ class ZeroCap:
     @classmethod
     def load(cls, lm: str | None = None, clip: str | None = None, device=None, lm_dtype: str = "float32",
              form: "str | forms.Form" = "fast", compile: "bool | str" = False, quiet: bool = True) -> "ZeroCap":
-        """Load an HF causal-LM directory and an OpenAI CLIP checkpoint; quietly, unless quiet=False
+        """Load an HF causal-LM directory and a CLIP (any kind clips.py recognises); quietly, unless quiet=False
         (then transformers' progress bar and warnings show as it configures them).
 
         lm, clip: paths, loaded as they are and never downloaded. Left out, they come from the
@@ -176,7 +176,8 @@ class ZeroCap:
         "cpu", "cuda", "cuda:N"."""
         lm, clip = locate(lm, clip)
         threads.apply()  # the CPU threads this process should use (zerocap/threads.py)
-        return cls(*load_models(lm, clip, device=device, lm_dtype=lm_dtype, quiet=quiet), form=form, compile=compile)
+        lm, tokenizer, scorer, dev = load_models(lm, clip, device=device, lm_dtype=lm_dtype, quiet=quiet)
+        return cls(lm, tokenizer, scorer, device=dev, form=form, compile=compile)
 
     # ---- public API ---------------------------------------------------------------------------
     @property

@@ -10,10 +10,12 @@ import warnings
 import torch
 from safetensors import SafetensorError
 
+from . import clip_kinds
 from .errors import InputError
 from .families import model_type
-from .hub import HF_CLIP_TYPES, HF_WEIGHTS, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS
-from .scorer import HFClipScorer
+from .hub import HF_CLIP_TYPES, OPEN_CLIP_CONFIG
+from .lazy import resolve
+from .scorer import ClipScorer, HFClipScorer
 from .weights import advice, check_clip_file, check_lm_dir, open_clip_checkpoint
 
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,10 +68,11 @@ def transformers_quiet(quiet: bool = True):
 
 
 def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "float32", quiet: bool = True):
-    """(lm, tokenizer, clip_model, clip_preprocess, device), loaded without touching the network.
+    """(lm, tokenizer, scorer, device), loaded without touching the network.
 
     lm_path: a Hugging Face causal-LM directory (config, weights, tokenizer files).
-    clip_path: an OpenAI CLIP checkpoint: TorchScript archive or state dict (`clip.load(path)`).
+    clip_path: any CLIP kind clip_kinds.py recognises (an OpenAI checkpoint, an OpenCLIP folder or
+    NAME@FILE, a Hugging Face CLIPModel / SiglipModel folder); its scorer.
     quiet: no transformers progress bar or config warnings while loading (False: transformers' own).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,50 +89,34 @@ def load_models(lm_path: str, clip_path: str, device=None, lm_dtype: str = "floa
     except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or damaged weights file
         raise InputError(f"cannot load the language model from {lm_path}: {e}; {advice(lm_path)}") from None
     lm.to(dev).eval()
-    clip_model, preprocess = load_clip(clip_path, dev)
-    return lm, tokenizer, clip_model, preprocess, dev
+    return lm, tokenizer, load_clip(clip_path, dev), dev
 
 
-def load_clip(clip_path: str, device=None):
-    """(clip_model, preprocess) from an OpenAI CLIP checkpoint (fp16 on a GPU, as clip.load gives
-    it) or an OpenCLIP folder (open_clip_config.json and its weights, as on the hub); a Hugging
-    Face CLIPModel / SiglipModel folder gives (its scorer, None)."""
+def load_clip(path: str, device=None):
+    """The scorer of the CLIP at `path`, offline: the loader of its kind (clip_kinds.KINDS, the first that
+    recognises the path), on `device` ("auto"/None: the GPU when there is one). Missing weights and
+    unreadable files are InputErrors in words."""
     dev = resolve_device(device)
-    check_clip_file(clip_path)
-    named = open_clip_checkpoint(clip_path)
-    if named is not None:  # NAME@FILE: an OpenCLIP checkpoint with its model's name
-        return _open_clip(named[0], named[1], clip_path, dev)
-    if os.path.isdir(clip_path):
-        if _hf_clip_folder(clip_path):
-            return load_hf_clip(clip_path, dev), None
-        return load_open_clip(clip_path, dev)
+    check_clip_file(path)
+    return resolve(clip_kinds.kind_of(path).load)(path, dev)
+
+
+# ---- each CLIP kind's loader (clip_kinds.KINDS names them): (path, device) -> its scorer -------------------
+def load_openai_clip(path: str, device):
+    """An OpenAI CLIP checkpoint -- TorchScript archive or state dict, `clip.load(path)`, fp16 on a
+    GPU as clip.load gives it -- as a ClipScorer."""
     import clip
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return clip.load(clip_path, device=dev, jit=False)
+            model, preprocess = clip.load(path, device=device, jit=False)
         except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if isinstance(e, pickle.UnpicklingError):
                 why = "not a CLIP checkpoint (its data cannot be read as one)"
-            raise InputError(f"cannot load CLIP from {clip_path}: {why}; {advice(clip_path)}") from None
-
-
-def _hf_clip_folder(folder: str) -> bool:
-    """Whether a CLIP folder is loaded as a Hugging Face model (config.json) rather than as an
-    OpenCLIP one (open_clip_config.json): by the files that are there -- a config whose weights
-    are missing does not count; with both complete, OpenCLIP (its causal text tower shares each
-    beam's prefix: faster), said once."""
-    has = lambda f: os.path.isfile(os.path.join(folder, f))  # noqa: E731
-    hf = has("config.json")
-    open_clip = has(OPEN_CLIP_CONFIG) and any(has(f) for f in OPEN_CLIP_WEIGHTS)
-    if hf and open_clip:
-        if any(has(f) for f in HF_WEIGHTS):
-            warnings.warn(f"{folder} holds both an OpenCLIP model and a Hugging Face one; loading the OpenCLIP files"
-                          f" ({OPEN_CLIP_CONFIG})", stacklevel=3)
-        return False
-    return hf
+            raise InputError(f"cannot load CLIP from {path}: {why}; {advice(path)}") from None
+    return ClipScorer(model, preprocess, device)
 
 
 def load_hf_clip(folder: str, device):
@@ -158,13 +145,19 @@ def load_hf_clip(folder: str, device):
 
 
 def load_open_clip(folder: str, device):
-    """An OpenCLIP model (open_clip_torch) from its folder, offline; refused in words where its text
-    tower is not CLIP's causal one with CLIP's tokenizer (what the scorer runs: scorer.py)."""
+    """An OpenCLIP model (open_clip_torch) from its folder, offline, as a ClipScorer; refused in
+    words where its text tower is not CLIP's causal one with CLIP's tokenizer (what the scorer runs)."""
     if not os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)):
         raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG} nor config.json: give an OpenAI"
                          f" CLIP checkpoint (.pt), an OpenCLIP folder ({OPEN_CLIP_CONFIG} and its weights) or a"
                          " Hugging Face CLIPModel / SiglipModel folder")
-    return _open_clip(f"local-dir:{folder}", None, folder, device)
+    return ClipScorer(*_open_clip(f"local-dir:{folder}", None, folder, device), device)
+
+
+def load_open_clip_named(path: str, device):
+    """An OpenCLIP model given as NAME@FILE (its name in open_clip.list_models() and its checkpoint)."""
+    name, checkpoint = open_clip_checkpoint(path)
+    return ClipScorer(*_open_clip(name, checkpoint, path, device), device)
 
 
 def _open_clip(name: str, checkpoint: str | None, said: str, device):
