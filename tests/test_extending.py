@@ -182,6 +182,7 @@ def test_a_new_form_is_one_object(engine, images):
     encode_text on full rows, two images at a time. The engine takes it as it is, and it gives
     the reference decoder's beams, since a form changes only the operation order."""
     from zerocap.forms import Form
+    from zerocap.lm import ExactLM, State
 
     toy = Form("cached-lm-full-clip", "toy: the KV cache with CLIP's full rows", exact_lm=False, exact_guide=True,
                max_images=2)
@@ -189,6 +190,8 @@ def test_a_new_form_is_one_object(engine, images):
     cfg = ZeroCapConfig(**SMALL)
     results = zc.caption(images[:3], config=cfg)
     assert zc.form is toy and len(results) == 3
+    assert isinstance(zc.lm_adapter.new_state(), State)  # what batch.py calls, as both built-in forms give it
+    assert isinstance(ExactLM(engine.lm).new_state(), State)
     for image, result in zip(images[:3], results):
         ref = ReferenceDecoder(engine.lm, engine.tokenizer, engine.scorer.clip, engine.forbidden.nonzero()[:, 0].tolist(),
                                cfg).run(zc.targets.image_target(image)[None], cfg.cond_text)

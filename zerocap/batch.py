@@ -171,26 +171,26 @@ class Batch:
         cfgs = [r.cfg for r in owners]
         col = lambda values: torch.tensor(values, dtype=torch.float32, device=engine.device)  # noqa: E731
         with record_function("zerocap.lm_prefill"):
-            p0, logits, past, positions, mask, pending = self.state.plain(rows)  # (R, V), (L, 2, R, H, T, hd)
+            plain = self.state.plain(rows)
+        p0 = plain.probs  # (R, V)
         act = rows.active  # the requests' rows among the step's, request by request
         contexts = [rows.contexts[i] for i in act.tolist()]  # their token ids
-        if past is not None and any(c.num_iterations > 0 for c in cfgs):
+        if plain.at.past is not None and any(c.num_iterations > 0 for c in cfgs):
             targets = torch.stack([r.target for r in owners])  # (n, D)
             prefixes = engine.prefix_texts(contexts)
             top_k = torch.tensor([c.top_k for c in cfgs], device=p0.device)
             guide = Guide(engine.candidates(prefixes), targets, top_k, col([c.clip_temperature for c in cfgs])[:, None],
                           width=self.state.candidates_width(int(top_k.max()), p0.shape[-1]))
             every = cfgs if rows.dense else _spread(cfgs, act, len(rows.contexts), cfgs[0].replace(num_iterations=0))
-            logits = self.state.shift(rows, past, positions, mask, p0, _on_active(guide, rows),
-                                      Shift.of(every, p0.device))
-        elif logits is None:  # the exact form: the authors' own pass
-            logits = self.state.logits(rows, past)
+            logits = self.state.shift(plain, _on_active(guide, rows), Shift.of(every, p0.device))
+        else:
+            logits = self.state.unshifted(plain)
         if not rows.dense:
             logits, p0 = logits[act], p0[act]
         recent = torch.tensor([(c[-4:] * 4)[-4:] for c in contexts], device=p0.device)  # (n, 4)
         rules = Rules.of(cfgs, [r.step for r in owners], [r.end_id for r in owners], p0.device)
         logits = apply_token_rules(logits, recent, rules, engine.forbidden)
-        return fuse(logits, p0, col([c.fusion_factor for c in cfgs])[:, None], sizes), pending
+        return fuse(logits, p0, col([c.fusion_factor for c in cfgs])[:, None], sizes), plain.pending
 
 
 def _spread(cfgs: list, active: torch.Tensor, rows: int, default) -> list:

@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from .context_shift import iteration
+from .context_shift import At, iteration
 
 MODES = ("default", "reduce-overhead", "max-autotune")
 # configurations compiled per process before torch.compile stops (and new ones run eagerly):
@@ -82,21 +82,20 @@ class Compiled:
         return self.lm.step(self.lm.lm, last, past, positions, mask)[0]
 
     @torch.no_grad()
-    def plain(self, last, past, positions, mask):
+    def plain(self, at: At):
+        """(logits (R, V), the keys/values of the rows' last tokens) of the LM's one-token step."""
         if self.mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # a new decoding step: earlier outputs may be reused
-        logits, kv = self._run(self._plain, self._plain_eager, last, past, positions, mask)
+        logits, kv = self._run(self._plain, self._plain_eager, *at)
         return logits.clone(), kv.clone()  # kept past later replays, which may reuse a CUDA graph's outputs
 
-    def shift(self, rows, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
+    def shift(self, at: At, p0, distribution, shift) -> torch.Tensor:
         """The shifted logits (R, V) after shift.iterations compiled iterations."""
-        delta, log_p0, probs, logits = torch.zeros_like(past), p0.log(), p0, None
+        delta, log_p0, probs, logits = torch.zeros_like(at.past), p0.log(), p0, None
         for i in range(shift.most):
-            live = shift.live(i)
-            top, q = distribution(probs, live)
-            delta, logits = self._run(self._iteration, self._iteration_eager, delta, past, rows.last, positions, mask,
-                                      log_p0, top, q, shift.clip_scale, shift.ce_scale, shift.neg_stepsize * live,
-                                      shift.grad_norm_factor)
+            top, q = distribution(probs, shift.live(i))
+            delta, logits = self._run(self._iteration, self._iteration_eager, delta, at, log_p0, top, q,
+                                      shift.weights(i))
             probs = torch.softmax(logits, dim=-1)
         return logits.detach().clone()
 

@@ -18,10 +18,28 @@ it, the same arithmetic (`loss`, `update`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch.profiler import record_function
+
+
+class At(NamedTuple):
+    """What the LM's one-token step reads: the rows' last tokens and their cached past."""
+
+    last: torch.Tensor  # (R, 1)
+    past: torch.Tensor | None  # (L, 2, R, H, T, hd); None before any token is cached
+    positions: torch.Tensor | None  # (R,) each row's length, for a cache of rows of other lengths (else None)
+    mask: torch.Tensor | None  # (R, T) the cache's valid positions (else None)
+
+
+class Weights(NamedTuple):
+    """One iteration's weights, (R,) each, a row its own."""
+
+    clip_scale: torch.Tensor
+    ce_scale: torch.Tensor
+    neg_stepsize: torch.Tensor  # -stepsize; 0 for a row whose iterations are done
+    grad_norm_factor: torch.Tensor
 
 
 @dataclass
@@ -52,6 +70,11 @@ class Shift:
     def live(self, i: int) -> torch.Tensor:
         """(R,) bool: the rows that still shift at iteration i."""
         return self.iterations > i
+
+    def weights(self, i: int) -> Weights:
+        """Iteration i's weights: a row whose own iterations are done steps by 0."""
+        live = self.live(i)
+        return Weights(self.clip_scale, self.ce_scale, self.neg_stepsize * live, self.grad_norm_factor)
 
 
 def loss(probs: torch.Tensor, top: torch.Tensor, q: torch.Tensor, log_p0: torch.Tensor, clip_scale: torch.Tensor,
@@ -85,32 +108,31 @@ def shift_context(
     delta = torch.zeros_like(past)
     log_p0 = p0.log()
     for i in range(shift.most):
-        live = shift.live(i)
+        w = shift.weights(i)
         delta.requires_grad_(True)
         with torch.enable_grad():
             with record_function("zerocap.lm_forward"):
                 probs = torch.softmax(logits_of(past + delta), dim=-1)  # (R, V)
-            top, q = distribution(probs.detach(), live)
-            total = loss(probs, top, q, log_p0, shift.clip_scale, shift.ce_scale)
+            top, q = distribution(probs.detach(), shift.live(i))
+            total = loss(probs, top, q, log_p0, w.clip_scale, w.ce_scale)
             with record_function("zerocap.lm_backward"):
                 (grad,) = torch.autograd.grad(total, delta)
-        delta = update(delta.detach(), grad, shift.neg_stepsize * live, shift.grad_norm_factor).detach()
+        delta = update(delta.detach(), grad, w.neg_stepsize, w.grad_norm_factor).detach()
     return past + delta
 
 
 def iteration(step: Callable) -> Callable:
     """One context-shift iteration as a function of tensors of static shapes (see the module
-    docstring): (δ, past, last, positions, mask, log p0, top, q, clip_scale, ce_scale,
-    -stepsize, grad_norm_factor) -> (next δ, the logits (R, V) with it). `step(last, past,
-    positions, mask)` is the LM's one-token step."""
+    docstring): (δ, at, log p0, top, q, weights) -> (next δ, the logits (R, V) with it).
+    `step(last, past, positions, mask)` is the LM's one-token step."""
 
-    def run(delta, past, last, positions, mask, log_p0, top, q, clip_scale, ce_scale, neg_stepsize, grad_norm_factor):
+    def run(delta: torch.Tensor, at: At, log_p0: torch.Tensor, top: torch.Tensor, q: torch.Tensor, w: Weights):
         def loss_of(d):
-            probs = torch.softmax(step(last, past + d, positions, mask), dim=-1)
-            return loss(probs, top, q, log_p0, clip_scale, ce_scale)
+            probs = torch.softmax(step(at.last, at.past + d, at.positions, at.mask), dim=-1)
+            return loss(probs, top, q, log_p0, w.clip_scale, w.ce_scale)
 
         grad = torch.func.grad(loss_of)(delta)
-        delta = update(delta, grad, neg_stepsize, grad_norm_factor)
-        return delta, step(last, past + delta, positions, mask)
+        delta = update(delta, grad, w.neg_stepsize, w.grad_norm_factor)
+        return delta, step(at.last, at.past + delta, at.positions, at.mask)
 
     return run

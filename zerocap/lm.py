@@ -17,6 +17,7 @@ Two adapters, one per form (forms.py picks), each making a per-batch state (`new
 from __future__ import annotations
 
 import inspect
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from torch.profiler import record_function
 from transformers import DynamicCache
 
 from .compiled import Compiled
-from .context_shift import shift_context
+from .context_shift import At, shift_context
 from .errors import InputError
 from .kv_cache import KVCache
 
@@ -202,15 +203,15 @@ class GenericLM:
         """Logits (R, V) fp32 of the token after `last` (R, 1) given the cache `past`."""
         return self.forward_step(last, past, positions, mask)[0]
 
-    def shifted_logits(self, last, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
-        """Logits (R, V) of the token after `last` (R, 1) once `past` is shifted (context_shift.py),
+    def shifted_logits(self, at: At, p0, distribution, shift) -> torch.Tensor:
+        """Logits (R, V) of the token after `at.last` once `at.past` is shifted (context_shift.py),
         eagerly."""
         def logits_of(shifted):
-            return self.next_logits(last, shifted, positions, mask)
+            return self.next_logits(at.last, shifted, at.positions, at.mask)
 
-        shifted = shift_context(logits_of, past, p0, distribution, shift)
+        shifted = shift_context(logits_of, at.past, p0, distribution, shift)
         with torch.no_grad(), record_function("zerocap.lm_shifted_logits"):
-            return self.next_logits(last, shifted, positions, mask)
+            return self.next_logits(at.last, shifted, at.positions, at.mask)
 
     @torch.no_grad()
     def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -237,6 +238,32 @@ class Rows:
         # every row is a request's, in order (a static step's rows are slots: any order)
         self.dense = len(self.active) == len(contexts) and bool(
             (self.active == torch.arange(len(contexts), device=device)).all())
+
+
+class Plain(NamedTuple):
+    """A step's plain LM pass over its rows (State.plain)."""
+
+    probs: torch.Tensor  # (R, V) fp32: the plain next-token distribution
+    logits: torch.Tensor | None  # (R, V): its logits, where the form keeps them (the fast form's; else None)
+    at: At  # what the step read: the rows' last tokens and past (None before any token is cached)
+    pending: torch.Tensor | None  # the last tokens' keys/values, appended to the cache at the step's end
+
+
+@runtime_checkable
+class State(Protocol):
+    """One batch's LM state, in either form (FastState, ExactState): what batch.py calls."""
+
+    def candidates_width(self, top_k: int, vocab: int) -> int: ...
+    def begin(self, prompt: list[int], beams: int, max_tokens: int) -> torch.Tensor: ...
+    def end(self, slots: torch.Tensor) -> None: ...
+    def pack(self, requests) -> None: ...
+    def rows(self, requests, device) -> "Rows": ...
+    def plain(self, rows: "Rows") -> Plain: ...
+    def shift(self, plain: Plain, distribution, shift) -> torch.Tensor:
+        """The next-token logits (R, V) after the context shift."""
+    def unshifted(self, plain: Plain) -> torch.Tensor:
+        """The next-token logits (R, V) when nothing is shifted."""
+    def commit(self, rows: "Rows", pending: torch.Tensor | None, reorders: list) -> None: ...
 
 
 def step_size(slots: int) -> int:
@@ -352,27 +379,28 @@ class FastState:
         return Rows(torch.arange(len(rows), device=device), rows, index, device)
 
     @torch.no_grad()
-    def plain(self, rows: Rows):
-        """(plain next-token probs (R, V) fp32, their logits, past (L, 2, R, H, T, hd) or None,
-        positions, mask, what to append at the end of the step) for the step's rows."""
+    def plain(self, rows: Rows) -> Plain:
+        """The plain pass of the step's rows on their cached past (one token each)."""
         if self.static:
             size = len(rows.contexts)
-            past, mask = self.cache.data[:, :, :size], self.cache.mask()[:size]
-            positions = self.cache.lengths[:size]
-            logits, kv = self.lm.compiled.plain(rows.last, past, positions, mask)
-            return torch.softmax(logits, dim=-1), logits, past, positions, mask, kv
+            at = At(rows.last, self.cache.data[:, :, :size], self.cache.lengths[:size], self.cache.mask()[:size])
+            logits, kv = self.lm.compiled.plain(at)
+            return Plain(torch.softmax(logits, dim=-1), logits, at, kv)
         past, mask = self.cache.read(rows.slots)
         positions = None if mask is None else self.cache.lengths[rows.slots]
-        if past.shape[4] == 0:
-            past = mask = positions = None
-        logits, kv = self.lm.forward_step(rows.last, past, positions, mask)
-        return torch.softmax(logits, dim=-1), logits, past, positions, mask, kv
+        at = At(rows.last, None, None, None) if past.shape[4] == 0 else At(rows.last, past, positions, mask)
+        logits, kv = self.lm.forward_step(*at)
+        return Plain(torch.softmax(logits, dim=-1), logits, at, kv)
 
-    def shift(self, rows: Rows, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
+    def shift(self, plain: Plain, distribution, shift) -> torch.Tensor:
         """The shifted logits (R, V) after the context shift."""
         if self.static:
-            return self.lm.compiled.shift(rows, past, positions, mask, p0, distribution, shift)
-        return self.lm.shifted_logits(rows.last, past, positions, mask, p0, distribution, shift)
+            return self.lm.compiled.shift(plain.at, plain.probs, distribution, shift)
+        return self.lm.shifted_logits(plain.at, plain.probs, distribution, shift)
+
+    def unshifted(self, plain: Plain) -> torch.Tensor:
+        """The plain pass's own logits."""
+        return plain.logits
 
     def commit(self, rows: Rows, pending: torch.Tensor, reorders: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """After a step: each request row's last token joins its past, then each request's slots
@@ -418,18 +446,20 @@ class ExactState:
         contexts = [row for r in requests for row in r.contexts()]  # one request: equal lengths
         return Rows(torch.arange(len(contexts)), contexts, [list(range(len(contexts)))], device)
 
-    def plain(self, rows: Rows):
+    def plain(self, rows: Rows) -> Plain:
+        """The authors' order: the whole contexts' pass for the plain distribution and the past
+        (no logits kept: `unshifted` runs their own pass for them)."""
         context = torch.tensor(rows.contexts, device=rows.last.device)  # (R, T)
         p0, past = self.lm.prefill(context)
-        return p0, None, past, None, None, None
+        return Plain(p0, None, At(rows.last, past, None, None), None)
 
-    def shift(self, rows: Rows, past, positions, mask, p0, distribution, shift) -> torch.Tensor:
-        return self.lm.shifted_logits(rows.last, past, None, None, p0, distribution, shift)
+    def shift(self, plain: Plain, distribution, shift) -> torch.Tensor:
+        return self.lm.shifted_logits(plain.at, plain.probs, distribution, shift)
 
-    def logits(self, rows: Rows, past) -> torch.Tensor:
+    def unshifted(self, plain: Plain) -> torch.Tensor:
         """The authors' own pass for the logits when nothing is shifted."""
         with torch.no_grad():
-            return self.lm.next_logits(rows.last, past)
+            return self.lm.next_logits(plain.at.last, plain.at.past)
 
     def commit(self, rows, pending, reorders) -> None:
         pass
