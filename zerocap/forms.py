@@ -39,6 +39,11 @@ class Form:
         forward, as the authors run it)."""
         return None if self.exact_lm else family.rows_forward(model)
 
+    def shares_prefixes(self, scorer) -> bool:
+        """Whether `candidates` reads each prefix once for all its candidates (the fast form's, where
+        the scorer's text tower allows it), so a candidate's text is the prefix's and its own."""
+        return not self.exact_guide and getattr(scorer, "shares_prefixes", False)
+
     def candidates(self, scorer, prefix_texts: list[str], eager: bool = False):
         """The scorer's candidate features for one decoding step, in this form's way (`eager`: never
         the compiled fixed-size buffers)."""

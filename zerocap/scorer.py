@@ -42,6 +42,15 @@ class TextScorer:
     max_text_tokens: int | None = None  # longest text it reads whole (None: no limit)
     shares_prefixes = False  # whether fast_candidates reads a prefix once for all its candidates
 
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The factor of image-text cosines before a softmax over texts: the CLIP model's own
+        (`clip.logit_scale`, learned as a log), else 100, trained CLIP's value."""
+        clip = getattr(self, "clip", None)
+        if clip is None or not hasattr(clip, "logit_scale"):
+            return torch.tensor(100.0)
+        return clip.logit_scale.exp().float()
+
     def image_features(self, images: list) -> torch.Tensor:
         """Raw embeddings (n, D) of 8-bit RGB PIL images."""
         return self.prepared_features([self.prepare_image(im) for im in images])

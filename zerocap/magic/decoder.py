@@ -123,9 +123,8 @@ class Magic:
         own = tok.convert_tokens_to_ids(START_TEXT) if START_TEXT in tok.get_vocab() else None
         self.start_id = own if own is not None else vocab.start_id
         self.end_id = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
-        clip = getattr(engine.scorer, "clip", None)
-        self.logit_scale = clip.logit_scale.exp().float() if clip is not None else torch.tensor(100.0)
-        self.shares_prefixes = not engine.form.exact_guide and getattr(engine.scorer, "shares_prefixes", False)
+        self.logit_scale = engine.scorer.logit_scale
+        self.shares_prefixes = engine.form.shares_prefixes(engine.scorer)
         lm = engine.lm
         self.base = lm.base_model
         params = inspect.signature(self.base.forward).parameters

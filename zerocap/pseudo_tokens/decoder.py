@@ -50,8 +50,7 @@ class PseudoTokens:
         self.written_out = self.rows_forward is not None
         self._prefixes: dict[int, torch.Tensor] = {}
         self._rules: dict[str, TokenRules] = {}
-        clip = getattr(engine.scorer, "clip", None)
-        self.logit_scale = clip.logit_scale.exp().float() if clip is not None else torch.tensor(100.0)
+        self.logit_scale = engine.scorer.logit_scale
 
     def check(self, cfg: PseudoTokenConfig) -> PseudoTokenConfig:
         cfg = cfg.validate()
