@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 
 from . import clip_kinds
+from .clip_towers import OpenAITower, OpenClipTower
 from .errors import InputError
 from .families import model_type
 from .hub import HF_CLIP_TYPES, OPEN_CLIP_CONFIG
@@ -116,7 +117,7 @@ def load_openai_clip(path: str, device):
             if isinstance(e, pickle.UnpicklingError):
                 why = "not a CLIP checkpoint (its data cannot be read as one)"
             raise InputError(f"cannot load CLIP from {path}: {why}; {advice(path)}") from None
-    return ClipScorer(model, preprocess, device)
+    return ClipScorer(model, preprocess, device, tower=OpenAITower)
 
 
 def load_hf_clip(folder: str, device):
@@ -151,13 +152,13 @@ def load_open_clip(folder: str, device):
         raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG} nor config.json: give an OpenAI"
                          f" CLIP checkpoint (.pt), an OpenCLIP folder ({OPEN_CLIP_CONFIG} and its weights) or a"
                          " Hugging Face CLIPModel / SiglipModel folder")
-    return ClipScorer(*_open_clip(f"local-dir:{folder}", None, folder, device), device)
+    return ClipScorer(*_open_clip(f"local-dir:{folder}", None, folder, device), device, tower=OpenClipTower)
 
 
 def load_open_clip_named(path: str, device):
     """An OpenCLIP model given as NAME@FILE (its name in open_clip.list_models() and its checkpoint)."""
     name, checkpoint = open_clip_checkpoint(path)
-    return ClipScorer(*_open_clip(name, checkpoint, path, device), device)
+    return ClipScorer(*_open_clip(name, checkpoint, path, device), device, tower=OpenClipTower)
 
 
 def _open_clip(name: str, checkpoint: str | None, said: str, device):

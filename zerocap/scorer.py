@@ -9,7 +9,8 @@ CLIP-S (evaluate.py) and the guide (guide.py) all go through it.
 `TextScorer` is the plain contract: give image and text features and the candidates come from
 decoding each candidate's text (what the authors' code does); `HFClipScorer` is that for a
 Hugging Face CLIPModel / SiglipModel folder. `ClipScorer` is OpenAI CLIP (or an OpenCLIP model
-with CLIP's text tower) with two faster candidate paths that skip the text processing:
+with CLIP's text tower) with two faster candidate paths that skip the text processing (its tower's pieces -- embedding,
+attention inputs, residuals, projection -- from its adapter, clip_towers.py):
   exact   CLIP's own `encode_text` on full 77-token rows built from precomputed pieces
           (candidates.py): bit-for-bit what clip.tokenize + encode_text give;
   fast    CLIP's text transformer is causal and reads its features at the EOT position, so a
@@ -27,12 +28,9 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from .candidates import CONTEXT_LENGTH, CandidateTokenizer
+from .clip_towers import tower_of
 from .images import clip_pixels
 from .limits import CLIP_PROMPT_TOKENS
-
-
-def _scaled(scale, x):
-    return x if scale is None or isinstance(scale, torch.nn.Identity) else scale(x)
 
 
 class TextScorer:
@@ -159,7 +157,9 @@ class ClipScorer(TextScorer):
     shares_prefixes = True
     WINDOW = 16  # candidate rows of more tokens run in packed passes of their own
 
-    def __init__(self, clip_model, preprocess, device=None):
+    def __init__(self, clip_model, preprocess, device=None, tower: type | None = None):
+        """tower: the text tower's adapter class (clip_towers.py; its CLIP kind's loader names it),
+        else told from the model (clip_towers.tower_of)."""
         import clip  # OpenAI CLIP (PyPI: clip-anytorch)
 
         self.clip = clip_model.eval().requires_grad_(False)
@@ -175,11 +175,9 @@ class ClipScorer(TextScorer):
         # the tests' models, 2-core AMD EPYC)
         on_gpu = next(clip_model.parameters()).device.type == "cuda"
         self.chunk_tokens = 16384 if on_gpu else 2048
-        self.blocks = list(clip_model.transformer.resblocks)
-        proj = clip_model.text_projection
-        self.embed_dim = proj.out_features if isinstance(proj, torch.nn.Module) else proj.shape[1]
-        self.heads = self.blocks[0].attn.num_heads
-        self.dtype = getattr(clip_model, "dtype", None) or next(clip_model.parameters()).dtype
+        self.tower = tower(clip_model) if tower is not None else tower_of(clip_model)
+        self.blocks, self.heads, self.embed_dim = self.tower.blocks, self.tower.heads, self.tower.embed_dim
+        self.dtype = self.tower.dtype
 
     # ---- embeddings -----------------------------------------------------------------------------
     def prepare_image(self, image) -> torch.Tensor:
@@ -235,59 +233,20 @@ class ClipScorer(TextScorer):
     def exact_candidates(self, prefix_texts: list[str]) -> "ExactCandidates":
         return ExactCandidates(self, prefix_texts)
 
-    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.clip.token_embedding(ids).type(self.dtype)
-        return x + self.clip.positional_embedding[positions].type(self.dtype)
-
-    def _qkv(self, block, x):
-        """x (..., L, d) -> q, k, v (..., h, L, hd)"""
-        qkv = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
-        q, k, v = qkv.chunk(3, dim=-1)
-        shape = x.shape[:-1] + (self.heads, -1)
-        return [t.reshape(shape).transpose(-2, -3) for t in (q, k, v)]
-
-    def _finish(self, block, x, attn):
-        """Residual adds of one block; attn (..., h, L, hd)."""
-        return self._residuals(block, x, attn.transpose(-2, -3).flatten(-2))
-
-    def _residuals(self, block, x, attn):
-        """The rest of one block after attention, attn (..., d) its heads side by side: the output
-        projection and the MLP, each added to the residual (scaled by OpenCLIP's layer scales)."""
-        ls_1, ls_2 = getattr(block, "ls_1", None), getattr(block, "ls_2", None)
-        x = x + _scaled(ls_1, F.linear(attn, block.attn.out_proj.weight, block.attn.out_proj.bias))
-        return x + _scaled(ls_2, self._mlp(block, block.ln_2(x)))
-
-    def _project(self, x):
-        """The text features of final hidden states x (..., d): ln_final, then the projection (a
-        matrix in OpenAI CLIP, a Linear layer in some OpenCLIP models)."""
-        x = self.clip.ln_final(x).type(self.dtype)
-        proj = self.clip.text_projection
-        return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
-
-    @staticmethod
-    def _mlp(block, x):
-        """block.mlp(x), QuickGELU's product taken in place (the same values; one buffer of 4 x
-        width per token fewer: the largest of these passes). Only under no_grad, as CLIP's are."""
-        mlp = block.mlp
-        if type(mlp.gelu).__name__ != "QuickGELU":
-            return mlp(x)
-        h = mlp.c_fc(x)
-        return mlp.c_proj(h.mul_(torch.sigmoid(h * 1.702)))
-
     @torch.no_grad()
     def encode_prefix(self, prefix_rows: torch.Tensor) -> PrefixCache:
         """Keys/values of the prefix rows (R, P): SOT + prefix ids, zero-padded. (The last block's
         attention and MLP are not run: only its keys and values are read.)"""
         P, device = prefix_rows.shape[1], prefix_rows.device
-        x = self._embed(prefix_rows, torch.arange(P, device=device))  # (R, P, d)
+        x = self.tower.embed(prefix_rows, torch.arange(P, device=device))  # (R, P, d)
         causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
         keys, values = [], []
         for i, block in enumerate(self.blocks):
-            q, k, v = self._qkv(block, x)  # (R, h, P, hd)
+            q, k, v = self.tower.qkv(block, x)  # (R, h, P, hd)
             keys.append(k)
             values.append(v)
             if i < len(self.blocks) - 1:
-                x = self._finish(block, x, F.scaled_dot_product_attention(q, k, v, attn_mask=causal))
+                x = self.tower.finish(block, x, F.scaled_dot_product_attention(q, k, v, attn_mask=causal))
         return PrefixCache(keys, values)
 
     @torch.no_grad()
@@ -399,7 +358,7 @@ class ClipScorer(TextScorer):
             causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
             keys, values = [], []
         first = Bp * P if fused else 0  # where the candidates' tokens start
-        xa = self._embed(ids, positions)
+        xa = self.tower.embed(ids, positions)
         see = torch.cat([torch.arange(P, device=dev) < shared[row][:, None],  # its prefix's positions
                          j >= (W - 1 - pos)[:, None]], dim=1)  # window slot t is the token W - 1 - t back
         bias = torch.zeros(N, 1, P + W, dtype=torch.float32, device=dev).masked_fill_(~see[:, None], -math.inf)
@@ -420,10 +379,10 @@ class ClipScorer(TextScorer):
             return torch.matmul(padded.transpose(1, 2), keys).transpose(1, 2)[token_beam, slot]
 
         every, eots = groups(beam[row]), groups(beam)
-        scale = (self.clip.transformer.width // h) ** -0.5
+        scale = (self.tower.width // h) ** -0.5
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            qkv = F.linear(block.ln_1(xa), block.attn.in_proj_weight, block.attn.in_proj_bias)
+            qkv = self.tower.attention_inputs(block, xa)
             if fused:  # the prefixes' queries, keys and values (Bp, h, P, hd); theirs for the rows here
                 qp, kp, vp = (t.reshape(Bp, P, h, -1).transpose(1, 2) for t in qkv[:first].chunk(3, dim=-1))
                 keys.append(kp)
@@ -443,8 +402,8 @@ class ClipScorer(TextScorer):
             if fused and i < last:  # the prefixes' own causal attention, then both through the block's rest
                 own = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=causal).transpose(1, 2)
                 o, x = torch.cat([own.reshape(first, -1), o]), xa
-            xa = self._residuals(block, x, o)
-        features = self._project(xa)  # (M, D)
+            xa = self.tower.residuals(block, x, o)
+        features = self.tower.project(xa)  # (M, D)
         return (PrefixCache(keys, values), features) if fused else features
 
     def _encode_rows(self, cache: PrefixCache, beam, shared, suffix, eot_index) -> torch.Tensor:
@@ -454,21 +413,21 @@ class ClipScorer(TextScorer):
         dev = suffix.device
         j = torch.arange(S, device=dev)
         # padding after EOT may run past CLIP's last position; it never reaches the EOT feature
-        positions = (shared[:, None] + j).clamp(max=self.clip.positional_embedding.shape[0] - 1)
-        x = self._embed(suffix, positions)  # (M, S, d)
+        positions = (shared[:, None] + j).clamp(max=self.tower.positions - 1)
+        x = self.tower.embed(suffix, positions)  # (M, S, d)
         # suffix position i sees prefix positions < shared and suffix positions <= i
         see_prefix = (torch.arange(P, device=dev) < shared[:, None])[:, None, None, :].expand(M, 1, S, P)
         see_suffix = torch.ones(S, S, dtype=torch.bool, device=dev).tril().expand(M, 1, S, S)
         mask = torch.cat([see_prefix, see_suffix], dim=-1)  # (M, 1, S, P + S)
         one = cache.keys[0].shape[0] == 1  # one prefix row (a lone request's step): no gather needed
         for block, pk, pv in zip(self.blocks, cache.keys, cache.values):
-            q, k, v = self._qkv(block, x)  # (M, h, S, hd)
+            q, k, v = self.tower.qkv(block, x)  # (M, h, S, hd)
             pk, pv = (pk.expand(M, -1, -1, -1), pv.expand(M, -1, -1, -1)) if one else (pk[beam], pv[beam])
             keys = torch.cat([pk, k], dim=-2)  # (M, h, P + S, hd)
             values = torch.cat([pv, v], dim=-2)
-            x = self._finish(block, x, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+            x = self.tower.finish(block, x, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
         x = x[torch.arange(M, device=dev), eot_index]  # (M, d)
-        return self._project(x)  # (M, D)
+        return self.tower.project(x)  # (M, D)
 
 
 
