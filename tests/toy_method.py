@@ -10,7 +10,7 @@ import torch
 
 from zerocap import methods, outputs
 from zerocap.config import KnobTable, check_knobs, knob
-from zerocap.decoding import Snapshot
+from zerocap.decoding import Snapshot, tell
 from zerocap.outputs import Out, Recorded
 
 NAME = "greedy"
@@ -88,11 +88,7 @@ class GreedyBatch:
                 logits = self.engine.lm(torch.tensor([r.tokens])).logits[0, -1] + r.cfg.greedy_bonus
             r.tokens.append(int(logits.argmax()))
             r.shared.append(len(stepped))
-            if r.on_step is not None:
-                try:
-                    r.on_step(self.snapshot(r))
-                except Exception as e:  # noqa: BLE001 -- it stops that request alone (a cancellation)
-                    r.error = e
+            tell(self, r)
         finished = [r for r in self.requests if r.done or r.error is not None]
         for r in finished:
             self.remove(r)

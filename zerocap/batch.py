@@ -30,7 +30,7 @@ from torch.profiler import record_function
 
 from .beam_search import Beams, first_step, next_step
 from .context_shift import Shift
-from .decoding import Snapshot
+from .decoding import Snapshot, tell
 from .guide import Guide
 from .token_rules import Rules, apply_token_rules
 
@@ -152,11 +152,7 @@ class Batch:
             r.step += 1
             r.steps_taken = r.step
             r.shared.append(len(requests))
-            if r.on_step is not None:
-                try:
-                    r.on_step(self.snapshot(r))
-                except Exception as e:  # noqa: BLE001 -- it stops that request alone (e.g. a cancellation)
-                    r.error = e
+            tell(self, r)
             if r.done or r.error is not None:
                 finished.append(r)
         for r in finished:

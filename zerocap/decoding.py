@@ -78,6 +78,18 @@ class Decoder(Protocol):
     def request(self, target, cfg, on_step: Callable[[Snapshot], None] | None = None) -> MethodRequest: ...
 
 
+def tell(batch: Batch, request) -> None:
+    """After one of its steps: the request's `on_step` gets its snapshot. What on_step raises (the
+    container's cancellation) becomes the request's error: it stops that request alone, which its
+    batch then returns as finished."""
+    if request.on_step is None:
+        return
+    try:
+        request.on_step(batch.snapshot(request))
+    except Exception as e:  # noqa: BLE001 -- whatever it raises stops that request alone
+        request.error = e
+
+
 OnStep = Callable[[list[Snapshot]], None]  # after each step of a decode: the started requests' snapshots
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from transformers import DynamicCache
 
-from ..decoding import Snapshot
+from ..decoding import Snapshot, tell
 from ..errors import InputError
 from ..outputs import Out, Recorded
 from .knobs import NAME, MagicConfig
@@ -369,11 +369,7 @@ class MagicBatch:
                             float(clip[c])))
             r.ended = token == m.end_id
             r.shared.append(len(requests))
-            if r.on_step is not None:
-                try:
-                    r.on_step(self.snapshot(r))
-                except Exception as exc:  # noqa: BLE001 -- stops that request alone (e.g. a cancellation)
-                    r.error = exc
+            tell(self, r)
         finished = [r for r in requests if r.done or r.error is not None]
         for r in finished:
             self.remove(r)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..decoding import Snapshot
+from ..decoding import Snapshot, tell
 from ..outputs import Out, Recorded
 from .knobs import NAME, PseudoTokenConfig
 from .rules import TokenRules, apply_rules
@@ -266,10 +266,6 @@ class PseudoTokenBatch:
             r.ppls.append(ppl.detach())
             r.sentences.append(Sentence(text, float(sim), float(ppl)))
             r.sentence += 1
-            if r.on_step is not None:
-                try:
-                    r.on_step(self.snapshot(r))
-                except Exception as exc:  # noqa: BLE001 -- stops that request alone (e.g. a cancellation)
-                    r.error = exc
+            tell(self, r)
             if r.sentence < r.cfg.sentence_iterations:
                 self._begin_sentence(r)
