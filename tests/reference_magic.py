@@ -25,10 +25,11 @@ from __future__ import annotations
 import torch
 
 
-def hf_clip_text(model, tokenizer):
-    """A Hugging Face CLIP's text features of texts (as their CLIP wrapper: padded, truncated)."""
+def hf_clip_text(model, tokenizer, padding="longest"):
+    """A Hugging Face CLIP's text features of texts (as their CLIP wrapper: padded, truncated).
+    padding "max_length": a SigLIP's, read as it was trained (padded to its whole context)."""
     def features(texts):
-        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=model.config.text_config
+        enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=model.config.text_config
                         .max_position_embeddings, return_tensors="pt")
         out = model.get_text_features(**enc)
         return out if isinstance(out, torch.Tensor) else out.pooler_output

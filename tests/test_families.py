@@ -236,6 +236,36 @@ def test_open_clip_steers_both_methods_as_the_reference(lm_dirs, open_clip_dir, 
     assert ([s.text for s in r.sentences], r.best_clip, [b.text for b in r.beams]) == (sentences, by_clip[0], beams)
 
 
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("clip_kind", ["open_clip", "siglip"])
+def test_magic_on_open_clip_and_siglip_gives_the_papers_step(lm_dirs, open_clip_dir, hf_clip_dirs, images, clip_kind,
+                                                             form):
+    """MAGIC steered by an OpenCLIP folder (a causal tower: the fast form shares each row's prefix
+    among its candidates) and by a SigLIP folder (read whole, padded to its context, sigmoid-trained
+    but scored by the softmax of the paper's f over the k candidates) gives the paper's step."""
+    from reference_magic import ReferenceMagic, hf_clip_text, openai_clip_text
+    from zerocap import MagicConfig
+
+    engine = ZeroCap.load(lm_dirs["llama"], open_clip_dir if clip_kind == "open_clip" else hf_clip_dirs["siglip"],
+                          device="cpu", form=form)
+    scorer = engine.scorer
+    if clip_kind == "open_clip":  # CLIP's BPE of 77 tokens (loading.open_clip_unsupported holds it to that)
+        features = openai_clip_text(scorer.clip)
+    else:
+        features = hf_clip_text(scorer.model, scorer.tokenizer, padding="max_length")
+    assert engine.decoder("magic").shares_prefixes == (clip_kind == "open_clip" and form == "fast")
+    tok = engine.tokenizer
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    for seed, cfg in enumerate([MagicConfig(k=12, alpha=0.2, max_tokens=4), MagicConfig(k=7, beta=5.0, max_tokens=5,
+                                                                                       clip_text_max_len=3)]):
+        target = engine.targets.image_target(images[seed])
+        got = engine.decoder("magic").decode([Target(target, "img")], cfg)[0]
+        ref = ReferenceMagic(engine.lm, tok, features, float(scorer.logit_scale), start, tok.eos_token_id, k=cfg.k,
+                             alpha=cfg.alpha, beta=cfg.beta, decoding_len=1 + cfg.max_tokens,
+                             clip_text_max_len=cfg.clip_text_max_len)
+        assert got.caption == ref.run(target, []), (cfg, got.caption)
+
+
 @RERUN
 def test_open_clip_text_layer_scales_hold_on_the_fast_path(tmp_path, lm_dir):
     """An OpenCLIP text tower whose residual branches are scaled (open_clip's ls_init_value): the
