@@ -41,6 +41,27 @@ def test_ray_gives_the_plain_paths_captions_and_resumes(local_ray, tmp_path, ima
 
 
 @pytest.mark.slow
+def test_ray_runs_magic_as_the_plain_path(local_ray, tmp_path, images, lm_dir, clip_file):
+    """Another method's dataset job on Ray (MAGIC: its own output fields) gives the plain path's records."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, p in enumerate(images[:3]):
+        shutil.copy(p, folder / f"{i}.png")
+    models = ["--lm", lm_dir, "--clip", clip_file, "--device", "cpu", "--method", "magic", "--k", "8",
+              "--max-tokens", "4", "--batch-size", "2"]
+    plain, on_ray = tmp_path / "plain.jsonl", tmp_path / "ray.jsonl"
+    assert main(["caption", str(folder), *models, "--out", str(plain)]) == 0
+    assert main(["caption", str(folder), *models, "--out", str(on_ray), "--ray", "--actors", "2"]) == 0
+
+    def by_image(path):
+        return {r["image"]: (r["method"], r["caption"], r["step_tokens"]) for r in map(json.loads,
+                                                                                    path.read_text().splitlines())}
+
+    assert by_image(on_ray) == by_image(plain) and len(by_image(plain)) == 3
+    assert all(method == "magic" and len(steps) >= 1 for method, _, steps in by_image(plain).values())
+
+
+@pytest.mark.slow
 def test_a_config_the_models_refuse_is_refused_before_ray_starts(capsys, images, lm_dir, clip_file):
     code = main(["caption", images[0], "--lm", lm_dir, "--clip", clip_file, *FAST, "--ray",
                  "--cond-text", "a " * 80])
