@@ -122,6 +122,53 @@ def test_the_fast_form_gives_the_exact_forms_captions_over_a_seeded_sweep(lm_dir
                                    atol=1e-7)
 
 
+def test_the_candidates_kept_always_hold_the_winner_whatever_the_penalties():
+    """The bound itself: over seeded scores and penalties anywhere in [-1, 1] -- the extremes
+    included (the best base's candidate at +1, another at -1) -- the winner of base - alpha * penalty
+    is always among the kept, and a candidate more than 2 alpha below the best base is not kept."""
+    from zerocap.magic.decoder import Magic
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(400):
+        k = int(torch.randint(1, 50, (1,), generator=g))
+        alpha = [0.0, 0.01, 0.1, 0.5, 1.0][trial % 5]
+        base = torch.rand(k, generator=g) * float(torch.rand(1, generator=g)) * 3
+        penalty = torch.rand(k, generator=g) * 2 - 1
+        if trial % 2:  # the adversary: the best base penalised most, every other one least
+            penalty = torch.where(base == base.max(), 1.0, -1.0)
+        keep = Magic.contenders(base, alpha)
+        winner = int((base - alpha * penalty).argmax())
+        assert winner in keep.tolist(), (trial, alpha)
+        assert all(base[i] >= base.max() - 2 * alpha - 1e-4 for i in keep.tolist())
+    assert Magic.contenders(torch.tensor([1.0, 0.79, 0.81, 0.5]), 0.1).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("clip", ["openai", "hugging-face"])
+def test_the_fast_form_skips_the_hidden_states_of_candidates_that_cannot_win(lm_dir, clip_file, hf_clip_dir, images,
+                                                                            clip, monkeypatch):
+    """A candidate whose score before the penalty is more than 2 alpha below the best one's cannot
+    win (the penalty, a maximum of cosines, lies in [-1, 1]): the fast form runs the LM only on the
+    others, and its captions, kept tokens and their penalties are the exact form's, which runs
+    every candidate. (With the tiny models' flat scores it prunes at small alpha and large beta.)"""
+    path = hf_clip_dir if clip == "hugging-face" else clip_file
+    fast, exact = engine_with(lm_dir, path, "fast"), engine_with(lm_dir, path, "exact")
+    rows = []
+    method = fast.decoder("magic")
+    run = method.candidates
+    monkeypatch.setattr(method, "candidates", lambda past, top: rows.append(len(top)) or run(past, top))
+    cases = [MagicConfig(k=30, alpha=0.01, beta=20.0, max_tokens=6), MagicConfig(k=45, alpha=0.0, max_tokens=5),
+             MagicConfig(k=20, alpha=0.02, beta=10.0, max_tokens=6, cond_text="Image of a")]
+    for i, cfg in enumerate(cases):
+        rows.clear()
+        target = Target(fast.targets.image_target(images[i]), f"img{i}")
+        got = method.decode([target], cfg)[0]
+        want = exact.decoder("magic").decode([target], cfg)[0]
+        assert (got.caption, got.step_tokens) == (want.caption, want.step_tokens), cfg
+        torch.testing.assert_close(torch.tensor(got.step_penalties), torch.tensor(want.step_penalties), rtol=SCORE_REL,
+                                   atol=1e-6)
+        assert sum(rows) < cfg.k * len(got.step_tokens), (cfg, rows)  # some candidates were never run
+
+
 def test_candidates_past_the_rows_of_one_pass_run_in_several_and_give_the_same_captions(engine, images, monkeypatch):
     """At most CANDIDATE_ROWS candidates (each with a copy of its row's keys/values) in one LM pass:
     more run in several, a request's candidates split across them, with the same captions."""

@@ -26,6 +26,7 @@ class Form:
     exact_lm: bool  # the LM adapter: the authors' two passes and generic forward
     exact_guide: bool  # the guide: CLIP's own encode_text on full rows
     max_images: int | None  # images decoded together at most (None: as many as given)
+    prunes: bool = False  # work a bound shows cannot change the output is skipped (MAGIC: candidates that cannot win)
 
     def lm(self, model, family):
         """The LM adapter of this form for `model` of `family` (lm.py, resolved on first use: lazy.py)."""
@@ -53,7 +54,7 @@ class Form:
 
 
 FAST = Form("fast", "LM keys/values kept across steps, CLIP prefix keys/values reused, images in one batch (default)",
-            exact_lm=False, exact_guide=False, max_images=None)
+            exact_lm=False, exact_guide=False, max_images=None, prunes=True)
 EXACT = Form("exact", "the authors' operation order, one image at a time: their scores to the last bit where the"
              " kernels match, ~30x slower on a CPU", exact_lm=True, exact_guide=True, max_images=1)
 FORMS = {f.name: f for f in (FAST, EXACT)}

@@ -214,6 +214,15 @@ class Magic:
         hidden = out.hidden_states[-1][:, -1].float()
         return hidden / hidden.norm(dim=-1, keepdim=True), logits, self._stacked(cache, slice(-1, None))
 
+    @staticmethod
+    def contenders(base: torch.Tensor, alpha: float) -> torch.Tensor:
+        """The candidates (indices, in order) that can win a step whose scores before the penalty
+        are `base` (k,): a candidate's score is base - alpha * penalty, and the penalty, a maximum
+        of cosines, lies in [-1, 1]; so one whose best (base + alpha) is below the best base's
+        worst (max base - alpha) cannot win, and its hidden state is not needed. (A margin of 1e-4
+        over the bound covers rounding: the kept ones' scores are the whole scores.)"""
+        return (base >= base.max() - 2.0 * alpha - 1e-4).nonzero()[:, 0]
+
     # ---- CLIP ------------------------------------------------------------------------------------
     def window(self, r: MagicRequest) -> list[int]:
         """The generated tokens CLIP reads before a candidate: the last clip_text_max_len - 1."""
@@ -327,14 +336,23 @@ class MagicBatch:
             top = torch.topk(r.logits, k=min(r.cfg.k, r.logits.shape[-1])).indices
             tops.append(top)
             probs.append(p[top])
-        # the LM: one pass per cache length, every candidate of those rows
+        # CLIP: every request's candidates (the exact form holds one request)
+        top_lists = [t.tolist() for t in tops]
+        feats = m.features(requests, top_lists)
+        clips = [torch.softmax(m.logit_scale * (feats[i] @ r.target), dim=0) for i, r in enumerate(requests)]  # (k,)
+        bases = [(1.0 - r.cfg.alpha) * probs[i] + r.cfg.beta * clips[i] for i, r in enumerate(requests)]  # (k,)
+        # the candidates whose hidden states can matter: all, or where the form prunes, those that can win
+        keeps = [m.contenders(b, r.cfg.alpha) if self.engine.form.prunes else torch.arange(len(b), device=b.device)
+                 for b, r in zip(bases, requests)]
+        # the LM: one pass per cache length, every kept candidate of those rows
+        cand = [t[keep] for t, keep in zip(tops, keeps)]
         hidden, kv, logits_of = [None] * len(requests), [None] * len(requests), [None] * len(requests)
         lengths: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
             lengths.setdefault(r.past.shape[-2], []).append(i)
         for rows in lengths.values():
-            owners = [i for i in rows for _ in range(len(tops[i]))]
-            cands = torch.cat([tops[i] for i in rows])
+            owners = [i for i in rows for _ in range(len(cand[i]))]
+            cands = torch.cat([cand[i] for i in rows])
             hs, kvs, where = [], [], []
             for a in range(0, len(owners), CANDIDATE_ROWS):  # passes of at most CANDIDATE_ROWS rows
                 part = owners[a:a + CANDIDATE_ROWS]
@@ -347,26 +365,23 @@ class MagicBatch:
             h, new = torch.cat(hs), torch.cat(kvs, dim=2)
             at = 0
             for i in rows:
-                n = len(tops[i])
+                n = len(cand[i])
                 hidden[i], kv[i], logits_of[i] = h[at:at + n], new[:, :, at:at + n], where[at:at + n]
                 at += n
-        # CLIP: every request's candidates (the exact form holds one request)
-        top_lists = [t.tolist() for t in tops]
-        feats = m.features(requests, top_lists)
         for i, r in enumerate(requests):
-            cfg = r.cfg
-            penalty = (hidden[i] @ r.hidden.T).max(dim=-1).values  # (k,)
-            clip = torch.softmax(m.logit_scale * (feats[i] @ r.target), dim=0)  # (k,)
-            score = (1.0 - cfg.alpha) * probs[i] - cfg.alpha * penalty + cfg.beta * clip
-            c = int(score.argmax())
+            keep = keeps[i]
+            penalty = (hidden[i] @ r.hidden.T).max(dim=-1).values  # (kept,)
+            score = (1.0 - r.cfg.alpha) * probs[i][keep] - r.cfg.alpha * penalty + r.cfg.beta * clips[i][keep]
+            n = int(score.argmax())  # among the kept; the first of equal scores, as over all k
+            c = int(keep[n])
             token = top_lists[i][c]
             r.ids.append(token)
-            r.past = torch.cat([r.past, kv[i][:, :, c:c + 1]], dim=-2)
-            r.hidden = torch.cat([r.hidden, hidden[i][c:c + 1]])
-            logits, j = logits_of[i][c]
+            r.past = torch.cat([r.past, kv[i][:, :, n:n + 1]], dim=-2)
+            r.hidden = torch.cat([r.hidden, hidden[i][n:n + 1]])
+            logits, j = logits_of[i][n]
             r.logits = logits(j)  # the kept candidate's next-token logits
-            r.steps.append((self.engine.vocabulary.texts[token], float(probs[i][c]), float(penalty[c]),
-                            float(clip[c])))
+            r.steps.append((self.engine.vocabulary.texts[token], float(probs[i][c]), float(penalty[n]),
+                            float(clips[i][c])))
             r.ended = token == m.end_id
             r.shared.append(len(requests))
             tell(self, r)
