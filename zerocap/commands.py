@@ -129,8 +129,8 @@ def settings(mode, cfg, runtime: Runtime, options: dict, lm_path: str, clip_path
     folder; `clip_model`: the checkpoint's or folder's name) and identities (weights.fingerprint)."""
     weights.check_lm_dir(lm_path)  # missing weights are said as loading says them
     weights.check_clip_file(clip_path)
-    method = methods.of(cfg)  # (ZeroCap's lines name no method: files written before there were two stay resumable)
-    named = {} if method is methods.ZEROCAP else {"method": method.name}
+    method = methods.of(cfg)  # (the default method's lines name none: files written before there were two resume)
+    named = {} if method is methods.DEFAULT else {"method": method.name}
     return {"mode": mode.name, **named, "form": runtime.form.name, "lm_dtype": runtime.lm_dtype,
             **method.recorded(cfg), "defaults": method.defaults_version, **options, "lm": weights.fingerprint(lm_path),
             "clip": weights.fingerprint(clip_path), "lm_model": weights.model_name(lm_path),

@@ -42,6 +42,8 @@ class Method:
     sampling: str = ""  # how it samples a clip's frames when none are asked for, in words (the `frames` input)
     compiles: bool = False  # whether --compile compiles its decoding step (else it runs eagerly)
     lm_float32: bool = False  # whether it runs the LM in float32 only (gradient steps on it, as the authors')
+    check_without_models: "str | Callable | None" = None  # (cfg, LM folder) -> cfg checked from the LM's tokenizer
+    # and config alone (a Ray driver's check before any actor starts); None: the actors' models check it
 
     @property
     def outputs(self) -> dict:
@@ -109,6 +111,7 @@ ZEROCAP = Method("zerocap", "ZeroCap's context shift: gradient steps on the LM's
                  " then a beam search (the default)", _config.ZeroCapConfig, True, "zerocap.zerocap_decoder:ZeroCapDecoder",
                  "zerocap.video:clip_target", ignored=("seed",),  # their ZeroCap run.py's --seed: nothing to seed
                  output="zerocap.zerocap_decoder:OUTPUTS", compiles=True,
+                 check_without_models="zerocap.zerocap_decoder:check_without_models",
                  sampling="8 spread evenly (its caption describes their mean CLIP embedding)")
 PSEUDO_TOKENS = Method("pseudo-tokens", "evolving pseudo-tokens (the authors' follow-up, for clips and images): a learned"
                        " prefix optimised while whole sentences are sampled", PseudoTokenConfig, False,

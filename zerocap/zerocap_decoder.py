@@ -17,6 +17,8 @@ import torch
 from .batch import Request
 from .beam_search import Beams
 from .config import ZeroCapConfig
+from .families import lm_facts
+from .limits import CLIP_PROMPT_TOKENS
 from .modes import Target
 from .outputs import Out, Recorded
 from .rerank import clip_similarities, perplexities
@@ -132,3 +134,14 @@ class ZeroCapDecoder:
         seconds = time.perf_counter() - request.joined
         return CaptionResult(out, caption[best_clip], caption[best_ppl], caption[0], cfg.cond_text, request.name,
                              request.steps_taken, seconds, request.details)
+
+
+def check_without_models(cfg: ZeroCapConfig, lm: str) -> ZeroCapConfig:
+    """ZeroCap's check from the LM's tokenizer and config alone, no weights loaded (a Ray driver's,
+    before the actors start): what ZeroCap.check says of the same config."""
+    import clip
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(lm, local_files_only=True)
+    facts = lm_facts(AutoConfig.from_pretrained(lm, local_files_only=True), tokenizer)
+    return facts.check(cfg, tokenizer, lambda text: len(clip.clip._tokenizer.encode(text)), CLIP_PROMPT_TOKENS.hi)

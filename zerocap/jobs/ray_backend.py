@@ -18,8 +18,7 @@ from typing import Iterable, Iterator
 from .. import methods, modes
 from ..config import ZeroCapConfig
 from ..errors import InputError
-from ..families import lm_facts
-from ..limits import CLIP_PROMPT_TOKENS
+from ..lazy import resolve
 from ..weights import check_lm_dir
 from .inputs import Input
 from .results import dumps
@@ -225,17 +224,12 @@ def _end_session(sid: int) -> None:
             continue
 
 
-def check_without_models(cfg: ZeroCapConfig, lm: str) -> ZeroCapConfig:
-    """ZeroCap.check on the driver, from the LM's tokenizer and config (no weights loaded)."""
-    import clip
-    from transformers import AutoConfig, AutoTokenizer
-
+def check_without_models(cfg, lm: str):
+    """The config checked on the driver, before the actors load the models: from the LM's tokenizer
+    and config where its method can (Method.check_without_models), else its knobs alone."""
     check_lm_dir(lm)
-    if methods.of(cfg) is not methods.ZEROCAP:  # another method's checks need the models: the actors make them
-        return cfg.validate()
-    tokenizer = AutoTokenizer.from_pretrained(lm, local_files_only=True)
-    facts = lm_facts(AutoConfig.from_pretrained(lm, local_files_only=True), tokenizer)
-    return facts.check(cfg, tokenizer, lambda text: len(clip.clip._tokenizer.encode(text)), CLIP_PROMPT_TOKENS.hi)
+    check = methods.of(cfg).check_without_models
+    return resolve(check)(cfg, lm) if check is not None else cfg.validate()
 
 
 def _user_error(error: BaseException) -> InputError | None:
