@@ -175,6 +175,9 @@ def test_a_new_clip_kind_is_one_entry(string_clip_kind, lm_dir, clip_file, tmp_p
     out = capsys.readouterr()
     assert code == 0, out.err
     assert json.loads(out.out)["best_mixed"].startswith("Image of a")
+    (tmp_path / "empty").mkdir()  # a folder no kind takes: the refusal names every kind, the new one too
+    assert main(["caption", images[1], "--lm", lm_dir, "--clip", str(tmp_path / "empty"), *FAST]) == 2
+    assert "a CLIP is given as one of:" in (err := capsys.readouterr().err) and "a folder holding string-clip.pt" in err
 
 
 def test_a_new_form_is_one_object(engine, images):

@@ -26,11 +26,10 @@ from .weights import open_clip_checkpoint
 @dataclass(frozen=True)
 class ClipKind:
     name: str
-    given_as: str  # how a user gives one, in words (README, --help)
+    given_as: str  # how a user gives one, in words (a path no kind takes is answered with these)
     recognise: Callable[[str], bool]  # the path as given -> whether it is one of this kind
     load: "str | Callable"  # (path, device) -> its scorer (scorer.TextScorer); "module:function"
     tower: str  # "causal" (candidates share each beam's prefix) or "whole" (each candidate's text read whole)
-    examples: str = ""
 
 
 def _named(path: str) -> bool:
@@ -55,20 +54,25 @@ def _hf_folder(path: str) -> bool:
 
 
 KINDS: list[ClipKind] = [
-    ClipKind("open_clip@", "NAME@FILE: an OpenCLIP model's name and its checkpoint file", _named,
-             "zerocap.loading:load_open_clip_named", "causal", "ViT-B-32@open_clip_pytorch_model.bin"),
+    ClipKind("open_clip@", "an OpenCLIP model's name and checkpoint file as NAME@FILE", _named,
+             "zerocap.loading:load_open_clip_named", "causal"),
     ClipKind("hf", "a Hugging Face CLIPModel or SiglipModel folder (config.json and its weights)", _hf_folder,
-             "zerocap.loading:load_hf_clip", "whole", "openai/clip-vit-base-patch32, google/siglip-base-patch16-224"),
+             "zerocap.loading:load_hf_clip", "whole"),
     ClipKind("open_clip", "an OpenCLIP folder (open_clip_config.json and its weights)", os.path.isdir,
-             "zerocap.loading:load_open_clip", "causal", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+             "zerocap.loading:load_open_clip", "causal"),
     ClipKind("openai", "an OpenAI CLIP checkpoint (.pt: TorchScript archive or state dict)", lambda path: True,
-             "zerocap.loading:load_openai_clip", "causal", "ViT-B/32 (the paper's), ViT-L/14"),
+             "zerocap.loading:load_openai_clip", "causal"),
 ]
 
 
 def kind_of(path: str) -> ClipKind:
     """The first kind that recognises `path` (the last, OpenAI's checkpoint, takes any file)."""
     return next(kind for kind in KINDS if kind.recognise(path))
+
+
+def kinds_in_words() -> str:
+    """Every kind as a user gives it: 'NAME@FILE ...; a Hugging Face ... folder ...; ...'."""
+    return "; ".join(k.given_as for k in KINDS)
 
 
 def register(kind: ClipKind, before: str | None = None) -> ClipKind:

@@ -149,9 +149,8 @@ def load_open_clip(folder: str, device):
     """An OpenCLIP model (open_clip_torch) from its folder, offline, as a ClipScorer; refused in
     words where its text tower is not CLIP's causal one with CLIP's tokenizer (what the scorer runs)."""
     if not os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)):
-        raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG} nor config.json: give an OpenAI"
-                         f" CLIP checkpoint (.pt), an OpenCLIP folder ({OPEN_CLIP_CONFIG} and its weights) or a"
-                         " Hugging Face CLIPModel / SiglipModel folder")
+        raise InputError(f"--clip {folder} is a folder without {OPEN_CLIP_CONFIG} nor config.json; a CLIP is given"
+                         f" as one of: {clip_kinds.kinds_in_words()}")
     return ClipScorer(*_open_clip(f"local-dir:{folder}", None, folder, device), device, tower=OpenClipTower)
 
 
