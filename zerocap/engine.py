@@ -166,8 +166,8 @@ class ZeroCap:
     @classmethod
     def load(cls, lm: str | None = None, clip: str | None = None, device=None, lm_dtype: str = "float32",
              form: "str | forms.Form" = "fast", compile: "bool | str" = False, quiet: bool = True) -> "ZeroCap":
-        """Load an HF causal-LM directory and a CLIP (any kind clips.py recognises); quietly, unless quiet=False
-        (then transformers' progress bar and warnings show as it configures them).
+        """Load an HF causal-LM directory and a CLIP (any kind clip_kinds.py recognises); quietly,
+        unless quiet=False (then transformers' progress bar and warnings show as it configures them).
 
         lm, clip: paths, loaded as they are and never downloaded. Left out, they come from the
         weights folder as the command line takes them: $ZEROCAP_WEIGHTS, else ./weights

@@ -208,13 +208,13 @@ def _sentence(text: str) -> str:
 
 
 def one_meaning(name: str) -> str | None:
-    """A knob that is a container input's help line when every method that takes it means the same by it, else None."""
+    """A container knob's help line when every method that takes it means the same by it, else None."""
     helps = {m.knobs[name].help for m in owners(name)}
     return helps.pop() if len(helps) == 1 else None
 
 
 def meaning(name: str) -> str:
-    """What a knob that is a container input does, in one sentence or one per method: its help line where every method
+    """What a container knob does, in one sentence or one per method: its help line where every method
     that takes it means the same (`one_meaning`), else each method's, named; a knob of one method
     only, named."""
     ms, one = owners(name), one_meaning(name)
@@ -226,7 +226,7 @@ def meaning(name: str) -> str:
 
 
 def cog_description(name: str) -> str:
-    """The Cog input's description of a knob that is a container input: what it does (`meaning`) and what an empty
+    """The Cog input's description of a container knob: what it does (`meaning`) and what an empty
     value means (the method's, and with presets the mode's)."""
     ms, text = owners(name), meaning(name)
     by_mode = presets.preset_dependent(name) and any(m.presets for m in ms)

@@ -9,8 +9,9 @@ CLIP-S (evaluate.py) and the guide (guide.py) all go through it.
 `TextScorer` is the plain contract: give image and text features and the candidates come from
 decoding each candidate's text (what the authors' code does); `HFClipScorer` is that for a
 Hugging Face CLIPModel / SiglipModel folder. `ClipScorer` is OpenAI CLIP (or an OpenCLIP model
-with CLIP's text tower) with two faster candidate paths that skip the text processing (its tower's pieces -- embedding,
-attention inputs, residuals, projection -- from its adapter, clip_towers.py):
+with CLIP's text tower) with two faster candidate paths that skip the text processing (the
+tower's pieces -- embedding, attention inputs, residuals, projection -- from its adapter,
+clip_towers.py):
   exact   CLIP's own `encode_text` on full 77-token rows built from precomputed pieces
           (candidates.py): bit-for-bit what clip.tokenize + encode_text give;
   fast    CLIP's text transformer is causal and reads its features at the EOT position, so a
